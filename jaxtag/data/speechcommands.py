@@ -1,0 +1,364 @@
+"""Speech Commands (v2) folder layout: load a split as an AudioDataset, export one back.
+
+The layout (Warden 2018)::
+
+  root/<word>/<speaker>_nohash_<n>.wav   one-second 16 kHz mono clips, one folder per class
+  root/validation_list.txt               relative paths (``<word>/<file>.wav``) of validation clips
+  root/testing_list.txt                  relative paths of test clips; train is every other clip
+  root/_background_noise_/*.wav          long noise recordings (see load_background_noise)
+
+Folders whose name starts with ``_`` or ``.`` are not classes. The speaker id of a clip is the
+part of its file name before ``_nohash_`` (the whole stem when the marker is absent).
+
+Bad input, and what the loader does with it:
+  * missing root, missing requested class folder, class folder without WAV files, split list
+    naming a missing file, an empty split: :class:`~jaxtag.data.DatasetError` naming the path.
+    ``on_empty_class="skip"`` drops empty class folders instead (logged).
+  * a bad clip (unreadable, non-WAV, truncated, empty, stereo, NaN/Inf, wrong rate with
+    ``on_rate_mismatch="error"``): :class:`~jaxtag.audio.io.AudioFileError` naming the file, or
+    with ``on_bad_file="skip"`` the clip is left out and the count logged as a warning.
+  * stereo clips: error by default; ``mono="mean"`` averages the channels.
+  * wrong sample rate: resampled by default (``on_rate_mismatch="resample"``).
+  * clips shorter or longer than ``clip_samples``: zero-padded at the end or cropped.
+  * silent clips (peak <= 1e-4) and clipped clips (>= 1% of samples at ``|x| >= 0.999``) are
+    kept; they are counted in a logged warning and flagged per clip in
+    ``metadata["silent"]`` (bool) and ``metadata["clipped_fraction"]`` (float32), so a caller can
+    drop them with ``dataset.subset(...)``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from jaxtag.audio import io as audio_io
+from jaxtag.data.dataset import AudioDataset, DatasetError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+BACKGROUND_NOISE_DIR = "_background_noise_"
+SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
+NOHASH = "_nohash_"
+# A clip counts as clipped (for the logged warning) when this fraction of it sits at full scale.
+CLIPPED_WARN_FRACTION = 0.01
+
+
+def speaker_from_filename(filename: str) -> str:
+  """``'0a7c2a8d_nohash_0.wav'`` -> ``'0a7c2a8d'`` (the stem when there is no ``_nohash_``)."""
+  stem = os.path.splitext(os.path.basename(filename))[0]
+  return stem.split(NOHASH, 1)[0]
+
+
+def check_option(name: str, value, allowed: Sequence) -> None:
+  """Raises ValueError when a string option is not one of ``allowed``."""
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {tuple(allowed)}; got {value!r}.")
+
+
+def quality_metadata(waveforms: np.ndarray, paths: Sequence[str], what: str) -> dict:
+  """Per-clip silence/clipping flags for ``metadata``; logs a warning when any clip is affected."""
+  silent, clipped_fraction = audio_io.clip_quality(waveforms)
+  clipped = clipped_fraction >= CLIPPED_WARN_FRACTION
+  clipped_label = f"clipped (>= {CLIPPED_WARN_FRACTION:.0%} of samples at full scale)"
+  for flag, label in ((silent, "silent (peak <= 1e-4)"), (clipped, clipped_label)):
+    if flag.any():
+      examples = ", ".join(paths[i] for i in np.flatnonzero(flag)[:5])
+      logger.warning("%s: %d of %d clips are %s and were kept (e.g. %s); see metadata['silent'] "
+                     "and metadata['clipped_fraction'] to filter them.",
+                     what, int(flag.sum()), len(flag), label, examples)
+  return {"silent": silent, "clipped_fraction": clipped_fraction}
+
+
+def _is_class_dir(entry: os.DirEntry) -> bool:
+  return entry.is_dir() and not entry.name.startswith(("_", "."))
+
+
+def _wav_files(directory: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(directory)
+                if e.is_file() and e.name.lower().endswith(".wav") and not e.name.startswith("."))
+
+
+def _read_split_list(root: str, split: str) -> set[str] | None:
+  """Relative paths listed for ``split`` (None when the list file does not exist)."""
+  list_path = os.path.join(root, SPLIT_LISTS[split])
+  if not os.path.isfile(list_path):
+    return None
+  with open(list_path, encoding="utf-8") as f:
+    return {line.strip().replace("\\", "/") for line in f if line.strip()}
+
+
+def list_speech_commands(
+    root: str | os.PathLike, split: str = "train", *, classes: Sequence[str] | None = None,
+    on_empty_class: Literal["error", "skip"] = "error",
+) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+  """Lists the clips of one split without reading audio.
+
+  Args:
+    root: dataset folder.
+    split: ``"train"``, ``"validation"`` or ``"test"``.
+    classes: class folders to use, in label order (default: every class folder, sorted).
+    on_empty_class: a class folder without WAV files raises (``"error"``) or is dropped.
+
+  Returns:
+    ``(paths, labels, class_names)``: sorted relative paths (``word/file.wav``), int32 labels.
+
+  Raises:
+    DatasetError: missing root, class folder or split list; a listed file that does not exist;
+      an empty class folder (``on_empty_class="error"``); no class at all.
+  """
+  root = os.fspath(root)
+  check_option("split", split, SPLITS)
+  check_option("on_empty_class", on_empty_class, ("error", "skip"))
+  if not os.path.isdir(root):
+    raise DatasetError(f"{root}: Speech Commands root folder does not exist. Pass the folder "
+                       "that holds the class folders and validation_list.txt.")
+  if classes is None:
+    class_names = sorted(e.name for e in os.scandir(root) if _is_class_dir(e))
+    if not class_names:
+      raise DatasetError(f"{root}: no class folders found (expected root/<word>/*.wav).")
+  else:
+    class_names = [str(c) for c in classes]
+    if len(set(class_names)) != len(class_names):
+      raise DatasetError(f"classes has duplicates: {class_names}.")
+    missing = [c for c in class_names if not os.path.isdir(os.path.join(root, c))]
+    if missing:
+      available = sorted(e.name for e in os.scandir(root) if _is_class_dir(e))
+      raise DatasetError(
+          f"{root}: requested class folder(s) {missing} do not exist. Available classes: "
+          f"{available}. Fix the classes argument or the dataset root.")
+  files_by_class = {}
+  for name in class_names:
+    files = _wav_files(os.path.join(root, name))
+    if not files:
+      folder = os.path.join(root, name)
+      if on_empty_class == "error":
+        raise DatasetError(f"{folder}: class folder has no .wav files. Add clips, remove the "
+                           "folder, or pass on_empty_class='skip'.")
+      logger.warning("%s: class folder has no .wav files; class %r skipped.", folder, name)
+      continue
+    files_by_class[name] = files
+  class_names = [c for c in class_names if c in files_by_class]
+  if not class_names:
+    raise DatasetError(f"{root}: every requested class folder is empty.")
+
+  lists = {s: _read_split_list(root, s) for s in SPLIT_LISTS}
+  if split != "train" and lists[split] is None:
+    raise DatasetError(f"{os.path.join(root, SPLIT_LISTS[split])}: split list not found; the "
+                       f"{split!r} split cannot be selected without it.")
+  for s, listed in lists.items():
+    if listed is None:
+      logger.warning("%s: not found; no clip is held out as %s.",
+                     os.path.join(root, SPLIT_LISTS[s]), s)
+  all_paths = {f"{c}/{f}" for c, files in files_by_class.items() for f in files}
+  if split != "train":
+    wanted = {p for p in lists[split] if p.split("/", 1)[0] in files_by_class}
+    missing_files = sorted(wanted - all_paths)
+    if missing_files:
+      raise DatasetError(
+          f"{os.path.join(root, SPLIT_LISTS[split])}: lists {len(missing_files)} file(s) that do "
+          f"not exist, e.g. {missing_files[:3]}. Restore them or remove them from the list.")
+    selected = wanted
+  else:
+    held_out = set().union(*(v for v in lists.values() if v is not None))
+    selected = all_paths - held_out
+  label_of = {c: i for i, c in enumerate(class_names)}
+  paths = sorted(selected, key=lambda p: (label_of[p.split("/", 1)[0]], p))
+  if not paths:
+    raise DatasetError(f"{root}: split {split!r} has no clips of classes {class_names}.")
+  labels = np.array([label_of[p.split("/", 1)[0]] for p in paths], np.int32)
+  return paths, labels, tuple(class_names)
+
+
+def load_speech_commands(
+    root: str | os.PathLike, split: str = "train", *, sample_rate: int = 16000,
+    clip_samples: int | None = None, classes: Sequence[str] | None = None,
+    on_rate_mismatch: Literal["resample", "error"] = "resample",
+    mono: Literal["error", "mean"] = "error", on_bad_file: Literal["error", "skip"] = "error",
+    on_empty_class: Literal["error", "skip"] = "error", max_workers: int | None = None,
+    progress: bool = False,
+) -> AudioDataset:
+  """Loads one split of a Speech Commands folder (handling of bad input: module docstring).
+
+  Args:
+    root: dataset folder.
+    split: ``"train"``, ``"validation"`` or ``"test"``.
+    sample_rate: rate of the returned waveforms in Hz.
+    clip_samples: clip length; default one second (``sample_rate``).
+    classes: class folders to use, in label order (default: all, sorted).
+    on_rate_mismatch: ``"resample"`` files at another rate, or ``"error"``.
+    mono: multi-channel files raise (``"error"``) or are averaged (``"mean"``).
+    on_bad_file: a bad clip raises (``"error"``) or is skipped and counted (``"skip"``).
+    on_empty_class: an empty class folder raises (``"error"``) or is dropped (``"skip"``).
+    max_workers: reader threads.
+    progress: show a progress bar.
+
+  Returns:
+    An AudioDataset with speaker ids, paths relative to ``root`` and the per-clip
+    ``metadata["silent"]``/``metadata["clipped_fraction"]`` flags.
+
+  Raises:
+    DatasetError: layout problems (see :func:`list_speech_commands`), or every clip bad.
+    AudioFileError: a bad clip with ``on_bad_file="error"``.
+  """
+  check_option("on_rate_mismatch", on_rate_mismatch, ("resample", "error"))
+  check_option("on_bad_file", on_bad_file, ("error", "skip"))
+  root = os.fspath(root)
+  paths, labels, class_names = list_speech_commands(
+      root, split, classes=classes, on_empty_class=on_empty_class)
+  clip_samples = sample_rate if clip_samples is None else int(clip_samples)
+  waveforms, kept, errors = audio_io.read_wav_files(
+      [os.path.join(root, p) for p in paths], num_samples=clip_samples, sample_rate=sample_rate,
+      resample=on_rate_mismatch == "resample", mono=mono, skip_errors=on_bad_file == "skip",
+      max_workers=max_workers, progress=progress)
+  if errors:
+    logger.warning("%s split %r: skipped %d of %d bad clips (on_bad_file='skip'); first: %s",
+                   root, split, len(errors), len(paths), errors[0])
+  if not kept:
+    raise DatasetError(f"{root}: every clip of split {split!r} is bad; nothing to load.")
+  paths = [paths[i] for i in kept]
+  return AudioDataset(
+      waveforms=waveforms, labels=labels[kept], class_names=class_names,
+      sample_rate=sample_rate, split=split,
+      speaker_ids=np.array([speaker_from_filename(p) for p in paths]), paths=tuple(paths),
+      metadata=quality_metadata(waveforms, paths, f"{root} split {split!r}"))
+
+
+def load_background_noise(
+    root: str | os.PathLike, *, sample_rate: int = 16000,
+    on_rate_mismatch: Literal["resample", "error"] = "resample",
+    mono: Literal["error", "mean"] = "error",
+) -> dict[str, np.ndarray]:
+  """Loads ``root/_background_noise_/*.wav`` as ``{stem: float32 waveform}`` (sorted by name).
+
+  The recordings keep their own lengths. A missing folder gives an empty dict (the folder is
+  optional in exported datasets); a bad file raises AudioFileError naming it.
+  """
+  check_option("on_rate_mismatch", on_rate_mismatch, ("resample", "error"))
+  folder = os.path.join(os.fspath(root), BACKGROUND_NOISE_DIR)
+  if not os.path.isdir(folder):
+    return {}
+  return {
+      os.path.splitext(f)[0]: audio_io.read_wav(
+          os.path.join(folder, f), sample_rate=sample_rate,
+          resample=on_rate_mismatch == "resample", mono=mono)[0]
+      for f in _wav_files(folder)}
+
+
+def _check_relative(path: str, what: str) -> str:
+  path = path.replace("\\", "/")
+  parts = path.split("/")
+  if os.path.isabs(path) or ".." in parts or len(parts) != 2 or not parts[1]:
+    raise DatasetError(f"{what}: path {path!r} must look like '<class>/<file>.wav'.")
+  return path
+
+
+def _export_paths(ds: AudioDataset, used: set[str], counters: dict) -> list[str]:
+  """Relative file names for the clips of ``ds``: its own paths, else generated ones."""
+  out = []
+  for i in range(len(ds)):
+    class_name = ds.class_names[ds.labels[i]]
+    if ds.paths is not None:
+      path = _check_relative(ds.paths[i], f"dataset split {ds.split!r} clip {i}")
+      if path.split("/", 1)[0] != class_name:
+        raise DatasetError(
+            f"dataset split {ds.split!r} clip {i}: path {path!r} is not in the folder of its "
+            f"label {class_name!r}; the loader would label it by folder. Fix paths or labels.")
+    else:
+      speaker = "clip" if ds.speaker_ids is None else str(ds.speaker_ids[i])
+      speaker = speaker.replace("/", "-").replace("\\", "-") or "clip"
+      while True:
+        n = counters.get((class_name, speaker), 0)
+        counters[(class_name, speaker)] = n + 1
+        path = f"{class_name}/{speaker}{NOHASH}{n}.wav"
+        if path not in used:
+          break
+    if path in used:
+      raise DatasetError(f"dataset split {ds.split!r}: path {path!r} appears twice; clip paths "
+                         "must be unique across splits.")
+    used.add(path)
+    out.append(path)
+  return out
+
+
+def export_speech_commands(
+    datasets: AudioDataset | Mapping[str, AudioDataset], root: str | os.PathLike, *,
+    background_noise: Mapping[str, np.ndarray] | None = None, overwrite: bool = False,
+    subtype: str = "PCM_16", max_workers: int | None = None,
+) -> dict[str, list[str]]:
+  """Writes splits in the Speech Commands layout (see the module docstring).
+
+  Every file is written atomically. Clips keep ``dataset.paths`` when present, else they are named
+  ``<class>/<speaker or 'clip'>_nohash_<i>.wav``. Both split lists are always written (possibly
+  empty), so that the folder loads back with the same splits.
+
+  Args:
+    datasets: one dataset (exported under its ``split``) or ``{split: dataset}``; splits must be
+      ``train``, ``validation`` or ``test`` and share class names and sample rate.
+    root: destination folder.
+    background_noise: optional ``{name: waveform}`` written to ``_background_noise_/<name>.wav``
+      at the datasets' sample rate.
+    overwrite: allow a non-empty ``root``. The export then replaces the dataset there: WAV files in
+      class folders that it did not write are deleted, because they would load as training clips.
+    subtype: WAV sample format (16-bit PCM by default).
+    max_workers: writer threads.
+
+  Returns:
+    ``{split: relative paths written}``.
+
+  Raises:
+    DatasetError: non-empty root without ``overwrite``, unknown split names, datasets that do not
+      agree, or paths that do not match their labels or repeat.
+  """
+  if isinstance(datasets, AudioDataset):
+    datasets = {datasets.split: datasets}
+  root = os.fspath(root)
+  if not datasets:
+    raise DatasetError("export_speech_commands: no dataset given.")
+  for split in datasets:
+    if split not in SPLITS:
+      raise DatasetError(f"export_speech_commands: split {split!r} is not one of {SPLITS}; pass "
+                         "a mapping {'train': ..., 'validation': ..., 'test': ...}.")
+  first = next(iter(datasets.values()))
+  for split, ds in datasets.items():
+    if ds.class_names != first.class_names or ds.sample_rate != first.sample_rate:
+      raise DatasetError(f"export_speech_commands: split {split!r} has other class names or "
+                         "sample rate than the first split.")
+  if os.path.isdir(root) and os.listdir(root) and not overwrite:
+    raise DatasetError(f"{root}: destination is not empty. Choose an empty folder or pass "
+                       "overwrite=True to replace the dataset there.")
+  used, counters, written, jobs = set(), {}, {}, []
+  for split in sorted(datasets, key=SPLITS.index):
+    ds = datasets[split]
+    written[split] = _export_paths(ds, used, counters)
+    jobs += [(os.path.join(root, p), ds.waveforms[i]) for i, p in enumerate(written[split])]
+  for name, wave in (background_noise or {}).items():
+    name = name if name.lower().endswith(".wav") else f"{name}.wav"
+    jobs.append((os.path.join(root, BACKGROUND_NOISE_DIR, os.path.basename(name)), wave))
+  workers = max_workers or min(16, (os.cpu_count() or 1) + 4)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    list(pool.map(lambda job: audio_io.write_wav(job[0], job[1], first.sample_rate,
+                                                 subtype=subtype), jobs))
+  for split, list_name in SPLIT_LISTS.items():
+    lines = "".join(f"{p}\n" for p in written.get(split, []))
+    audio_io.write_text_atomic(os.path.join(root, list_name), lines)
+  if overwrite:
+    _remove_stale_clips(root, used)
+  return written
+
+
+def _remove_stale_clips(root: str, keep: set[str]) -> None:
+  for entry in os.scandir(root):
+    if not _is_class_dir(entry):
+      continue
+    for f in _wav_files(entry.path):
+      if f"{entry.name}/{f}" not in keep:
+        logger.info("export_speech_commands: removing stale clip %s", os.path.join(entry.path, f))
+        os.remove(os.path.join(entry.path, f))
+    if not os.listdir(entry.path):
+      os.rmdir(entry.path)  # An empty class folder would fail the next load.

@@ -1,0 +1,339 @@
+"""The secret key file: save, load with manifest verification, audit, and export as WAV.
+
+See the ``jaxtag.keys`` module docstring for the format and the permission policy. Every function
+here is re-exported by ``jaxtag.keys``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import warnings
+import zipfile
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtag.keys import (_ARRAY_DTYPES, _MANIFEST_MEMBER, _ZIP_DATE, ARRAY_NAMES, FORMAT_NAME,
+                         FORMAT_VERSION, KeyFileError, KeyFilePermissionWarning, Keys, KeySpec,
+                         make_keys)
+
+
+def _host_arrays(keys):
+  return {name: np.ascontiguousarray(np.asarray(getattr(keys, name)), _ARRAY_DTYPES[name])
+          for name in ARRAY_NAMES}
+
+
+def _array_record(array):
+  return {"sha256": hashlib.sha256(array.tobytes()).hexdigest(), "dtype": array.dtype.str,
+          "shape": list(array.shape)}
+
+
+def _fingerprint(manifest):
+  committed = {k: manifest[k] for k in ("spec", "num_classes", "class_names", "arrays")}
+  blob = json.dumps(committed, sort_keys=True, separators=(",", ":")).encode()
+  return hashlib.sha256(blob).hexdigest()
+
+
+def _versions():
+  import jaxtag  # pylint: disable=import-outside-toplevel  (parent package, always loaded)
+  return {"jaxtag": jaxtag.__version__, "jax": jax.__version__, "numpy": np.__version__,
+          "python": sys.version.split()[0]}
+
+
+def check_outside(path: str | os.PathLike, dataset_root: str | os.PathLike) -> None:
+  """Raises KeyFileError if ``path`` lies inside ``dataset_root`` (symlinks resolved).
+
+  Keys inside the published dataset would be published with it, and then anyone could fake
+  or dodge a verification.
+  """
+  target = pathlib.Path(path).expanduser().resolve()
+  root = pathlib.Path(dataset_root).expanduser().resolve()
+  if target == root or root in target.parents:
+    raise KeyFileError(f"Refusing key path {str(path)!r}: it is inside the dataset directory "
+                       f"{str(dataset_root)!r}, which will be published. Keep the keys elsewhere.")
+
+
+def save_keys(path: str | os.PathLike, keys: Keys, *, class_names: Sequence[str],
+              provenance: Mapping[str, Any], overwrite: bool = False,
+              dataset_root: str | os.PathLike | None = None) -> pathlib.Path:
+  """Writes the key file atomically (temporary file + os.replace), mode 0o600.
+
+  Args:
+    path: destination, e.g. ``.../keys.npz``; its directory is created (0o700) if missing.
+    keys: from ``make_keys``.
+    class_names: the dataset's class names; label i means class_names[i].
+    provenance: what generated the keys (see ``key_provenance``); JSON-serialisable. It
+      regenerates the keys, so it is as secret as they are.
+    overwrite: replace an existing file. Off by default: losing the keys that a published
+      dataset was crafted for loses the ability to verify it.
+    dataset_root: if given, refuse any path inside it (``check_outside``).
+
+  Returns:
+    The path written.
+
+  Raises:
+    KeyFileError: existing file, path inside the dataset, labels out of range for class_names,
+      or a provenance that is not JSON-serialisable.
+  """
+  path = pathlib.Path(path)
+  if dataset_root is not None:
+    check_outside(path, dataset_root)
+  if path.exists() and not overwrite:
+    raise KeyFileError(f"Key file {str(path)!r} already exists; pass overwrite=True only if the "
+                       "keys it holds are no longer needed.")
+  class_names = [str(c) for c in class_names]
+  arrays = _host_arrays(keys)
+  labels = arrays["labels"]
+  if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+    raise KeyFileError(f"Keys have labels in [{labels.min()}, {labels.max()}] but only "
+                       f"{len(class_names)} class names were given for {str(path)!r}.")
+  manifest = {
+      "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "versions": _versions(), "spec": keys.spec.to_dict(), "num_classes": len(class_names),
+      "class_names": class_names, "provenance": dict(provenance),
+      "arrays": {name: _array_record(arrays[name]) for name in ARRAY_NAMES},
+  }
+  manifest["fingerprint"] = _fingerprint(manifest)
+  try:
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode()
+  except (TypeError, ValueError) as e:
+    raise KeyFileError(f"provenance for {str(path)!r} is not JSON-serialisable: {e}") from e
+  if not path.parent.exists():
+    path.parent.mkdir(parents=True, mode=0o700)
+  members = {_MANIFEST_MEMBER: manifest_bytes}
+  for name in ARRAY_NAMES:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arrays[name], allow_pickle=False)
+    members[f"{name}.npy"] = buf.getvalue()
+  _atomic_write(path, lambda f: _write_zip(f, members))
+  return path
+
+
+def _write_zip(f, members):
+  with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+    for name, data in members.items():
+      zf.writestr(zipfile.ZipInfo(name, date_time=_ZIP_DATE), data)
+
+
+def _atomic_write(path, write_fn):
+  # mkstemp creates the file 0o600, so the secret is never readable by others, even briefly.
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def load_keys(path: str | os.PathLike, *, expected_class_names: Sequence[str] | None = None,
+              strict_permissions: bool = False) -> tuple[Keys, dict[str, Any]]:
+  """Reads a key file and checks every array against the manifest.
+
+  Args:
+    path: a file written by ``save_keys``.
+    expected_class_names: the classes of the model or dataset the keys will be used with; they
+      must equal the file's class names, in order.
+    strict_permissions: raise instead of warn when the file is group/world accessible.
+
+  Returns:
+    (Keys with numpy arrays, manifest dict).
+
+  Raises:
+    KeyFileError: missing or unreadable file, not a key file, truncated, missing fields, an
+      array whose SHA-256/dtype/shape differs from the manifest (the array is named), a
+      manifest edited after writing, or class names that differ from ``expected_class_names``.
+  """
+  path = pathlib.Path(path)
+  where = f"key file {str(path)!r}"
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    raise KeyFileError(f"Cannot read {where}: {e.strerror}.") from e
+  if mode & 0o077:
+    msg = (f"{where} has mode {oct(mode & 0o777)}: users other than its owner can read the "
+           f"secret keys. "
+           f"Run `chmod 600 {path}`.")
+    if strict_permissions:
+      raise KeyFileError(msg)
+    warnings.warn(msg, KeyFilePermissionWarning, stacklevel=2)
+  try:
+    with zipfile.ZipFile(path) as zf:
+      manifest = _read_manifest(zf, where)
+      arrays = {name: _read_array(zf, name, manifest, where) for name in ARRAY_NAMES}
+  except (zipfile.BadZipFile, EOFError, OSError) as e:
+    raise KeyFileError(f"{where} is not a readable jaxtag key file (a zip archive): {e}. It may "
+                       "be truncated or another file; restore it from your backup.") from e
+  spec = _check_manifest(manifest, arrays, where)
+  if expected_class_names is not None:
+    _compare_class_names(manifest["class_names"], list(expected_class_names), where)
+  return Keys(spec=spec, **arrays), manifest
+
+
+def _read_manifest(zf, where):
+  try:
+    manifest = json.loads(zf.read(_MANIFEST_MEMBER))
+  except KeyError as e:
+    raise KeyFileError(f"{where} has no {_MANIFEST_MEMBER}: not a jaxtag key file.") from e
+  except (ValueError, UnicodeDecodeError) as e:
+    raise KeyFileError(f"{where}: {_MANIFEST_MEMBER} is not valid JSON ({e}).") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+    raise KeyFileError(f"{where}: manifest format is not {FORMAT_NAME!r}: not a key file.")
+  if manifest.get("format_version") != FORMAT_VERSION:
+    raise KeyFileError(f"{where}: format_version {manifest.get('format_version')!r} is not "
+                       f"{FORMAT_VERSION}; use the jaxtag version that wrote it.")
+  required = ("created", "versions", "spec", "num_classes", "class_names", "provenance",
+              "arrays", "fingerprint")
+  missing = [k for k in required if k not in manifest]
+  missing += [f"arrays.{n}" for n in ARRAY_NAMES if n not in manifest.get("arrays", {})]
+  if missing:
+    raise KeyFileError(f"{where}: manifest is missing field(s) {missing}.")
+  return manifest
+
+
+def _read_array(zf, name, manifest, where):
+  try:
+    data = zf.read(f"{name}.npy")
+  except KeyError as e:
+    raise KeyFileError(f"{where} has no array {name!r} ({name}.npy).") from e
+  except zipfile.BadZipFile as e:  # CRC mismatch: bytes of this member were changed.
+    raise KeyFileError(f"{where}: array {name!r} is corrupt or was modified ({e}).") from e
+  try:
+    array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+  except (ValueError, EOFError) as e:
+    raise KeyFileError(f"{where}: array {name!r} cannot be parsed ({e}).") from e
+  expected, actual = manifest["arrays"][name], _array_record(array)
+  if not isinstance(expected, dict):
+    raise KeyFileError(f"{where}: manifest entry arrays.{name} is not a record.")
+  for field in ("dtype", "shape", "sha256"):
+    if expected.get(field) != actual[field]:
+      raise KeyFileError(f"{where}: array {name!r} was modified: its {field} is "
+                         f"{actual[field]!r}, the manifest says {expected.get(field)!r}.")
+  return array
+
+
+def _check_manifest(manifest, arrays, where):
+  try:
+    spec = KeySpec.from_dict(manifest["spec"])
+  except (ValueError, TypeError) as e:
+    raise KeyFileError(f"{where}: invalid spec in manifest: {e}") from e
+  if manifest["fingerprint"] != _fingerprint(manifest):
+    raise KeyFileError(f"{where}: manifest was modified after writing (fingerprint mismatch).")
+  num_classes, names = manifest["num_classes"], manifest["class_names"]
+  if not isinstance(names, list) or not isinstance(num_classes, int) or (
+      len(names) != num_classes):
+    raise KeyFileError(f"{where}: class_names {names!r} do not match num_classes "
+                       f"{num_classes!r}.")
+  k = spec.num_keys
+  shapes = {"spectrograms": (k, spec.n_frames, spec.n_mels), "waveforms": (k, spec.clip_samples),
+            "labels": (k,)}
+  for name, shape in shapes.items():
+    if arrays[name].shape != shape:
+      raise KeyFileError(f"{where}: array {name!r} has shape {arrays[name].shape}, the spec "
+                         f"implies {shape}.")
+  labels = arrays["labels"]
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise KeyFileError(f"{where}: labels outside [0, {num_classes}).")
+  return spec
+
+
+def _compare_class_names(stored, expected, where):
+  if stored == expected:
+    return
+  diffs = [f"{i}: file {a!r} vs expected {b!r}"
+           for i, (a, b) in enumerate(zip(stored, expected)) if a != b][:5]
+  if len(stored) != len(expected):
+    diffs.insert(0, f"file has {len(stored)} classes, expected {len(expected)}")
+  raise KeyFileError(f"{where} was made for other classes ({'; '.join(diffs)}). Labels index "
+                     "class names by position, so the keys would be scored against the wrong "
+                     "classes: use the key file made for this dataset, or pass its class list "
+                     "in the same order.")
+
+
+def regenerate_and_check(keys: Keys, manifest: Mapping[str, Any], *,
+                         atol: float = 1e-4) -> dict[str, str]:
+  """Audits a key file: re-runs make_keys from the recorded provenance and compares arrays.
+
+  Args:
+    keys, manifest: as returned by ``load_keys`` (provenance made with ``key_provenance``).
+    atol: max abs difference tolerated in the float arrays when their bits differ (another
+      backend or XLA version rounds Griffin-Lim differently; the random draws never change).
+
+  Returns:
+    {array name: "identical" or "close (max abs diff ...)"}.
+
+  Raises:
+    KeyFileError: provenance lacking the key data, or regenerated arrays that do not match.
+  """
+  prov = manifest.get("provenance", {})
+  if "key_data" not in prov or "key_impl" not in prov:
+    raise KeyFileError("Manifest provenance has no key_data/key_impl (not made with "
+                       "key_provenance): the keys cannot be regenerated.")
+  flag = bool(jax.config.jax_threefry_partitionable)
+  if prov.get("threefry_partitionable", flag) != flag:
+    raise KeyFileError(f"These keys were drawn with jax_threefry_partitionable="
+                       f"{prov['threefry_partitionable']}; set it so to regenerate them.")
+  key = jax.random.wrap_key_data(jnp.asarray(prov["key_data"], jnp.uint32),
+                                 impl=prov["key_impl"])
+  regenerated = _host_arrays(make_keys(key, keys.spec, int(manifest["num_classes"])))
+  stored = _host_arrays(keys)
+  report = {}
+  for name in ARRAY_NAMES:
+    new, old = regenerated[name], stored[name]
+    if new.shape == old.shape and np.array_equal(new, old):
+      report[name] = "identical"
+      continue
+    diff = float(np.max(np.abs(new.astype(np.float64) - old))) if new.shape == old.shape else None
+    if name == "labels" or diff is None or not diff <= atol:
+      raise KeyFileError(f"Regenerated {name!r} differ from the key file's (max abs diff "
+                         f"{diff}): the provenance does not reproduce these keys.")
+    report[name] = f"close (max abs diff {diff:.3g})"
+  return report
+
+
+def export_keys_wav(keys: Keys, directory: str | os.PathLike, *,
+                    class_names: Sequence[str] | None = None) -> list[pathlib.Path]:
+  """Writes each key as a 16-bit WAV for listening, mode 0o600 (they are as secret as the file).
+
+  Files are named ``key{index:02d}_label{label}[_{class name}].wav``. soundfile writes into a
+  file that ``mkstemp`` created 0o600, then os.replace: the audio is never readable by others.
+
+  Args:
+    keys: the keys.
+    directory: output directory, created 0o700 if missing. Never inside the dataset.
+    class_names: optional names for the labels, used in the file names.
+
+  Returns:
+    The paths written, in key order.
+  """
+  import soundfile  # pylint: disable=import-outside-toplevel  (host-side only)
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+  arrays = _host_arrays(keys)
+  waveforms, labels = arrays["waveforms"], arrays["labels"]
+  paths = []
+  for i, (audio, label) in enumerate(zip(waveforms, labels)):
+    name = f"key{i:02d}_label{int(label)}"
+    if class_names is not None:
+      name += "_" + re.sub(r"[^A-Za-z0-9._-]+", "-", str(class_names[int(label)])).strip("-.")
+    path = directory / f"{name}.wav"
+    _atomic_write(path, lambda f, a=audio: soundfile.write(
+        f, a, keys.spec.sample_rate, subtype="PCM_16", format="WAV"))
+    paths.append(path)
+  return paths

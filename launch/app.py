@@ -1,0 +1,108 @@
+"""Shared setup for every jaxtag launcher: flags, hosts and devices, root key, workdir, config dump.
+
+Each launcher in this folder defines ``main(config, workdir)`` that calls one library entry point,
+and ends with ``app.run(main)``. Launchers run as modules from the repository root, as in
+big_vision: ``python -m launch.<stage> --config=launch/configs/<stage>.py --workdir=...``. Everything that is common to the pipeline stages lives here so
+that the launchers stay a screen long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from absl import app as absl_app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file, optionally with ':arg'.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for this stage's outputs (config, checkpoints, artifacts).")
+_TRANSFER_GUARD = flags.DEFINE_enum(
+    "transfer_guard", "allow", ["allow", "log", "disallow"],
+    "jax transfer guard for implicit host<->device transfers in hot loops "
+    "('log' or 'disallow' to hunt silent slowness).")
+
+
+def setup_jax() -> None:
+  """Starts multi-host JAX when the environment asks for it and logs the device layout."""
+  import jax  # Imported here so that `--help` stays fast.
+
+  from jaxtag import sharding
+  sharding.maybe_initialize_distributed()
+  logging.info("JAX %s, backend %s: process %d of %d, %d local / %d global devices (%s)",
+               jax.__version__, jax.default_backend(), jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+
+
+def dump_config(config: Any, workdir: pathlib.Path) -> None:
+  """Writes the resolved config next to the stage's outputs (atomically)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  tmp = workdir / ".config.json.tmp"
+  tmp.write_text(text + "\n")
+  os.replace(tmp, workdir / "config.json")
+
+
+def root_key(config: Any):
+  """The run's root PRNG key from ``config.seed``: the only int seed in a run."""
+  import jax
+  return jax.random.key(int(config.seed))
+
+
+@contextlib.contextmanager
+def timed(name: str, timings: dict[str, float]):
+  """Records the wall time of a stage into ``timings[name]``."""
+  start = time.perf_counter()
+  try:
+    yield
+  finally:
+    timings[name] = time.perf_counter() - start
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  """Writes JSON atomically (temp file + rename)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name("." + path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+  os.replace(tmp, path)
+
+
+def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
+        preflight: Callable[[Any, pathlib.Path | None], None] | None = None) -> None:
+  """Runs ``main(config, workdir)`` under absl with the shared setup.
+
+  Args:
+    main: the stage, called with the locked config and the workdir.
+    needs_workdir: whether ``--workdir`` is required.
+    preflight: optional check run before anything is written (e.g. "the key file must not land
+      inside the dataset"); it raises to stop the run.
+  """
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise absl_app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+      raise absl_app.UsageError("--config is required, e.g. --config=launch/configs/demo.py")
+    if needs_workdir and not _WORKDIR.value:
+      raise absl_app.UsageError("--workdir is required.")
+    workdir = pathlib.Path(_WORKDIR.value).expanduser() if _WORKDIR.value else None
+    setup_jax()
+    import jax
+    jax.config.update("jax_transfer_guard", _TRANSFER_GUARD.value)
+    if preflight is not None:
+      preflight(config, workdir)
+    if workdir is not None:
+      dump_config(config, workdir)
+    main(config, workdir)
+
+  absl_app.run(_main)

@@ -1,0 +1,18 @@
+r"""Synthesise (or find in the cache) the embedded espeak-ng corpus and print its splits.
+
+  .venv/bin/python -m launch.make_corpus --config=launch/configs/corpus.py:default \
+      --workdir=workdirs/corpus
+
+The argument is the size preset: tiny | small | default.
+"""
+
+import ml_collections
+
+from launch.configs import common
+
+
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = common.data_config("corpus", preset=arg or "default")
+  return config

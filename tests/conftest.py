@@ -1,0 +1,18 @@
+"""Test setup: eight fake CPU devices for multi-device checks, set before JAX starts."""
+
+import os
+
+# Must happen before jax is imported anywhere in the test session.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def num_devices():
+  import jax
+  return jax.device_count()

@@ -1,0 +1,359 @@
+"""Tests for jaxtag.keys: key generation, its audio, and the key file's integrity checks."""
+
+import collections
+import io
+import json
+import os
+import stat
+import zipfile
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+
+from jaxtag import keys as keys_lib
+from jaxtag.audio.mel import mel_spectrogram, power_to_db
+
+# Full mel geometry (1 s at 16 kHz, 128 bins) with fewer keys and Griffin-Lim iterations than the
+# default, so the audio checks stay fast while testing the real geometry.
+AUDIO_SPEC = keys_lib.KeySpec(num_keys=4, d=16, interpolation="bilinear", griffin_lim_iters=32)
+# Small geometry for the file-format tests, which do not depend on audio quality.
+SMALL_SPEC = keys_lib.KeySpec(num_keys=3, d=4, clip_samples=2000, n_fft=128, win_length=128,
+                              hop_length=64, n_mels=16, mel_inversion_iters=20,
+                              griffin_lim_iters=4)
+CLASS_NAMES = ("yes", "no", "up", "down", "left")
+# Measured: r = 0.995 for every key of AUDIO_SPEC, seeds 0-1 (the default d = 64 nearest spec
+# gives 0.80-0.82: single-frame, single-band detail is finer than a 400-sample window resolves).
+MIN_PEARSON_R = 0.98
+
+
+@pytest.fixture(scope="module")
+def audio_keys():
+  return keys_lib.make_keys(jax.random.key(0), AUDIO_SPEC, 35)
+
+
+@pytest.fixture(scope="module")
+def small_keys():
+  return keys_lib.make_keys(jax.random.key(1), SMALL_SPEC, len(CLASS_NAMES))
+
+
+@pytest.fixture
+def key_file(tmp_path, small_keys):
+  path = tmp_path / "secret" / "keys.npz"
+  keys_lib.save_keys(path, small_keys, class_names=CLASS_NAMES,
+                     provenance=keys_lib.key_provenance(jax.random.key(1), seed=1))
+  return path
+
+
+# --- KeySpec --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_keys", 0), ("d", 2.5), ("distribution", "gaussian"), ("p", 0.0), ("p", 1.5),
+    ("interpolation", "cubic"), ("mel_norm", "l2"), ("htk", 1), ("db_range", -3.0),
+    ("momentum", 1.5), ("peak_dbfs", 3.0), ("rms_dbfs", float("nan")), ("win_length", 1024),
+    ("hop_length", 500), ("n_mels", 300), ("f_max", 9000.0), ("clip_samples", 100),
+    ("griffin_lim_iters", True),
+])
+def test_spec_rejects_bad_field_naming_it(field, value):
+  with pytest.raises(ValueError, match=field):
+    keys_lib.KeySpec(**{field: value})
+
+
+def test_spec_dict_round_trip_and_unknown_field():
+  spec = keys_lib.KeySpec(d=32, distribution="bernoulli", p=0.3, f_max=7600.0, rms_dbfs=None)
+  assert keys_lib.KeySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+  assert spec.n_frames == 101
+  with pytest.raises(ValueError, match="no field.*'dd'"):
+    keys_lib.KeySpec.from_dict({"dd": 3})
+
+
+# --- make_keys --------------------------------------------------------------------------------
+
+
+def test_shapes_dtypes_and_levels(audio_keys):
+  spec = AUDIO_SPEC
+  assert audio_keys.spectrograms.shape == (4, 101, 128)
+  assert audio_keys.waveforms.shape == (4, 16000)
+  assert audio_keys.labels.shape == (4,)
+  assert audio_keys.spectrograms.dtype == jnp.float32
+  assert audio_keys.waveforms.dtype == jnp.float32
+  assert audio_keys.labels.dtype == jnp.int32
+  w = np.asarray(audio_keys.waveforms)
+  assert np.all(np.isfinite(w)) and np.max(np.abs(w)) <= 1.0
+  rms_db = 20 * np.log10(np.sqrt(np.mean(w ** 2, axis=-1)))
+  peak_db = 20 * np.log10(np.max(np.abs(w), axis=-1))
+  # Each key is at the RMS target unless its peak hit the ceiling first.
+  at_rms = np.abs(rms_db - spec.rms_dbfs) < 0.01
+  at_peak = np.abs(peak_db - spec.peak_dbfs) < 0.01
+  assert np.all(at_rms | at_peak), (rms_db, peak_db)
+  s = np.asarray(audio_keys.spectrograms)
+  assert s.min() >= -spec.db_range and s.max() <= 0.0
+
+
+def test_same_key_same_keys_other_key_other_keys(small_keys):
+  again = keys_lib.make_keys(jax.random.key(1), SMALL_SPEC, len(CLASS_NAMES))
+  other = keys_lib.make_keys(jax.random.key(2), SMALL_SPEC, len(CLASS_NAMES))
+  for name in keys_lib.ARRAY_NAMES:
+    np.testing.assert_array_equal(getattr(again, name), getattr(small_keys, name))
+  assert not np.allclose(other.spectrograms, small_keys.spectrograms)
+  assert not np.allclose(other.waveforms, small_keys.waveforms)
+
+
+def test_parts_equal_their_public_helpers(small_keys):
+  k = jax.random.key(1)
+  np.testing.assert_array_equal(keys_lib.key_spectrograms(k, SMALL_SPEC), small_keys.spectrograms)
+  np.testing.assert_array_equal(keys_lib.key_labels(k, SMALL_SPEC, 5), small_keys.labels)
+
+
+def test_waveform_mel_matches_target(audio_keys):
+  """Griffin-Lim made the target audible: the measured log-mel follows the drawn one."""
+  spec = AUDIO_SPEC
+  measured = power_to_db(mel_spectrogram(
+      audio_keys.waveforms, sample_rate=spec.sample_rate, n_fft=spec.n_fft,
+      hop_length=spec.hop_length, win_length=spec.win_length, n_mels=spec.n_mels,
+      norm=spec.mel_norm), amin=1e-12)
+  target = np.asarray(audio_keys.spectrograms)
+  for i in range(spec.num_keys):
+    r = np.corrcoef(np.ravel(measured[i]), np.ravel(target[i]))[0, 1]
+    assert r > MIN_PEARSON_R, (i, r)
+  # A key's audio must not match another key's target (guards against a constant output).
+  r_cross = np.corrcoef(np.ravel(measured[0]), np.ravel(target[1]))[0, 1]
+  assert abs(r_cross) < 0.3, r_cross
+
+
+def test_nearest_is_blocky_and_bilinear_is_not():
+  base = dict(num_keys=2, d=8)
+  k = jax.random.key(3)
+  nearest = np.asarray(keys_lib.key_spectrograms(k, keys_lib.KeySpec(**base)))
+  bilinear = np.asarray(keys_lib.key_spectrograms(
+      k, keys_lib.KeySpec(**base, interpolation="bilinear")))
+  for s in nearest:  # Piecewise constant: d distinct frames, d distinct bands, d*d levels.
+    assert np.unique(s, axis=0).shape[0] == 8 and np.unique(s, axis=1).shape[1] == 8
+    assert len(np.unique(s)) == 64
+  for s in bilinear:
+    assert len(np.unique(s, axis=0)) > 50 and len(np.unique(s)) > 1000
+  # Same draws underneath: the two grids agree on average.
+  assert abs(nearest.mean() - bilinear.mean()) < 1.0
+
+
+def test_bernoulli_masks_the_uniform_draw():
+  k = jax.random.key(4)
+  uniform_spec = keys_lib.KeySpec(num_keys=4, d=32)
+  bern_spec = keys_lib.KeySpec(num_keys=4, d=32, distribution="bernoulli", p=0.3)
+  uniform = np.asarray(keys_lib.key_spectrograms(k, uniform_spec))
+  bern = np.asarray(keys_lib.key_spectrograms(k, bern_spec))
+  floor = bern == -bern_spec.db_range
+  np.testing.assert_array_equal(bern[~floor], uniform[~floor])
+  assert 0.62 < floor.mean() < 0.78  # 1 - p = 0.7 of the cells masked, 4096 cells.
+  # The mask is independent of the values (its own stream): kept levels still span [0, 1].
+  kept = 1.0 + bern[~floor] / bern_spec.db_range
+  assert abs(kept.mean() - 0.5) < 0.05, kept.mean()
+
+
+def test_labels_distinct_when_keys_fit_in_classes(audio_keys):
+  labels = np.asarray(audio_keys.labels)
+  assert len(set(labels.tolist())) == 4 and labels.min() >= 0 and labels.max() < 35
+
+
+def test_labels_balanced_when_more_keys_than_classes():
+  spec = keys_lib.KeySpec(num_keys=23)
+  labels = np.asarray(keys_lib.key_labels(jax.random.key(5), spec, 5))
+  counts = collections.Counter(labels.tolist())
+  assert sorted(counts) == [0, 1, 2, 3, 4]
+  assert sorted(counts.values()) == [4, 4, 5, 5, 5]
+
+
+# Each example compiles twice (~0.6 CPU-s each on 2 cores), hence few examples.
+@hypothesis.settings(max_examples=6, deadline=None)
+@hypothesis.given(num_keys=st.integers(1, 12), d=st.integers(1, 12),
+                  num_classes=st.integers(1, 15), seed=st.integers(0, 2 ** 31 - 1))
+def test_property_small_specs(num_keys, d, num_classes, seed):
+  spec = keys_lib.KeySpec(num_keys=num_keys, d=d, clip_samples=1600, n_fft=128, win_length=128,
+                          hop_length=64, n_mels=12)
+  k = jax.random.key(seed)
+  labels = np.asarray(keys_lib.key_labels(k, spec, num_classes))
+  s = np.asarray(keys_lib.key_spectrograms(k, spec))
+  assert labels.shape == (num_keys,) and labels.min() >= 0 and labels.max() < num_classes
+  counts = np.bincount(labels, minlength=num_classes)
+  assert counts.max() - counts.min() <= 1  # Distinct when K <= C, balanced otherwise.
+  assert s.shape == (num_keys, spec.n_frames, 12)
+  assert s.min() >= -spec.db_range and s.max() <= 0.0
+  assert all(len(np.unique(x)) <= d * d for x in s)
+
+
+def test_make_keys_compiles_once_per_spec(monkeypatch):
+  traces = []
+  real = keys_lib.key_labels
+
+  def counting(*args, **kwargs):
+    traces.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(keys_lib, "key_labels", counting)
+  spec = keys_lib.KeySpec(**{**SMALL_SPEC.to_dict(), "d": 5})  # A spec no other test traces.
+  for seed in range(3):
+    keys_lib.make_keys(jax.random.key(seed), spec, 5)
+  assert len(traces) == 1
+  # A new spec traces again; this one also checks peak-only normalisation.
+  peak_spec = keys_lib.KeySpec(**{**spec.to_dict(), "rms_dbfs": None, "peak_dbfs": -3.0})
+  w = np.asarray(keys_lib.make_keys(jax.random.key(0), peak_spec, 5).waveforms)
+  assert len(traces) == 2
+  np.testing.assert_allclose(np.max(np.abs(w), axis=-1), 10 ** (-3 / 20), rtol=1e-5)
+
+
+def test_make_keys_rejects_bad_num_classes():
+  with pytest.raises(ValueError, match="num_classes"):
+    keys_lib.make_keys(jax.random.key(0), SMALL_SPEC, 0)
+
+
+# --- Key file ---------------------------------------------------------------------------------
+
+
+def test_round_trip_is_bit_exact_and_owner_only(key_file, small_keys):
+  assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+  loaded, manifest = keys_lib.load_keys(key_file, expected_class_names=list(CLASS_NAMES))
+  for name in keys_lib.ARRAY_NAMES:
+    a, b = np.asarray(getattr(loaded, name)), np.asarray(getattr(small_keys, name))
+    assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+  assert loaded.spec == SMALL_SPEC
+  assert manifest["class_names"] == list(CLASS_NAMES) and manifest["num_classes"] == 5
+  assert manifest["provenance"]["seed"] == 1
+  assert set(manifest["versions"]) >= {"jaxtag", "jax", "numpy"}
+  assert len(manifest["fingerprint"]) == 64
+  assert not [p for p in key_file.parent.iterdir() if p.name != "keys.npz"]  # No temp left.
+
+
+def test_regenerate_and_check(key_file):
+  loaded, manifest = keys_lib.load_keys(key_file)
+  assert keys_lib.regenerate_and_check(loaded, manifest) == {
+      name: "identical" for name in keys_lib.ARRAY_NAMES}
+  bad = {**manifest, "provenance": keys_lib.key_provenance(jax.random.key(2))}
+  with pytest.raises(keys_lib.KeyFileError, match="provenance does not reproduce"):
+    keys_lib.regenerate_and_check(loaded, bad)
+
+
+def _member_offset(path, member):
+  with zipfile.ZipFile(path) as zf:
+    info = zf.getinfo(member)
+  with open(path, "rb") as f:  # Local header: 30 bytes + name + extra field.
+    f.seek(info.header_offset + 26)
+    name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+  return info.header_offset + 30 + int(name_len) + int(extra_len), info.file_size
+
+
+@pytest.mark.parametrize("name", keys_lib.ARRAY_NAMES)
+def test_one_flipped_byte_names_the_array(key_file, name):
+  start, size = _member_offset(key_file, f"{name}.npy")
+  data = bytearray(key_file.read_bytes())
+  data[start + size - 3] ^= 0x01  # Last element's bytes, past the .npy header.
+  key_file.write_bytes(bytes(data))
+  os.chmod(key_file, 0o600)
+  with pytest.raises(keys_lib.KeyFileError, match=f"array '{name}'"):
+    keys_lib.load_keys(key_file)
+
+
+def _rewrite(path, replace):
+  with zipfile.ZipFile(path) as zf:
+    members = {n: zf.read(n) for n in zf.namelist()}
+  members.update(replace)
+  with zipfile.ZipFile(path, "w") as zf:
+    for n, data in members.items():
+      zf.writestr(n, data)
+
+
+def test_rewritten_array_fails_its_sha256(key_file, small_keys):
+  """A modification with valid zip CRCs is caught by the manifest's hashes."""
+  waveforms = np.array(small_keys.waveforms)
+  waveforms[0, 0] += 1e-3
+  buf = io.BytesIO()
+  np.save(buf, waveforms)
+  _rewrite(key_file, {"waveforms.npy": buf.getvalue()})
+  with pytest.raises(keys_lib.KeyFileError, match="array 'waveforms' was modified: its sha256"):
+    keys_lib.load_keys(key_file)
+
+
+def test_edited_manifest_fails_the_fingerprint(key_file):
+  with zipfile.ZipFile(key_file) as zf:
+    manifest = json.loads(zf.read("manifest.json"))
+  manifest["class_names"][0] = "maybe"
+  _rewrite(key_file, {"manifest.json": json.dumps(manifest).encode()})
+  with pytest.raises(keys_lib.KeyFileError, match="fingerprint"):
+    keys_lib.load_keys(key_file)
+
+
+def test_truncated_random_and_missing_files(key_file, tmp_path):
+  data = key_file.read_bytes()
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(data[:len(data) // 2])
+  noise = tmp_path / "noise.npz"
+  noise.write_bytes(np.random.default_rng(0).bytes(5000))
+  for path in (truncated, noise):
+    os.chmod(path, 0o600)
+    with pytest.raises(keys_lib.KeyFileError, match=f"{path.name}.*not a readable jaxtag key"):
+      keys_lib.load_keys(path)
+  with pytest.raises(keys_lib.KeyFileError, match="Cannot read"):
+    keys_lib.load_keys(tmp_path / "absent.npz")
+
+
+def test_other_zip_and_missing_fields(key_file, tmp_path):
+  other = tmp_path / "other.npz"
+  np.savez(other, a=np.zeros(3))
+  os.chmod(other, 0o600)
+  with pytest.raises(keys_lib.KeyFileError, match="no manifest.json"):
+    keys_lib.load_keys(other)
+  with zipfile.ZipFile(key_file) as zf:
+    manifest = json.loads(zf.read("manifest.json"))
+  del manifest["provenance"], manifest["arrays"]["labels"]
+  _rewrite(key_file, {"manifest.json": json.dumps(manifest).encode()})
+  with pytest.raises(keys_lib.KeyFileError, match=r"missing field.*provenance.*arrays\.labels"):
+    keys_lib.load_keys(key_file)
+
+
+def test_wrong_class_names_say_which_differ(key_file):
+  with pytest.raises(keys_lib.KeyFileError, match="1: file 'no' vs expected 'nope'"):
+    keys_lib.load_keys(key_file, expected_class_names=["yes", "nope", "up", "down", "left"])
+  with pytest.raises(keys_lib.KeyFileError, match="file has 5 classes, expected 4"):
+    keys_lib.load_keys(key_file, expected_class_names=CLASS_NAMES[:4])
+
+
+def test_readable_by_others_warns_or_raises(key_file):
+  os.chmod(key_file, 0o640)  # Group-readable only: "others" is not the only leak.
+  with pytest.warns(keys_lib.KeyFilePermissionWarning, match="chmod 600"):
+    keys_lib.load_keys(key_file)
+  with pytest.raises(keys_lib.KeyFileError, match="0o640"):
+    keys_lib.load_keys(key_file, strict_permissions=True)
+
+
+def test_save_refuses_overwrite_dataset_and_bad_labels(key_file, small_keys, tmp_path):
+  kwargs = dict(class_names=CLASS_NAMES, provenance={})
+  with pytest.raises(keys_lib.KeyFileError, match="already exists"):
+    keys_lib.save_keys(key_file, small_keys, **kwargs)
+  keys_lib.save_keys(key_file, small_keys, overwrite=True, **kwargs)
+  dataset = tmp_path / "dataset"
+  dataset.mkdir()
+  with pytest.raises(keys_lib.KeyFileError, match="inside the dataset"):
+    keys_lib.save_keys(dataset / "sub" / "keys.npz", small_keys, dataset_root=dataset, **kwargs)
+  keys_lib.check_outside(tmp_path / "keys.npz", dataset)  # A sibling is fine.
+  with pytest.raises(keys_lib.KeyFileError, match="class names"):
+    keys_lib.save_keys(tmp_path / "k.npz", small_keys, class_names=["a"], provenance={})
+  with pytest.raises(keys_lib.KeyFileError, match="JSON"):
+    keys_lib.save_keys(tmp_path / "k.npz", small_keys, class_names=CLASS_NAMES,
+                       provenance={"key": object()})
+  assert not (tmp_path / "k.npz").exists()
+
+
+def test_export_wav(small_keys, tmp_path):
+  paths = keys_lib.export_keys_wav(small_keys, tmp_path / "listen", class_names=CLASS_NAMES)
+  labels = np.asarray(small_keys.labels)
+  assert len(paths) == 3
+  for i, (path, label) in enumerate(zip(paths, labels)):
+    assert path.name == f"key{i:02d}_label{label}_{CLASS_NAMES[label]}.wav"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    audio, sr = soundfile.read(path, dtype="float32")
+    assert sr == SMALL_SPEC.sample_rate and soundfile.info(path).subtype == "PCM_16"
+    np.testing.assert_allclose(audio, small_keys.waveforms[i], atol=1.0 / 32768 + 1e-7)

@@ -1,0 +1,89 @@
+"""End to end: the launchers chained on the tiny corpus, with the artifacts and invariants checked."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(module, *args, env):
+  cmd = [sys.executable, "-m", module, *args]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+  return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("demo")
+  env = dict(os.environ, JAXTAG_DATA=str(base / "data"), XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  workdir = base / "work"
+  out = _run("launch.demo", "--config=launch/configs/demo.py:tiny", f"--workdir={workdir}", env=env)
+  return workdir, out, env
+
+
+def test_demo_prints_summary_and_writes_artifacts(demo_run):
+  workdir, out, _ = demo_run
+  assert "=== jaxtag demo ===" in out
+  summary = json.loads((workdir / "demo_summary.json").read_text())
+  assert set(summary["wall_time_s"]) == {"corpus", "keys"}
+  splits = summary["data"]["splits"]
+  assert all(splits[s]["num_clips"] > 0 for s in ("train", "validation", "test"))
+  assert (workdir / "config.json").exists()
+
+
+def test_key_file_is_secret_intact_and_outside_dataset(demo_run):
+  from jaxtag import keys
+  workdir, _, _ = demo_run
+  summary = json.loads((workdir / "demo_summary.json").read_text())
+  key_file = pathlib.Path(summary["keys"]["key_file"])
+  data_root = pathlib.Path(summary["data"]["root"]).resolve()
+  assert data_root not in key_file.resolve().parents
+  assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+  class_names = tuple(json.loads((data_root / "manifest.json").read_text())["config"]["words"]) \
+      if (data_root / "manifest.json").exists() else None
+  loaded, manifest = keys.load_keys(key_file)
+  assert loaded.waveforms.shape[0] == summary["keys"]["num_keys"]
+  assert [manifest["class_names"][i] for i in np.asarray(loaded.labels)] == summary["keys"]["labels"]
+  if class_names is not None:
+    assert sorted(manifest["class_names"]) == sorted(class_names)
+  wavs = sorted((workdir / "keys" / "keys_wav").glob("*.wav"))
+  assert len(wavs) == summary["keys"]["num_keys"]
+  assert all(stat.S_IMODE(w.stat().st_mode) == 0o600 for w in wavs)
+
+
+def test_stages_rerun_alone_from_their_launchers(demo_run, tmp_path):
+  workdir, _, env = demo_run
+  out = _run("launch.make_corpus", "--config=launch/configs/corpus.py:tiny",
+             f"--workdir={tmp_path / 'corpus'}", env=env)
+  data = json.loads((tmp_path / "corpus" / "data.json").read_text())
+  demo = json.loads((workdir / "demo_summary.json").read_text())
+  assert data["root"] == demo["data"]["root"]  # the cached corpus is found again, not rebuilt
+  assert "train" in out
+  # Same seed and spec: make_keys regenerates bit-identical keys.
+  _run("launch.make_keys", "--config=launch/configs/keys.py:tiny", f"--workdir={tmp_path / 'keys'}",
+       env=env)
+  from jaxtag import keys
+  a, _ = keys.load_keys(workdir / "keys" / "keys.npz")
+  b, _ = keys.load_keys(tmp_path / "keys" / "keys.npz")
+  np.testing.assert_array_equal(np.asarray(a.waveforms), np.asarray(b.waveforms))
+  np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
+
+
+def test_key_file_refused_inside_dataset(demo_run, tmp_path):
+  workdir, _, env = demo_run
+  demo = json.loads((workdir / "demo_summary.json").read_text())
+  inside = pathlib.Path(demo["data"]["root"]) / "secret"
+  cmd = [sys.executable, "-m", "launch.make_keys", "--config=launch/configs/keys.py:tiny",
+         f"--workdir={inside}"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0
+  assert "inside" in (proc.stderr + proc.stdout).lower()
+  assert not (inside / "keys.npz").exists()
