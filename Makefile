@@ -10,6 +10,10 @@ EXTRAS ?= test,tfds
 WORKDIR ?= workdirs/demo
 DEMO_CONFIG ?= launch/configs/demo.py
 PYTEST_ARGS ?=
+# PyTorch + transformers as test references (HF AST import check). `auto` installs them only when a
+# torch 2.13.0 wheel is reachable without the network (pip find-links), so a machine without one
+# never pulls gigabytes of CUDA wheels; the tests that need them then skip and say why.
+REFERENCE ?= auto
 
 STAMP := $(VENV)/.jaxtag-installed-$(EXTRAS)
 
@@ -21,6 +25,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@# audax is a cross-check reference only (unmaintained; declares no dependencies).
 	$(PY) -m pip install --quiet --no-deps "audax==0.0.3"
+ifeq ($(REFERENCE),auto)
+	@if $(PY) -m pip install --quiet --no-index --no-deps "torch==2.13.0" 2>/dev/null; then \
+	  $(PY) -m pip install --quiet "torch==2.13.0" "transformers>=5"; \
+	else echo "note: no local torch 2.13.0 wheel; PyTorch reference tests will skip."; fi
+endif
 	@rm -f $(VENV)/.jaxtag-installed-*
 	@touch $@
 

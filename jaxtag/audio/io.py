@@ -169,8 +169,9 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None, resampl
   return np.ascontiguousarray(x, dtype=np.float32), file_rate
 
 
-def _to_pcm16(x: np.ndarray) -> np.ndarray:
-  """float in [-1, 1] -> int16 with the rounding documented in the module docstring."""
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+  """float in [-1, 1] -> int16 with the rounding documented in the module docstring (one source
+  of truth for every 16-bit export: WAV files, TFDS, the HTTP client)."""
   q = np.rint(np.clip(x.astype(np.float64), -1.0, 1.0) * _PCM16_SCALE)
   return np.clip(q, -32768, 32767).astype(np.int16)
 
@@ -221,7 +222,7 @@ def write_wav(path: str | os.PathLike, audio, sample_rate: int, *,
         "(num_samples, channels).")
   if int(sample_rate) <= 0:
     raise ValueError(f"write_wav({path}): sample_rate must be positive; got {sample_rate}.")
-  data = _to_pcm16(arr) if subtype.upper() == "PCM_16" else np.clip(arr, -1.0, 1.0)
+  data = to_pcm16(arr) if subtype.upper() == "PCM_16" else np.clip(arr, -1.0, 1.0)
   fmt = _FORMAT_BY_SUFFIX.get(os.path.splitext(path)[1].lower(), "WAV")
   with _atomic_file(path, "wb") as f:
     sf.write(f, data, int(sample_rate), subtype=subtype, format=fmt)

@@ -14,6 +14,7 @@ float32 error in the mel arithmetic.
 ``librosa.feature.inverse.mel_to_stft`` (which uses L-BFGS-B).
 """
 
+import functools
 from typing import Callable, Optional, Union
 
 import jax
@@ -263,3 +264,59 @@ def mel_to_linear(mel_power: jnp.ndarray, filterbank: jnp.ndarray, *,
   t0 = jnp.ones(x0.shape[:-1] + (1,), jnp.float32)
   x, _, _ = jax.lax.fori_loop(0, n_iter, body, (x0, x0, t0))
   return x
+
+
+@functools.lru_cache(maxsize=16)
+def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """Orthonormal DCT-II as an ``(n_in, n_out)`` matrix (``x @ D``).
+
+  Equals ``scipy.fft.dct(x, type=2, norm="ortho")[..., :n_out]``.
+  """
+  if n_out > n_in:
+    raise ValueError(f"Cannot keep {n_out} DCT coefficients of {n_in} inputs.")
+  n = np.arange(n_in, dtype=np.float64)[:, None]
+  k = np.arange(n_out, dtype=np.float64)[None, :]
+  basis = np.cos(np.pi * (2.0 * n + 1.0) * k / (2.0 * n_in))
+  scale = np.full((1, n_out), np.sqrt(2.0 / n_in))
+  scale[0, 0] = np.sqrt(1.0 / n_in)
+  return (basis * scale).astype(np.float32)
+
+
+def mfcc(x: jax.Array, *, sample_rate: int = 16000, n_mfcc: int = 40,
+         n_mels: int = 40, n_fft: int = 512, win_length: int = 400,
+         hop_length: int = 160, f_min: float = 0.0,
+         f_max: Optional[float] = None, top_db: Optional[float] = 80.0,
+         amin: float = 1e-10, center: bool = True,
+         pad_mode: str = "reflect") -> jax.Array:
+  """MFCCs: orthonormal DCT-II of the decibel mel spectrogram.
+
+  The recipe of ``librosa.feature.mfcc`` (``power_to_db`` with ``ref=1``,
+  ``top_db`` clipping per example, DCT-II ortho, no liftering), batched and
+  differentiable. With ``pad_mode="constant"`` it reproduces librosa's
+  defaults; the default here reflects, as ``jaxtag.audio.mel`` does.
+
+  Args:
+    x: waveform(s) ``(..., T)`` in ``[-1, 1]``.
+    sample_rate: sampling rate in Hz.
+    n_mfcc: coefficients kept.
+    n_mels: mel bands (at least ``n_mfcc``).
+    n_fft: FFT size.
+    win_length: window length in samples (400 = 25 ms at 16 kHz).
+    hop_length: hop in samples (160 = 10 ms at 16 kHz).
+    f_min: lowest mel edge in Hz.
+    f_max: highest mel edge in Hz (default Nyquist).
+    top_db: clip each example's decibels to ``max - top_db`` (None: no clip).
+    amin: power floor before the log.
+    center: centre frames (see ``jaxtag.audio.spectral.stft``).
+    pad_mode: padding for ``center``.
+
+  Returns:
+    float32 ``(..., n_frames, n_mfcc)``.
+  """
+  power = mel_spectrogram(
+      x, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
+      win_length=win_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
+      center=center, pad_mode=pad_mode)
+  db = power_to_db(power, amin=amin, top_db=top_db)
+  return jnp.matmul(db, dct_matrix(n_mels, n_mfcc),
+                    precision=jax.lax.Precision.HIGHEST)

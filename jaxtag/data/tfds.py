@@ -125,8 +125,7 @@ def _features(tfds, splits: Mapping[str, AudioDataset], audio_dtype: np.dtype, a
 def _quantize(waveforms: np.ndarray, audio_dtype: np.dtype) -> np.ndarray:
   if audio_dtype == np.float32:
     return np.clip(waveforms, -1.0, 1.0).astype(np.float32)
-  q = np.rint(np.clip(waveforms.astype(np.float64), -1.0, 1.0) * _PCM16_SCALE)
-  return np.clip(q, -32768, 32767).astype(np.int16)
+  return audio_io.to_pcm16(waveforms)
 
 
 def _serialized_examples(features, ds: AudioDataset, audio_dtype: np.dtype):
