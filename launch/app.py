@@ -28,19 +28,33 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for this stage's outputs (config, checkpoints, artifacts).")
 _TRANSFER_GUARD = flags.DEFINE_enum(
     "transfer_guard", "allow", ["allow", "log", "disallow"],
-    "jax transfer guard for implicit host<->device transfers in hot loops "
-    "('log' or 'disallow' to hunt silent slowness).")
+    "jax transfer guard for implicit host<->device transfers inside a stage's hot loop (the "
+    "launcher's setup is not guarded): 'log' or 'disallow' to hunt silent slowness.")
 
 
 def setup_jax() -> None:
   """Starts multi-host JAX when the environment asks for it and logs the device layout."""
+  import logging as std_logging
+
   import jax  # Imported here so that `--help` stays fast.
+
+  # orbax logs every checkpoint step at INFO; keep the launchers' output readable.
+  std_logging.getLogger("orbax").setLevel(std_logging.WARNING)
+  std_logging.getLogger("absl").setLevel(std_logging.INFO)
 
   from jaxtag import sharding
   sharding.maybe_initialize_distributed()
   logging.info("JAX %s, backend %s: process %d of %d, %d local / %d global devices (%s)",
                jax.__version__, jax.default_backend(), jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+
+
+def transfer_guard_level() -> str:
+  """The ``--transfer_guard`` level, for the library's hot loops (e.g. ``train(transfer_guard=)``).
+
+  ``allow`` when flags were not parsed, i.e. a stage's ``run_stage`` called from Python.
+  """
+  return _TRANSFER_GUARD.value if flags.FLAGS.is_parsed() else "allow"
 
 
 def dump_config(config: Any, workdir: pathlib.Path) -> None:
@@ -97,8 +111,6 @@ def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
       raise absl_app.UsageError("--workdir is required.")
     workdir = pathlib.Path(_WORKDIR.value).expanduser() if _WORKDIR.value else None
     setup_jax()
-    import jax
-    jax.config.update("jax_transfer_guard", _TRANSFER_GUARD.value)
     if preflight is not None:
       preflight(config, workdir)
     if workdir is not None:

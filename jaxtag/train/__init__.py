@@ -1,0 +1,26 @@
+"""Training: typed configs, pure train/eval steps, keyed augmentation, the loop, checkpoints.
+
+    from jaxtag import train
+    result = train.train(train.TrainConfig(model="cnn"), train_data=ds, key=key, workdir=wd)
+    trained = train.restore_for_inference(wd)   # model, params, class names, sample rate
+
+Orbax and tqdm are imported only when a checkpoint is written or a loop runs.
+"""
+
+from jaxtag.train.augment import AugmentConfig
+from jaxtag.train.checkpoint import (ModelInfo, TrainedModel, load_trained, read_model_info,
+                                     restore_for_inference)
+from jaxtag.train.loop import TrainConfig, TrainResult, evaluate, train
+from jaxtag.train.optim import OptimConfig, make_optimizer, make_schedule
+from jaxtag.train.state import (ModelParts, ModelSpec, StepSignature, TrainState,
+                                abstract_train_state, create_train_state, jit_eval_step,
+                                jit_train_step, step_signature)
+from jaxtag.train.steps import cross_entropy, eval_step, forward, train_step
+
+__all__ = [
+    "AugmentConfig", "ModelInfo", "ModelParts", "ModelSpec", "OptimConfig", "StepSignature",
+    "TrainConfig", "TrainResult", "TrainState", "TrainedModel", "abstract_train_state",
+    "create_train_state", "cross_entropy", "eval_step", "evaluate", "forward", "jit_eval_step",
+    "jit_train_step", "load_trained", "make_optimizer", "make_schedule", "read_model_info",
+    "restore_for_inference", "step_signature", "train", "train_step",
+]

@@ -1,0 +1,86 @@
+r"""Train a classifier (surrogate or suspect) on a dataset source into a workdir.
+
+  .venv/bin/python -m launch.train --config=launch/configs/train.py:surrogate \
+      --workdir=workdirs/surrogate
+  .venv/bin/python -m launch.train --config=launch/configs/train.py:suspect \
+      --workdir=workdirs/suspect --config.data.root=<protected dataset folder>
+
+The argument picks a recipe:
+  surrogate  AST-tiny (depth 2) on the embedded corpus, seed 0, light augmentation
+             (time shift and gain).
+  suspect    the same architecture, seed 1, SpecAugment + mixup + noise on (the paper's
+             suspect trains another seed with augmentation). Point `data.kind/root` at the
+             protected dataset.
+  tiny       a small CNN on the tiny corpus for tests and smoke runs (seconds).
+A second argument picks another registered model with its default options, e.g.
+`--config=launch/configs/train.py:surrogate,cnn` (model_overrides then start empty).
+Override any field, e.g. `--config.model=cnn --config.num_epochs=20 --config.optim.name=lamb`.
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+import ml_collections
+
+from launch.configs import common
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """Mirrors jaxtag.train.OptimConfig."""
+  fields = dict(name="adamw", learning_rate=1e-3, weight_decay=0.05,
+                warmup_steps=-10,          # < 0: percent of the total steps
+                end_lr_fraction=0.01, grad_clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8)
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def augment_config(**overrides) -> ml_collections.ConfigDict:
+  """Mirrors jaxtag.train.AugmentConfig (0 disables an augmentation; noise_snr_db None = off)."""
+  fields = dict(max_shift_seconds=0.0, shift_mode="circular", max_gain_db=0.0,
+                noise_snr_db=ml_collections.FieldReference(None, field_type=tuple),
+                noise_prob=1.0, mixup_alpha=0.0, freq_mask_width=0, num_freq_masks=1,
+                time_mask_width=0, num_time_masks=1)
+  config = ml_collections.ConfigDict(fields)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
+  arg, _, model = (arg or "surrogate").partition(",")
+  if arg not in ("surrogate", "suspect", "tiny"):
+    raise ValueError(f"launch/configs/train.py: unknown recipe {arg!r}; use surrogate, suspect "
+                     "or tiny.")
+  config = ml_collections.ConfigDict()
+  config.seed = 1 if arg == "suspect" else 0
+  config.data = common.data_config("corpus", preset="tiny" if arg == "tiny" else "default")
+  config.model = "ast_tiny"
+  config.model_overrides = ml_collections.ConfigDict(dict(depth=2))
+  config.num_epochs = 12
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.label_smoothing = 0.1
+  config.log_every_steps = 25
+  config.checkpoint_every_steps = 0   # 0: once per epoch
+  config.max_to_keep = 2
+  config.eval_every_epochs = 1
+  config.num_devices = 0              # 0: every device (all hosts)
+  config.progress = True
+  config.optim = optim_config(learning_rate=1e-3, weight_decay=0.05)
+  config.augment = augment_config(max_shift_seconds=0.1, max_gain_db=6.0)
+  if arg == "suspect":
+    config.augment = augment_config(
+        max_shift_seconds=0.1, max_gain_db=6.0, noise_snr_db=(10.0, 40.0), noise_prob=0.5,
+        mixup_alpha=0.3, freq_mask_width=24, num_freq_masks=2, time_mask_width=24,
+        num_time_masks=2)
+  if arg == "tiny":
+    config.model = "cnn"
+    config.model_overrides = ml_collections.ConfigDict(dict(channels=(8, 16), n_mels=32))
+    config.num_epochs = 3
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.log_every_steps = 1
+    config.progress = False
+    config.optim = optim_config(learning_rate=3e-3, warmup_steps=0)
+  if model:
+    config.model = model
+    config.model_overrides = ml_collections.ConfigDict()
+  return config

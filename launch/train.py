@@ -1,0 +1,82 @@
+r"""Stage: train a classifier on a dataset into a workdir (resumes automatically).
+
+  .venv/bin/python -m launch.train --config=launch/configs/train.py:surrogate \
+      --workdir=workdirs/surrogate
+
+Writes `<workdir>/checkpoints/`, `final/` (inference weights), `model.json` and
+`metrics.jsonl`; `jaxtag.train.restore_for_inference(workdir)` loads the model back.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from launch import app
+
+
+def train_config(config: Any):
+  """The library's typed TrainConfig from the launcher's ConfigDict."""
+  from jaxtag import train
+
+  augment = config.augment.to_dict()
+  if augment.get("noise_snr_db") is not None:
+    augment["noise_snr_db"] = tuple(augment["noise_snr_db"])
+  return train.TrainConfig(
+      model=config.model, model_overrides=_plain(config.model_overrides.to_dict()),
+      num_epochs=config.num_epochs, batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size, optim=train.OptimConfig(**config.optim.to_dict()),
+      augment=train.AugmentConfig(**augment), label_smoothing=config.label_smoothing,
+      log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps, max_to_keep=config.max_to_keep,
+      eval_every_epochs=config.eval_every_epochs)
+
+
+def _plain(value):
+  """Tuples to lists, so that model options survive the trip through model.json unchanged."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Loads the splits, trains (or resumes) into ``workdir``; returns a summary."""
+  import jax
+
+  from jaxtag import sharding, train
+  from jaxtag.data import sources
+
+  source = sources.DataSource(**config.data.to_dict())
+  splits = {}
+  for split in ("train", "validation", "test"):
+    try:
+      splits[split] = sources.load_split(source, split, progress=config.progress)
+    except sources.DatasetError:
+      if split == "train":
+        raise
+      splits[split] = None  # e.g. ESC-50 has no validation split.
+  mesh = sharding.make_mesh(config.num_devices or None)
+  result = train.train(
+      train_config(config), train_data=splits["train"], validation_data=splits["validation"],
+      test_data=splits["test"], key=app.root_key(config), workdir=workdir, mesh=mesh,
+      progress=config.progress, transfer_guard=app.transfer_guard_level())
+  summary = {
+      "workdir": str(workdir), "model": config.model, "steps": int(jax.device_get(result.state.step)),
+      "resumed_from": result.start_step, "train_seconds": round(result.train_seconds, 2),
+      "steps_per_s": round(result.steps_run / max(result.train_seconds, 1e-9), 3),
+      "num_devices": mesh.size, **{k: round(v, 6) for k, v in result.metrics.items()},
+  }
+  app.write_json(workdir / "train_summary.json", summary)
+  return summary
+
+
+def main(config, workdir):
+  summary = run_stage(config, workdir)
+  for key, value in summary.items():
+    print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,166 @@
+"""jaxtag.taggants.blackbox: the local box ranks as the model's logits do; input checks; WAV.
+
+The HTTP client against a live server is tested in test_serve.py.
+"""
+
+import io
+import socket
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxtag import sharding, train
+from jaxtag.audio import io as audio_io
+from jaxtag.data.dataset import AudioDataset
+from jaxtag.taggants import blackbox
+
+SR = 8000
+CLIP = 2000
+CLASSES = ("yes", "no", "up", "down", "left", "right")
+
+
+def clips(n: int, seed: int, length: int = CLIP) -> tuple[np.ndarray, np.ndarray]:
+  """Tones whose pitch gives the class, in noise, rounded to 16-bit values (exact in a WAV)."""
+  r = np.random.default_rng(seed)
+  labels = np.arange(n) % len(CLASSES)
+  t = np.arange(length) / SR
+  x = np.stack([0.3 * np.sin(2 * np.pi * (300 + 300 * c) * t + r.uniform(0, 6)) for c in labels])
+  x = x + 0.02 * r.standard_normal(x.shape)
+  return (np.round(x * 32768) / 32768).astype(np.float32), labels.astype(np.int32)
+
+
+def train_tiny_workdir(workdir) -> None:
+  """A few steps of the real training loop on a small CNN (the artifacts serving loads)."""
+  x, y = clips(32, 0)
+  config = train.TrainConfig(
+      model="cnn", model_overrides={"channels": [8, 16], "n_mels": 32, "sample_rate": SR,
+                                  "dropout_rate": 0.0},
+      num_epochs=4, batch_size=8, eval_batch_size=8, log_every_steps=4,
+      optim=train.OptimConfig(learning_rate=1e-2, warmup_steps=0))
+  train.train(config, train_data=AudioDataset(x, y, CLASSES, SR), key=jax.random.key(0),
+              workdir=workdir, mesh=sharding.make_mesh(1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("suspect")
+  train_tiny_workdir(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def box(workdir):
+  return blackbox.LocalBlackBox(workdir, batch_size=4)
+
+
+def model_logits(workdir, x: np.ndarray) -> np.ndarray:
+  """Logits straight from the restored nnx model (not through the black box's apply_fn)."""
+  trained = train.restore_for_inference(workdir)
+  return np.asarray(jax.jit(lambda w: trained.model(w)[0])(x))
+
+
+def test_local_top_k_is_the_argsort_of_the_models_logits(workdir, box):
+  x, _ = clips(10, 1)
+  logits = model_logits(workdir, x)
+  # Rankings are only comparable where no two logits nearly tie (float noise between shapes).
+  assert np.min(np.diff(np.sort(logits, axis=1), axis=1)) > 1e-4
+  expected = np.argsort(-logits, axis=1, kind="stable")
+  assert len({tuple(row[:2]) for row in expected}) > 1, "degenerate model: one ranking for all"
+  for k in (1, 3, len(CLASSES)):
+    got = box.top_k(x, k)  # 10 clips: batches of 4, 4 and 2 (+2 padding rows).
+    assert got.dtype == np.int32 and got.shape == (10, k)
+    np.testing.assert_array_equal(got, expected[:, :k])
+  # One clip alone (the server's path) and odd slices answer the same.
+  np.testing.assert_array_equal(box.top_k(x[3:4], 4), expected[3:4, :4])
+  np.testing.assert_array_equal(box.top_k(x[5:10], 2), expected[5:10, :2])
+  # Every k and N above ran through two compiled shapes: (1, CLIP) and (4, CLIP).
+  assert box.trace_count == 2
+
+
+def test_local_fits_clips_to_the_training_length(box):
+  x, _ = clips(3, 2, length=CLIP + 700)
+  np.testing.assert_array_equal(box.top_k(x, 3), box.top_k(x[:, :CLIP], 3))
+  short = x[:, :1500]
+  padded = np.concatenate([short, np.zeros((3, CLIP - 1500), np.float32)], axis=1)
+  np.testing.assert_array_equal(box.top_k(short, 3), box.top_k(padded, 3))
+
+
+def test_blackbox_attributes_and_protocol(box, workdir):
+  assert isinstance(box, blackbox.BlackBox)
+  assert box.class_names == CLASSES and box.sample_rate == SR and box.clip_samples == CLIP
+  assert box.num_classes == len(CLASSES)
+  assert isinstance(blackbox.open_blackbox(workdir), blackbox.LocalBlackBox)
+  assert isinstance(blackbox.open_blackbox(str(workdir), batch_size=2), blackbox.LocalBlackBox)
+
+
+@pytest.mark.parametrize("k", [0, 7, -1, 1.5, True, "3", None])
+def test_k_out_of_bounds_raises(box, k):
+  x, _ = clips(2, 3)
+  with pytest.raises(ValueError, match=r"k must be an integer in \[1, 6\]"):
+    box.top_k(x, k)
+
+
+def test_numpy_integer_k_is_accepted(box):
+  x, _ = clips(2, 3)
+  np.testing.assert_array_equal(box.top_k(x, np.int64(2)), box.top_k(x, 2))
+
+
+@pytest.mark.parametrize("waveforms, kwargs, match", [
+    (np.zeros(CLIP, np.float32), {}, "expected a 2-D waveform"),
+    (np.zeros((1, 2, CLIP), np.float32), {}, "expected a 2-D waveform"),
+    (np.zeros((0, CLIP), np.float32), {}, "no clips"),
+    (np.zeros((2, 0), np.float32), {}, "0 samples"),
+    (np.full((2, CLIP), np.nan, np.float32), {}, "NaN or Inf"),
+    (np.zeros((2, CLIP), np.complex64), {}, "real-valued"),
+    (np.zeros((2, CLIP), np.float32), {"sample_rate": 16000}, "model expects 8000 Hz"),
+])
+def test_bad_waveforms_raise_clear_errors(box, waveforms, kwargs, match):
+  with pytest.raises(audio_io.AudioFileError, match=match):
+    box.top_k(waveforms, 1, **kwargs)
+
+
+def test_matching_sample_rate_is_accepted(box):
+  x, _ = clips(2, 4)
+  np.testing.assert_array_equal(box.top_k(x, 2, sample_rate=SR), box.top_k(x, 2))
+
+
+def test_missing_or_unfinished_workdir_raises(tmp_path):
+  with pytest.raises(FileNotFoundError, match="holds no finished training run"):
+    blackbox.LocalBlackBox(tmp_path)
+  with pytest.raises(FileNotFoundError, match="neither an http"):
+    blackbox.open_blackbox(tmp_path / "missing")
+  with pytest.raises(ValueError, match="unsupported scheme"):
+    blackbox.open_blackbox("ftp://example.com/model")
+  with pytest.raises(ValueError, match="batch_size must be positive"):
+    blackbox.LocalBlackBox(tmp_path, batch_size=0)
+
+
+def test_http_blackbox_without_a_server_fails_clearly():
+  with socket.socket() as s:  # A port that was just free: nothing listens there.
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  with pytest.raises(blackbox.BlackBoxError, match="no answer after 2 tries"):
+    blackbox.open_blackbox(f"http://127.0.0.1:{port}", max_retries=1, backoff_seconds=0.0,
+                           timeout=5.0)
+  with pytest.raises(ValueError, match="not an http"):
+    blackbox.HttpBlackBox("127.0.0.1:8080")
+
+
+def test_wav_encoding_matches_write_wav_and_round_trips(tmp_path):
+  r = np.random.default_rng(5)
+  # Values that straddle rounding boundaries, the clipping edges and out-of-range samples.
+  x = np.concatenate([r.uniform(-1, 1, 500), np.array([1.2, -1.3, 1.0, -1.0, 0.5 / 32768,
+                                                       1.5 / 32768, 32767.6 / 32768])])
+  x = x.astype(np.float32)
+  data = blackbox.encode_wav_pcm16(x, SR)
+  decoded, rate = sf.read(io.BytesIO(data), dtype="int16")
+  audio_io.write_wav(tmp_path / "ref.wav", x, SR)
+  reference, ref_rate = sf.read(tmp_path / "ref.wav", dtype="int16")
+  assert rate == ref_rate == SR
+  np.testing.assert_array_equal(decoded, reference)
+  # 16-bit exact input comes back bit for bit.
+  exact, _ = clips(1, 6)
+  back, _ = sf.read(io.BytesIO(blackbox.encode_wav_pcm16(exact[0], SR)), dtype="float32")
+  np.testing.assert_array_equal(back, exact[0])

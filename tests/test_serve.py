@@ -1,0 +1,268 @@
+"""jaxtag.serving over loopback HTTP: answers, limits, error codes, HttpBlackBox, the launcher."""
+
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxtag import serving, sharding, train
+from jaxtag.audio import io as audio_io
+from jaxtag.data.dataset import AudioDataset
+from jaxtag.taggants import blackbox
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SR = 8000
+CLIP = 2000
+CLASSES = ("yes", "no", "up", "down", "left", "right")
+MAX_BYTES = 64 * 1024
+MAX_SECONDS = 1.0
+
+
+def clips(n: int, seed: int, length: int = CLIP) -> np.ndarray:
+  """Tones in noise, rounded to 16-bit values so that a WAV carries them exactly."""
+  r = np.random.default_rng(seed)
+  t = np.arange(length) / SR
+  x = np.stack([0.3 * np.sin(2 * np.pi * (300 + 300 * (i % 6)) * t + r.uniform(0, 6))
+                for i in range(n)])
+  x = x + 0.02 * r.standard_normal(x.shape)
+  return (np.round(x * 32768) / 32768).astype(np.float32)
+
+
+def wav(x, rate: int = SR, subtype: str = "PCM_16") -> bytes:
+  buf = io.BytesIO()
+  sf.write(buf, np.asarray(x), rate, subtype=subtype, format="WAV")
+  return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A few steps of the real training loop on a small CNN (what launch/train.py leaves)."""
+  path = tmp_path_factory.mktemp("suspect")
+  x = clips(32, 0)
+  y = (np.arange(32) % 6).astype(np.int32)
+  config = train.TrainConfig(
+      model="cnn", model_overrides={"channels": [8, 16], "n_mels": 32, "sample_rate": SR,
+                                  "dropout_rate": 0.0},
+      num_epochs=4, batch_size=8, eval_batch_size=8, log_every_steps=4,
+      optim=train.OptimConfig(learning_rate=1e-2, warmup_steps=0))
+  train.train(config, train_data=AudioDataset(x, y, CLASSES, SR), key=jax.random.key(0),
+              workdir=path, mesh=sharding.make_mesh(1), progress=False)
+  return path
+
+
+@pytest.fixture(scope="module")
+def box(workdir):
+  return blackbox.LocalBlackBox(workdir, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def server(box):
+  srv = serving.make_server(box, max_request_bytes=MAX_BYTES, max_seconds=MAX_SECONDS,
+                            request_timeout=10.0)
+  assert srv.server_address[0] == "127.0.0.1"
+  with serving.running(srv):
+    yield srv
+
+
+def request(server, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None):
+  """One request over loopback; returns (status, decoded JSON, headers)."""
+  host, port = server.server_address[:2]
+  conn = http.client.HTTPConnection(host, port, timeout=20)
+  try:
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    raw = response.read()
+    return response.status, (json.loads(raw) if raw else None), dict(response.headers)
+  finally:
+    conn.close()
+
+
+def classify(server, body: bytes, query: str = "?k=3", content_type: str = "audio/wav"):
+  return request(server, "POST", "/v1/classify" + query, body, {"Content-Type": content_type})
+
+
+def test_info_and_health(server, workdir):
+  status, info, headers = request(server, "GET", "/v1/info")
+  assert status == 200 and headers["Content-Type"] == "application/json"
+  assert set(info) == {"sample_rate", "num_classes", "class_names", "clip_samples", "max_k"}
+  model_info = train.read_model_info(workdir)
+  assert info == {"sample_rate": SR, "num_classes": 6, "class_names": list(CLASSES),
+                  "clip_samples": CLIP, "max_k": 6}
+  assert tuple(info["class_names"]) == model_info.class_names
+  assert request(server, "GET", "/healthz")[:2] == (200, {"status": "ok"})
+
+
+def test_classify_answers_top_k_labels_and_indices_only(server, box):
+  x = clips(4, 1)
+  expected = box.top_k(x, 6)
+  for i, clip in enumerate(x):
+    for k in (1, 3, 6):
+      status, answer, _ = classify(server, wav(clip), f"?k={k}")
+      assert status == 200, answer
+      assert set(answer) == {"labels", "indices"}  # No logits, scores or anything else.
+      assert answer["indices"] == expected[i, :k].tolist()
+      assert answer["labels"] == [CLASSES[j] for j in expected[i, :k]]
+  # Default k is 5; audio/x-wav and parameters on the content type are accepted.
+  status, answer, _ = classify(server, wav(x[0]), "", "audio/x-wav; charset=binary")
+  assert status == 200 and answer["indices"] == expected[0, :5].tolist()
+
+
+def test_http_blackbox_matches_local_blackbox(server, box):
+  x = clips(6, 2, length=CLIP + 300)
+  x[4, 1500:] = 0.0  # a clip shorter than the model's, zero-padded by both
+  remote = blackbox.open_blackbox(server.url + "/v1/classify", timeout=10.0)
+  assert isinstance(remote, blackbox.HttpBlackBox) and isinstance(remote, blackbox.BlackBox)
+  assert remote.class_names == CLASSES and remote.sample_rate == SR
+  assert remote.clip_samples == CLIP and remote.max_k == 6
+  got = remote.top_k(x, 3)
+  assert got.dtype == np.int32 and got.shape == (6, 3)
+  np.testing.assert_array_equal(got, box.top_k(x, 3))
+  np.testing.assert_array_equal(remote.top_k(x[4:5, :1500], 2), box.top_k(x[4:5, :1500], 2))
+  with pytest.raises(ValueError, match=r"k must be an integer in \[1, 6\]"):
+    remote.top_k(x, 7)
+  with pytest.raises(audio_io.AudioFileError, match="model expects 8000 Hz"):
+    remote.top_k(x, 1, sample_rate=16000)
+  # A clip the server refuses: its message comes back in the exception.
+  with pytest.raises(blackbox.BlackBoxError, match=r"HTTP 413: clip is 1.250 s long") as e:
+    remote.top_k(clips(1, 3, length=10000), 1)
+  assert e.value.status == 413
+
+
+def _bad_requests():
+  good = clips(1, 4)[0]
+  good_wav = wav(good)
+  nan_clip = good.copy()
+  nan_clip[100] = np.nan
+  chunked = {"Content-Type": "audio/wav", "Transfer-Encoding": "chunked"}
+  # (name, method, path, body, headers, status, message fragment)
+  return [
+      ("random bytes", "POST", "/v1/classify", np.random.default_rng(0).bytes(3000),
+       None, 400, "not a WAV file"),
+      ("truncated", "POST", "/v1/classify", good_wav[:len(good_wav) // 2], None, 400,
+       "truncated WAV"),
+      ("header only", "POST", "/v1/classify", good_wav[:20], None, 400, "truncated or malformed"),
+      ("empty body", "POST", "/v1/classify", b"", None, 400, "not a WAV file"),
+      ("empty clip", "POST", "/v1/classify", wav(np.zeros(0, np.float32)), None, 400,
+       "0 samples"),
+      ("oversized body", "POST", "/v1/classify", b"RIFF" + bytes(MAX_BYTES), None, 413,
+       f"at most {MAX_BYTES} bytes"),
+      ("too long", "POST", "/v1/classify", wav(np.zeros(int(SR * 1.5), np.float32)), None, 413,
+       "at most 1 s"),
+      ("wrong rate", "POST", "/v1/classify", wav(good, rate=16000), None, 400,
+       "expects 8000 Hz"),
+      ("stereo", "POST", "/v1/classify", wav(np.stack([good, good], 1)), None, 400,
+       "2 channels"),
+      ("nan", "POST", "/v1/classify", wav(nan_clip, subtype="FLOAT"), None, 400, "NaN or Inf"),
+      ("k zero", "POST", "/v1/classify?k=0", good_wav, None, 400,
+       r"k must be an integer in \[1, 6\]"),
+      ("k too big", "POST", "/v1/classify?k=7", good_wav, None, 400, r"\[1, 6\]; got '7'"),
+      ("k text", "POST", "/v1/classify?k=abc", good_wav, None, 400, "got 'abc'"),
+      ("k float", "POST", "/v1/classify?k=1.5", good_wav, None, 400, "got '1.5'"),
+      ("k twice", "POST", "/v1/classify?k=1&k=2", good_wav, None, 400, "given 2 times"),
+      ("unknown param", "POST", "/v1/classify?top_k=2", good_wav, None, 400, "takes only k"),
+      ("text content", "POST", "/v1/classify", good_wav, {"Content-Type": "text/plain"}, 415,
+       "audio/wav"),
+      ("no content type", "POST", "/v1/classify", good_wav, {}, 415, "got 'none'"),
+      ("chunked", "POST", "/v1/classify", good_wav, chunked, 411, "Content-Length is required"),
+      ("get classify", "GET", "/v1/classify", None, {}, 405, "use POST"),
+      ("post info", "POST", "/v1/info", good_wav, None, 405, "use GET"),
+      ("delete health", "DELETE", "/healthz", None, {}, 405, "use GET"),
+      ("unknown path", "GET", "/v2/classify", None, {}, 404, "no such path"),
+      ("root", "POST", "/", good_wav, None, 404, "no such path"),
+  ]
+
+
+BAD_REQUESTS = _bad_requests()
+
+
+def _send_bad(server, method, path, body, headers):
+  headers = {"Content-Type": "audio/wav"} if headers is None else dict(headers)
+  if headers.get("Transfer-Encoding") == "chunked":
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=20)
+    try:
+      conn.request(method, path, body=iter([body]), headers=headers, encode_chunked=True)
+      response = conn.getresponse()
+      return response.status, json.loads(response.read()), dict(response.headers)
+    finally:
+      conn.close()
+  return request(server, method, path, body, headers)
+
+
+@pytest.mark.parametrize("name, method, path, body, headers, status, message", BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_requests_get_documented_codes_and_clear_json_errors(
+    server, name, method, path, body, headers, status, message):
+  del name
+  got_status, answer, got_headers = _send_bad(server, method, path, body, headers)
+  assert got_status == status, answer
+  assert set(answer) == {"error"} and got_headers["Content-Type"] == "application/json"
+  assert re.search(message, answer["error"]), answer
+  if status == 405:
+    assert got_headers["Allow"] in ("GET", "POST")
+
+
+def test_server_keeps_answering_after_bad_requests(server, box):
+  x = clips(1, 5)
+  for _, method, path, body, headers, status, _ in BAD_REQUESTS:
+    assert _send_bad(server, method, path, body, headers)[0] == status
+  status, answer, _ = classify(server, wav(x[0]), "?k=4")
+  assert status == 200 and answer["indices"] == box.top_k(x, 4)[0].tolist()
+
+
+def test_concurrent_requests_answer_like_sequential_ones(server, box):
+  x = clips(8, 6)
+  expected = box.top_k(x, 2).tolist()
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    answers = list(pool.map(lambda clip: classify(server, wav(clip), "?k=2"), x))
+  assert [a[1]["indices"] for a in answers] == expected
+
+
+def test_resample_and_mono_options(box):
+  srv = serving.make_server(box, on_rate_mismatch="resample", on_stereo="mean", max_k=2,
+                            default_k=5)
+  x16 = clips(1, 7, length=2 * CLIP)[0]  # read as a 16 kHz clip
+  stereo = np.stack([x16, x16], axis=1)
+  expected = box.top_k(audio_io.resample(x16, 16000, SR)[None], 2)[0].tolist()
+  with serving.running(srv):
+    status, answer, _ = classify(srv, wav(stereo, rate=16000), "")
+    assert status == 200 and answer["indices"] == expected  # default k capped at max_k=2
+    assert request(srv, "GET", "/v1/info")[1]["max_k"] == 2
+    assert classify(srv, wav(x16, rate=16000), "?k=3")[0] == 400
+  with pytest.raises(ValueError, match="on_rate_mismatch"):
+    serving.make_server(box, on_rate_mismatch="ignore")
+  with pytest.raises(ValueError, match=r"max_k must be in \[1, 6\]"):
+    serving.make_server(box, max_k=9)
+
+
+def test_launcher_prints_url_serves_and_stops_on_ctrl_c(workdir):
+  cmd = [sys.executable, "-m", "launch.serve", "--config=launch/configs/serve.py",
+         f"--config.model_workdir={workdir}", "--config.port=0"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    line = proc.stdout.readline()  # Blocks until the server is bound (or the launcher died).
+    assert " at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
+    url = line.split(" at ")[1].split()[0]
+    remote = blackbox.HttpBlackBox(url, timeout=20.0)
+    assert remote.class_names == CLASSES
+    assert remote.top_k(clips(2, 8), 1).shape == (2, 1)
+  finally:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err[-3000:]
+  assert "Server stopped." in out
+  assert "POST /v1/classify?k=1 -> 200" in err  # one log line per request

@@ -1,0 +1,136 @@
+"""launch/train.py: the configs map onto TrainConfig; the stage runs end to end, survives SIGKILL."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtag import train
+from jaxtag.data import sources
+from launch import train as train_launcher
+from launch.configs import train as train_configs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("arg", ["surrogate", "suspect", "tiny"])
+def test_config_variants_map_onto_train_config(arg):
+  config = train_configs.get_config(arg)
+  tc = train_launcher.train_config(config)
+  assert isinstance(tc, train.TrainConfig) and isinstance(tc.optim, train.OptimConfig)
+  sources.DataSource(**config.data.to_dict())
+  if arg == "suspect":
+    assert config.seed != train_configs.get_config("surrogate").seed
+    assert tc.augment.uses_features and tc.augment.mixup_alpha > 0
+    assert tc.augment.noise_snr_db == (10.0, 40.0)
+  else:
+    assert not tc.augment.uses_features and tc.augment.mixup_alpha == 0
+  with pytest.raises(ValueError, match="unknown recipe"):
+    train_configs.get_config("teacher")
+  other = train_configs.get_config(f"{arg},m5")
+  assert other.model == "m5" and train_launcher.train_config(other).model_overrides == {}
+
+
+def _tiny_config(corpus_root, **overrides):
+  config = train_configs.get_config("tiny")
+  config.data.root = str(corpus_root)
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus") / "tiny"
+  sources.dataset_root(sources.DataSource(kind="corpus", preset="tiny", root=str(root)),
+                       progress=False)
+  return root
+
+
+def _final_params(workdir):
+  trained = train.restore_for_inference(workdir)
+  return [np.asarray(x) for x in jax.tree.leaves((trained.params, trained.batch_stats))]
+
+
+def _check_workdir(workdir, summary, corpus_root, epochs):
+  """What a finished run leaves: model.json, metrics.jsonl, checkpoints, loadable final weights."""
+  assert summary["steps"] == epochs
+  info = json.loads((workdir / "model.json").read_text())
+  assert info["model"] == "cnn" and info["class_names"] == ["down", "no", "up", "yes"]
+  assert info["sample_rate"] == 16000 and info["clip_samples"] == 16000
+  assert info["model_overrides"] == {"channels": [8, 16], "n_mels": 32}
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["kind"] for r in records].count("eval") == epochs and records[-1]["kind"] == "final"
+  assert (workdir / "checkpoints" / str(epochs)).is_dir() and (workdir / "final").is_dir()
+  # The restored model scores the test split exactly as the run reported.
+  trained = train.restore_for_inference(workdir)
+  test = sources.load_split(sources.DataSource(kind="corpus", preset="tiny",
+                                               root=str(corpus_root)), "test", progress=False)
+  logits, _ = jax.jit(lambda x: trained.model(x))(test.waveforms)
+  accuracy = float(np.mean(np.argmax(logits, -1) == test.labels))
+  assert accuracy == pytest.approx(summary["test/accuracy"], abs=1e-6)
+
+
+def _command(corpus_root, workdir, epochs):
+  return [sys.executable, "-m", "launch.train",
+          "--config=" + str(ROOT / "launch" / "configs" / "train.py") + ":tiny",
+          f"--workdir={workdir}", f"--config.data.root={corpus_root}",
+          f"--config.num_epochs={epochs}", "--config.checkpoint_every_steps=2",
+          "--config.num_devices=1"]
+
+
+def test_sigkill_rerun_equals_uninterrupted_run_and_artifacts_load(corpus_root, tmp_path):
+  """A launcher process killed with SIGKILL mid-run, then rerun, ends where an uninterrupted
+  in-process ``run_stage`` of the same config ends; that run's artifacts are complete and load.
+
+  Tolerance: the subprocesses see 1 CPU device, this process 8 fake ones, and XLA:CPU rounds a
+  few float32 reductions differently between the two (max |diff| ~4e-7 after 40 steps, measured);
+  an off-by-one step or key on resume moves parameters by ~1e-3 (lr 3e-3). The in-process
+  resume test in test_train.py checks bit-exactness within one process.
+  """
+  epochs = 40  # 40 steps of 8 clips: long enough to be killed after the first checkpoints.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_command(corpus_root, killed, epochs), env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  try:
+    while not (killed / "checkpoints" / "4").is_dir() and time.time() < deadline:
+      assert proc.poll() is None, "the launcher exited before its first checkpoints"
+      time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed / "model.json").exists(), "killed too late: the run had finished"
+  rerun = subprocess.run(_command(corpus_root, killed, epochs), env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  resumed_from = int(json.loads((killed / "train_summary.json").read_text())["resumed_from"])
+  assert 4 <= resumed_from < epochs
+
+  reference = tmp_path / "reference"
+  summary = train_launcher.run_stage(_tiny_config(corpus_root, num_epochs=epochs, num_devices=1,
+                                                  checkpoint_every_steps=2), reference)
+  assert summary["resumed_from"] == 0
+  _check_workdir(reference, summary, corpus_root, epochs)
+  for a, b in zip(_final_params(killed), _final_params(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+  def rows(workdir):
+    out = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "train/steps_per_s"} for r in out]
+
+  got, want = rows(killed), rows(reference)
+  assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in want]
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys()
+    np.testing.assert_allclose([g[k] for k in sorted(g) if k != "kind"],
+                               [w[k] for k in sorted(w) if k != "kind"], rtol=1e-4, atol=1e-5)
