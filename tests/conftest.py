@@ -16,3 +16,12 @@ import pytest  # noqa: E402
 def num_devices():
   import jax
   return jax.device_count()
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+  """A trained tiny classifier's workdir, shared by the black-box and serving tests."""
+  import tiny_classifier
+  path = tmp_path_factory.mktemp("tiny_suspect")
+  tiny_classifier.train_tiny_workdir(path)
+  return path

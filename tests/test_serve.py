@@ -11,32 +11,23 @@ import signal
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
-from jaxtag import serving, sharding, train
+from jaxtag import serving, train
 from jaxtag.audio import io as audio_io
-from jaxtag.data.dataset import AudioDataset
 from jaxtag.taggants import blackbox
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SR = 8000
-CLIP = 2000
-CLASSES = ("yes", "no", "up", "down", "left", "right")
+from tiny_classifier import CLASSES, CLIP, SR, tone_clips  # noqa: E402
 MAX_BYTES = 64 * 1024
 MAX_SECONDS = 1.0
 
 
 def clips(n: int, seed: int, length: int = CLIP) -> np.ndarray:
   """Tones in noise, rounded to 16-bit values so that a WAV carries them exactly."""
-  r = np.random.default_rng(seed)
-  t = np.arange(length) / SR
-  x = np.stack([0.3 * np.sin(2 * np.pi * (300 + 300 * (i % 6)) * t + r.uniform(0, 6))
-                for i in range(n)])
-  x = x + 0.02 * r.standard_normal(x.shape)
-  return (np.round(x * 32768) / 32768).astype(np.float32)
+  return tone_clips(n, seed, length)[0]
 
 
 def wav(x, rate: int = SR, subtype: str = "PCM_16") -> bytes:
@@ -46,19 +37,8 @@ def wav(x, rate: int = SR, subtype: str = "PCM_16") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A few steps of the real training loop on a small CNN (what launch/train.py leaves)."""
-  path = tmp_path_factory.mktemp("suspect")
-  x = clips(32, 0)
-  y = (np.arange(32) % 6).astype(np.int32)
-  config = train.TrainConfig(
-      model="cnn", model_overrides={"channels": [8, 16], "n_mels": 32, "sample_rate": SR,
-                                  "dropout_rate": 0.0},
-      num_epochs=4, batch_size=8, eval_batch_size=8, log_every_steps=4,
-      optim=train.OptimConfig(learning_rate=1e-2, warmup_steps=0))
-  train.train(config, train_data=AudioDataset(x, y, CLASSES, SR), key=jax.random.key(0),
-              workdir=path, mesh=sharding.make_mesh(1), progress=False)
-  return path
+def workdir(tiny_workdir):
+  return tiny_workdir
 
 
 @pytest.fixture(scope="module")
