@@ -2,10 +2,18 @@
 
 Front end (fixed, differentiable): natural-log mel spectrogram,
 ``log(mel + 1e-6)``, 25 ms Hann window (400 samples in a 512-point FFT),
-10 ms hop, 64 (or 40) Slaney mel bands. Body: conv blocks of
-3x3 conv -> BatchNorm -> ReLU -> 2x2 max pool, global average pooling,
-dropout and a linear head. No input normalisation is needed: the first
-BatchNorm absorbs the log-mel offset and scale.
+10 ms hop, 64 (or 40) Slaney mel bands. Body: per-utterance
+normalisation of the log-mel (zero mean, unit variance over frames and
+bands of each clip), conv blocks of 3x3 conv -> BatchNorm -> ReLU -> 2x2 max
+pool, global mean *and* max pooling (concatenated), dropout and a linear head.
+
+Both choices matter for learning speed. BatchNorm normalises over the batch,
+so it cannot remove a per-clip level offset: clip loudness shifts the whole
+log-mel by a constant (per-clip means span about 10 nats on the synthetic
+corpus, against a within-clip standard deviation of about 2). And a global
+*average* of ReLU features varies little from clip to clip, so the head's
+logits stay near zero and the loss barely moves for several epochs; the
+global max keeps the strongest local evidence of each channel.
 """
 
 from typing import Optional, Sequence
@@ -30,8 +38,8 @@ def log_mel_frontend(waveform: jax.Array, *, sample_rate: int, n_mels: int,
 class LogMelCNN(nnx.Module):
   """2-D CNN over log-mel spectrograms."""
 
-  def __init__(self, num_classes: int, *, n_mels: int = 64,
-               channels: Sequence[int] = (32, 64, 128),
+  def __init__(self, num_classes: int, *, n_mels: int = 40,
+               channels: Sequence[int] = (16, 32, 64, 64),
                dropout_rate: float = 0.2, sample_rate: int = 16000,
                dtype=None, rngs: nnx.Rngs):
     """Builds the model.
@@ -55,7 +63,8 @@ class LogMelCNN(nnx.Module):
                            rngs=rngs)
         for c_in, c_out in zip(ins, channels)])
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.head = nnx.Linear(channels[-1], num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(2 * channels[-1], num_classes, dtype=dtype,
+                           rngs=rngs)
 
   def features(self, waveform: jax.Array) -> jax.Array:
     """Log-mel ``(batch, frames, n_mels)``."""
@@ -64,11 +73,15 @@ class LogMelCNN(nnx.Module):
 
   def classify(self, features: jax.Array, *, train: bool = False,
                rngs: Optional[nnx.Rngs] = None):
-    """Logits and ``{"embedding": (batch, channels[-1])}``."""
-    x = features.astype(self.dtype or jnp.float32)[..., None]
+    """Logits and ``{"embedding": (batch, 2 * channels[-1])}`` (mean, max)."""
+    x = features.astype(jnp.float32)
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    std = jnp.std(x, axis=(1, 2), keepdims=True)
+    x = ((x - mean) / (std + 1e-5)).astype(self.dtype or jnp.float32)[..., None]
     for block in self.blocks:
       x = block(x, train=train)
-    embedding = jnp.mean(x, axis=(1, 2))
+    embedding = jnp.concatenate(
+        [jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
     x = self.dropout(embedding, deterministic=not train, rngs=rngs)
     return self.head(x).astype(jnp.float32), {"embedding": embedding}
 
