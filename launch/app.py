@@ -2,8 +2,8 @@
 
 Each launcher in this folder defines ``main(config, workdir)`` that calls one library entry point,
 and ends with ``app.run(main)``. Launchers run as modules from the repository root, as in
-big_vision: ``python -m launch.<stage> --config=launch/configs/<stage>.py --workdir=...``. Everything that is common to the pipeline stages lives here so
-that the launchers stay a screen long.
+big_vision: ``python -m launch.<stage> --config=launch/configs/<stage>.py --workdir=...``.
+Everything that is common to the pipeline stages lives here so that the launchers stay short.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ def setup_jax() -> None:
 
   # orbax logs every checkpoint step at INFO; keep the launchers' output readable.
   std_logging.getLogger("orbax").setLevel(std_logging.WARNING)
-  std_logging.getLogger("absl").setLevel(std_logging.INFO)
 
   from jaxtag import sharding
   sharding.maybe_initialize_distributed()
