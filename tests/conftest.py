@@ -25,3 +25,10 @@ def tiny_workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp("tiny_suspect")
   tiny_classifier.train_tiny_workdir(path)
   return path
+
+
+@pytest.fixture(scope="module")
+def tiny_box(tiny_workdir):
+  """A LocalBlackBox over the tiny classifier, one per test module (its trace count is per module)."""
+  from jaxtag.taggants import blackbox
+  return blackbox.LocalBlackBox(tiny_workdir, batch_size=4)

@@ -18,66 +18,56 @@ from jaxtag.taggants import blackbox
 from tiny_classifier import CLASSES, CLIP, SR, tone_clips as clips  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def workdir(tiny_workdir):
-  return tiny_workdir
-
-
-@pytest.fixture(scope="module")
-def box(workdir):
-  return blackbox.LocalBlackBox(workdir, batch_size=4)
-
-
-def model_logits(workdir, x: np.ndarray) -> np.ndarray:
+def model_logits(tiny_workdir, x: np.ndarray) -> np.ndarray:
   """Logits straight from the restored nnx model (not through the black box's apply_fn)."""
-  trained = train.restore_for_inference(workdir)
+  trained = train.restore_for_inference(tiny_workdir)
   return np.asarray(jax.jit(lambda w: trained.model(w)[0])(x))
 
 
-def test_local_top_k_is_the_argsort_of_the_models_logits(workdir, box):
+def test_local_top_k_is_the_argsort_of_the_models_logits(tiny_workdir, tiny_box):
   x, _ = clips(10, 1)
-  logits = model_logits(workdir, x)
+  logits = model_logits(tiny_workdir, x)
   # Rankings are only comparable where no two logits nearly tie (float noise between shapes).
   assert np.min(np.diff(np.sort(logits, axis=1), axis=1)) > 1e-4
   expected = np.argsort(-logits, axis=1, kind="stable")
   assert len({tuple(row[:2]) for row in expected}) > 1, "degenerate model: one ranking for all"
   for k in (1, 3, len(CLASSES)):
-    got = box.top_k(x, k)  # 10 clips: batches of 4, 4 and 2 (+2 padding rows).
+    got = tiny_box.top_k(x, k)  # 10 clips: batches of 4, 4 and 2 (+2 padding rows).
     assert got.dtype == np.int32 and got.shape == (10, k)
     np.testing.assert_array_equal(got, expected[:, :k])
   # One clip alone (the server's path) and odd slices answer the same.
-  np.testing.assert_array_equal(box.top_k(x[3:4], 4), expected[3:4, :4])
-  np.testing.assert_array_equal(box.top_k(x[5:10], 2), expected[5:10, :2])
+  np.testing.assert_array_equal(tiny_box.top_k(x[3:4], 4), expected[3:4, :4])
+  np.testing.assert_array_equal(tiny_box.top_k(x[5:10], 2), expected[5:10, :2])
   # Every k and N above ran through two compiled shapes: (1, CLIP) and (4, CLIP).
-  assert box.trace_count == 2
+  assert tiny_box.trace_count == 2
 
 
-def test_local_fits_clips_to_the_training_length(box):
+def test_local_fits_clips_to_the_training_length(tiny_box):
   x, _ = clips(3, 2, length=CLIP + 700)
-  np.testing.assert_array_equal(box.top_k(x, 3), box.top_k(x[:, :CLIP], 3))
+  np.testing.assert_array_equal(tiny_box.top_k(x, 3), tiny_box.top_k(x[:, :CLIP], 3))
   short = x[:, :1500]
   padded = np.concatenate([short, np.zeros((3, CLIP - 1500), np.float32)], axis=1)
-  np.testing.assert_array_equal(box.top_k(short, 3), box.top_k(padded, 3))
+  np.testing.assert_array_equal(tiny_box.top_k(short, 3), tiny_box.top_k(padded, 3))
 
 
-def test_blackbox_attributes_and_protocol(box, workdir):
-  assert isinstance(box, blackbox.BlackBox)
-  assert box.class_names == CLASSES and box.sample_rate == SR and box.clip_samples == CLIP
-  assert box.num_classes == len(CLASSES)
-  assert isinstance(blackbox.open_blackbox(workdir), blackbox.LocalBlackBox)
-  assert isinstance(blackbox.open_blackbox(str(workdir), batch_size=2), blackbox.LocalBlackBox)
+def test_blackbox_attributes_and_protocol(tiny_box, tiny_workdir):
+  assert isinstance(tiny_box, blackbox.BlackBox)
+  assert tiny_box.class_names == CLASSES and tiny_box.sample_rate == SR and tiny_box.clip_samples == CLIP
+  assert tiny_box.num_classes == len(CLASSES)
+  assert isinstance(blackbox.open_blackbox(tiny_workdir), blackbox.LocalBlackBox)
+  assert isinstance(blackbox.open_blackbox(str(tiny_workdir), batch_size=2), blackbox.LocalBlackBox)
 
 
 @pytest.mark.parametrize("k", [0, 7, -1, 1.5, True, "3", None])
-def test_k_out_of_bounds_raises(box, k):
+def test_k_out_of_bounds_raises(tiny_box, k):
   x, _ = clips(2, 3)
   with pytest.raises(ValueError, match=r"k must be an integer in \[1, 6\]"):
-    box.top_k(x, k)
+    tiny_box.top_k(x, k)
 
 
-def test_numpy_integer_k_is_accepted(box):
+def test_numpy_integer_k_is_accepted(tiny_box):
   x, _ = clips(2, 3)
-  np.testing.assert_array_equal(box.top_k(x, np.int64(2)), box.top_k(x, 2))
+  np.testing.assert_array_equal(tiny_box.top_k(x, np.int64(2)), tiny_box.top_k(x, 2))
 
 
 @pytest.mark.parametrize("waveforms, kwargs, match", [
@@ -89,14 +79,14 @@ def test_numpy_integer_k_is_accepted(box):
     (np.zeros((2, CLIP), np.complex64), {}, "real-valued"),
     (np.zeros((2, CLIP), np.float32), {"sample_rate": 16000}, "model expects 8000 Hz"),
 ])
-def test_bad_waveforms_raise_clear_errors(box, waveforms, kwargs, match):
+def test_bad_waveforms_raise_clear_errors(tiny_box, waveforms, kwargs, match):
   with pytest.raises(audio_io.AudioFileError, match=match):
-    box.top_k(waveforms, 1, **kwargs)
+    tiny_box.top_k(waveforms, 1, **kwargs)
 
 
-def test_matching_sample_rate_is_accepted(box):
+def test_matching_sample_rate_is_accepted(tiny_box):
   x, _ = clips(2, 4)
-  np.testing.assert_array_equal(box.top_k(x, 2, sample_rate=SR), box.top_k(x, 2))
+  np.testing.assert_array_equal(tiny_box.top_k(x, 2, sample_rate=SR), tiny_box.top_k(x, 2))
 
 
 def test_missing_or_unfinished_workdir_raises(tmp_path):

@@ -37,18 +37,8 @@ def wav(x, rate: int = SR, subtype: str = "PCM_16") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def workdir(tiny_workdir):
-  return tiny_workdir
-
-
-@pytest.fixture(scope="module")
-def box(workdir):
-  return blackbox.LocalBlackBox(workdir, batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def server(box):
-  srv = serving.make_server(box, max_request_bytes=MAX_BYTES, max_seconds=MAX_SECONDS,
+def server(tiny_box):
+  srv = serving.make_server(tiny_box, max_request_bytes=MAX_BYTES, max_seconds=MAX_SECONDS,
                             request_timeout=10.0)
   assert srv.server_address[0] == "127.0.0.1"
   with serving.running(srv):
@@ -73,20 +63,20 @@ def classify(server, body: bytes, query: str = "?k=3", content_type: str = "audi
   return request(server, "POST", "/v1/classify" + query, body, {"Content-Type": content_type})
 
 
-def test_info_and_health(server, workdir):
+def test_info_and_health(server, tiny_workdir):
   status, info, headers = request(server, "GET", "/v1/info")
   assert status == 200 and headers["Content-Type"] == "application/json"
   assert set(info) == {"sample_rate", "num_classes", "class_names", "clip_samples", "max_k"}
-  model_info = train.read_model_info(workdir)
+  model_info = train.read_model_info(tiny_workdir)
   assert info == {"sample_rate": SR, "num_classes": 6, "class_names": list(CLASSES),
                   "clip_samples": CLIP, "max_k": 6}
   assert tuple(info["class_names"]) == model_info.class_names
   assert request(server, "GET", "/healthz")[:2] == (200, {"status": "ok"})
 
 
-def test_classify_answers_top_k_labels_and_indices_only(server, box):
+def test_classify_answers_top_k_labels_and_indices_only(server, tiny_box):
   x = clips(4, 1)
-  expected = box.top_k(x, 6)
+  expected = tiny_box.top_k(x, 6)
   for i, clip in enumerate(x):
     for k in (1, 3, 6):
       status, answer, _ = classify(server, wav(clip), f"?k={k}")
@@ -99,7 +89,7 @@ def test_classify_answers_top_k_labels_and_indices_only(server, box):
   assert status == 200 and answer["indices"] == expected[0, :5].tolist()
 
 
-def test_http_blackbox_matches_local_blackbox(server, box):
+def test_http_blackbox_matches_local_blackbox(server, tiny_box):
   x = clips(6, 2, length=CLIP + 300)
   x[4, 1500:] = 0.0  # a clip shorter than the model's, zero-padded by both
   remote = blackbox.open_blackbox(server.url + "/v1/classify", timeout=10.0)
@@ -108,8 +98,8 @@ def test_http_blackbox_matches_local_blackbox(server, box):
   assert remote.clip_samples == CLIP and remote.max_k == 6
   got = remote.top_k(x, 3)
   assert got.dtype == np.int32 and got.shape == (6, 3)
-  np.testing.assert_array_equal(got, box.top_k(x, 3))
-  np.testing.assert_array_equal(remote.top_k(x[4:5, :1500], 2), box.top_k(x[4:5, :1500], 2))
+  np.testing.assert_array_equal(got, tiny_box.top_k(x, 3))
+  np.testing.assert_array_equal(remote.top_k(x[4:5, :1500], 2), tiny_box.top_k(x[4:5, :1500], 2))
   with pytest.raises(ValueError, match=r"k must be an integer in \[1, 6\]"):
     remote.top_k(x, 7)
   with pytest.raises(audio_io.AudioFileError, match="model expects 8000 Hz"):
@@ -194,42 +184,42 @@ def test_bad_requests_get_documented_codes_and_clear_json_errors(
     assert got_headers["Allow"] in ("GET", "POST")
 
 
-def test_server_keeps_answering_after_bad_requests(server, box):
+def test_server_keeps_answering_after_bad_requests(server, tiny_box):
   x = clips(1, 5)
   for _, method, path, body, headers, status, _ in BAD_REQUESTS:
     assert _send_bad(server, method, path, body, headers)[0] == status
   status, answer, _ = classify(server, wav(x[0]), "?k=4")
-  assert status == 200 and answer["indices"] == box.top_k(x, 4)[0].tolist()
+  assert status == 200 and answer["indices"] == tiny_box.top_k(x, 4)[0].tolist()
 
 
-def test_concurrent_requests_answer_like_sequential_ones(server, box):
+def test_concurrent_requests_answer_like_sequential_ones(server, tiny_box):
   x = clips(8, 6)
-  expected = box.top_k(x, 2).tolist()
+  expected = tiny_box.top_k(x, 2).tolist()
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     answers = list(pool.map(lambda clip: classify(server, wav(clip), "?k=2"), x))
   assert [a[1]["indices"] for a in answers] == expected
 
 
-def test_resample_and_mono_options(box):
-  srv = serving.make_server(box, on_rate_mismatch="resample", on_stereo="mean", max_k=2,
+def test_resample_and_mono_options(tiny_box):
+  srv = serving.make_server(tiny_box, on_rate_mismatch="resample", on_stereo="mean", max_k=2,
                             default_k=5)
   x16 = clips(1, 7, length=2 * CLIP)[0]  # read as a 16 kHz clip
   stereo = np.stack([x16, x16], axis=1)
-  expected = box.top_k(audio_io.resample(x16, 16000, SR)[None], 2)[0].tolist()
+  expected = tiny_box.top_k(audio_io.resample(x16, 16000, SR)[None], 2)[0].tolist()
   with serving.running(srv):
     status, answer, _ = classify(srv, wav(stereo, rate=16000), "")
     assert status == 200 and answer["indices"] == expected  # default k capped at max_k=2
     assert request(srv, "GET", "/v1/info")[1]["max_k"] == 2
     assert classify(srv, wav(x16, rate=16000), "?k=3")[0] == 400
   with pytest.raises(ValueError, match="on_rate_mismatch"):
-    serving.make_server(box, on_rate_mismatch="ignore")
+    serving.make_server(tiny_box, on_rate_mismatch="ignore")
   with pytest.raises(ValueError, match=r"max_k must be in \[1, 6\]"):
-    serving.make_server(box, max_k=9)
+    serving.make_server(tiny_box, max_k=9)
 
 
-def test_launcher_prints_url_serves_and_stops_on_ctrl_c(workdir):
+def test_launcher_prints_url_serves_and_stops_on_ctrl_c(tiny_workdir):
   cmd = [sys.executable, "-m", "launch.serve", "--config=launch/configs/serve.py",
-         f"--config.model_workdir={workdir}", "--config.port=0"]
+         f"--config.model_workdir={tiny_workdir}", "--config.port=0"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
