@@ -3,35 +3,96 @@ r"""The README's main command: runs every pipeline stage on the embedded corpus 
   make demo
   # = .venv/bin/python -m launch.demo --config=launch/configs/demo.py --workdir=workdirs/demo
 
-Stages so far: synthesise the corpus -> draw the secret keys and write the key file. Each stage
-writes its own sub-workdir, so a stage can be re-run on its own with its launcher.
+corpus -> keys -> surrogate -> craft -> suspect (protected data) + benign (clean data) -> verify.
+Each stage writes its own sub-workdir and is the same code as its own launcher, so a stage can be
+re-run alone; re-running the demo resumes every stage (training and crafting checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
+from typing import Any
 
-from launch import app
-from launch import make_corpus
-from launch import make_keys
+from launch import app, craft, make_corpus, make_keys, train, verify
 
 
-def main(config, workdir):
+def _stage_config(config: Any, name: str, **fields):
+  sub = config[name].copy_and_resolve_references()
+  sub.unlock()
+  for key, value in fields.items():
+    sub[key] = value
+  return sub
+
+
+def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   timings: dict[str, float] = {}
   with app.timed("corpus", timings):
     data = make_corpus.run_stage(config, workdir / "corpus")
   with app.timed("keys", timings):
     keys = make_keys.run_stage(config, workdir / "keys")
-  report = {"data": data, "keys": keys, "wall_time_s": {k: round(v, 2) for k, v in timings.items()}}
+  key_file = keys["key_file"]
+  with app.timed("surrogate", timings):
+    surrogate = train.run_stage(_stage_config(config, "surrogate"), workdir / "surrogate")
+  with app.timed("craft", timings):
+    crafted = craft.run_stage(
+        _stage_config(config, "craft", surrogate=str(workdir / "surrogate"), key_file=key_file,
+                      output_dir=str(workdir / "protected")), workdir / "craft")
+  protected_data = config.data.copy_and_resolve_references()
+  protected_data.kind = "speech_commands"
+  protected_data.root = crafted["protected_dataset"]
+  with app.timed("suspect", timings):
+    suspect = train.run_stage(_stage_config(config, "suspect", data=protected_data),
+                              workdir / "suspect")
+  with app.timed("benign", timings):
+    benign = train.run_stage(_stage_config(config, "benign"), workdir / "benign")
+  verdicts = {}
+  with app.timed("verify", timings):
+    for name in ("suspect", "benign"):
+      verdicts[name] = verify.run_stage(
+          _stage_config(config, "verify", target=str(workdir / name), key_file=key_file),
+          workdir / f"verify_{name}")
+  report = {
+      "data": data, "keys": keys, "surrogate": surrogate, "craft": crafted,
+      "suspect": suspect, "benign": benign,
+      "verify": {k: {f: v for f, v in d.items() if f != "text"} for k, d in verdicts.items()},
+      "wall_time_s": {k: round(v, 2) for k, v in timings.items()},
+  }
   app.write_json(workdir / "demo_summary.json", report)
+  return report
 
-  print("\n=== jaxtag demo ===")
-  print(f"corpus: {data['root']}")
-  for split, info in data["splits"].items():
-    print(f"  {split:>10}: " + json.dumps(info))
-  print(f"keys: {keys['num_keys']} keys -> {keys['key_file']}")
-  print(f"  labels: {', '.join(keys['labels'])}")
-  print("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+def _key_accuracy(workdir: pathlib.Path, name: str, k: int) -> float:
+  report = json.loads((workdir / f"verify_{name}" / "verify_report.json").read_text())
+  hits = report["hits"]
+  return hits[min(k, len(hits)) - 1] / report["num_keys"]
+
+
+def main(config, workdir):
+  report = run_stage(config, workdir)
+  crafted, verdicts = report["craft"], report["verify"]
+  print("\n=== jaxtag demo: audio data taggants ===")
+  print(f"corpus: {report['data']['root']}")
+  print(f"keys: {report['keys']['num_keys']} keys -> {report['keys']['key_file']}")
+  print(f"protected dataset: {crafted['protected_dataset']} ({crafted['num_poisons']} poisons = "
+        f"{100 * crafted['num_poisons'] / crafted['num_train']:.2f}% of {crafted['num_train']} "
+        "training clips)")
+  print(f"  SNR of the taggants: min {crafted['snr_db_min']:.1f} dB, median "
+        f"{crafted['snr_db_median']:.1f} dB; alignment loss {crafted['loss_initial_mean']:.3f} -> "
+        f"{crafted['loss_final_mean']:.3f}")
+  print(f"{'model':<10}{'trained on':<12}{'test acc':>9}{'key top-1':>11}{'key top-5':>11}"
+        f"{'p-value':>11}{'floor':>10}  verdict")
+  for name, data in (("suspect", "protected"), ("benign", "clean")):
+    v = verdicts[name]
+    print(f"{name:<10}{data:<12}{report[name].get('test/accuracy', float('nan')):>9.3f}"
+          f"{_key_accuracy(workdir, name, 1):>11.2f}{_key_accuracy(workdir, name, 5):>11.2f}"
+          f"{v['p_value']:>11.2e}{v['floor']:>10.1e}  "
+          f"{'TRAINED ON THE TAGGANTS' if v['decision'] else 'not detected'}"
+          f" (alpha {config.verify.alpha:g}, top-{v['decision_k']})")
+  drop = report["benign"].get("test/accuracy", 0) - report["suspect"].get("test/accuracy", 0)
+  print(f"test-accuracy cost of the protection: {100 * drop:+.1f} points (benign - suspect)")
+  print("wall time per stage (s): " + ", ".join(
+      f"{k} {v:.1f}" for k, v in report["wall_time_s"].items()))
   print(f"summary: {workdir / 'demo_summary.json'}")
 
 

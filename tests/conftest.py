@@ -9,7 +9,18 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+  """One XLA compilation cache per test session: tests that build the same computation again
+  (a second craft or training run in a resume test) load it instead of recompiling."""
+  import jax
+  cache = os.environ.get("JAXTAG_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="jaxtag-xla-")
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,46 @@ r"""The README's main command: every pipeline stage on the embedded corpus.
   make demo
   # = .venv/bin/python -m launch.demo --config=launch/configs/demo.py --workdir=workdirs/demo
 
-The argument picks the corpus preset: `launch/configs/demo.py:tiny` for a quick smoke run.
+Stages: corpus -> keys -> surrogate (train) -> craft (protected dataset) -> suspect (train on the
+protected data, another seed, SpecAugment + mixup) and benign (train on the clean data, another
+seed, same recipe) -> verify both. `launch/configs/demo.py:tiny` runs the same chain on the tiny
+corpus in a few minutes (tests and smoke runs). Any stage's settings can be overridden, e.g.
+`--config.craft.craft.steps=100 --config.suspect.num_epochs=8`.
 """
 
 import ml_collections
 
 from launch.configs import common
+from launch.configs import craft as craft_configs
+from launch.configs import train as train_configs
+from launch.configs import verify as verify_configs
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  arg = arg or "default"
+  if arg not in ("default", "tiny"):
+    raise ValueError(f"launch/configs/demo.py: unknown argument {arg!r}; use default or tiny.")
+  tiny = arg == "tiny"
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.data = common.data_config("corpus", preset=arg or "default")
-  config.key_spec = common.keys_config()
+  config.data = common.data_config("corpus", preset=arg)
+  # The tiny corpus has 8 training clips of 4 words: 2 keys, one poison each.
+  config.key_spec = common.keys_config(num_keys=2, griffin_lim_iters=16) if tiny else (
+      common.keys_config())
   config.export_wav = True
+  model = "tiny" if tiny else "surrogate,cnn"
+  config.surrogate = train_configs.get_config(model)
+  config.suspect = train_configs.get_config(("tiny" if tiny else "suspect") + ",cnn")
+  if tiny:
+    config.suspect.model_overrides = config.surrogate.model_overrides
+  config.suspect.seed = 1
+  config.benign = ml_collections.ConfigDict(config.suspect.to_dict())
+  config.benign.seed = 2
+  for stage in ("surrogate", "suspect", "benign"):
+    config[stage].data = config.data   # the suspect's data source is set to the protected copy
+  config.craft = craft_configs.get_config(arg)
+  config.craft.data = config.data
+  if tiny:
+    config.craft.budget = 0.25
+  config.verify = verify_configs.get_config()
   return config

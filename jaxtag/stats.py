@@ -1,0 +1,193 @@
+"""Statistics of taggant verification: exact binomial tail, its floor, multiple-testing adjustments.
+
+Under H0 (the suspect never saw the taggants) each of K keys lands its label in the top-k with
+probability k/C, independently of the others, so the number of hits is Binomial(K, k/C) and the
+one-sided p-value is P[Binomial(K, k/C) >= hits] (REFERENCE.md §1.3). With every key hit the
+p-value reaches its floor (k/C)^K: no verification with K keys can be stronger than that.
+
+numpy and scipy only (no JAX), so that a verifier can audit these numbers anywhere.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+  return int(value)
+
+
+def _check_probability(name: str, value, *, allow_zero: bool = False) -> float:
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+  if not ok or not (0.0 <= value <= 1.0 if allow_zero else 0.0 < value <= 1.0):
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    raise ValueError(f"{name} must be a probability in {interval}; got {value!r}.")
+  return float(value)
+
+
+def binomial_p_value(hits: int, trials: int, p: float) -> float:
+  """Exact one-sided p-value ``P[Binomial(trials, p) >= hits]``.
+
+  Args:
+    hits: observed successes (keys whose label is in the top-k), in ``[0, trials]``.
+    trials: independent trials (keys), at least 1.
+    p: success probability of one trial under H0 (``k / C``), in ``(0, 1]``.
+
+  Returns:
+    The p-value in ``(0, 1]``; exactly 1 when ``hits == 0``.
+
+  Raises:
+    ValueError: ``trials`` < 1, ``hits`` outside ``[0, trials]``, or ``p`` outside ``(0, 1]``.
+  """
+  trials = _check_int("trials", trials, 1)
+  hits = _check_int("hits", hits, 0)
+  if hits > trials:
+    raise ValueError(f"hits ({hits}) cannot exceed trials ({trials}).")
+  p = _check_probability("p", p)
+  if hits == 0:
+    return 1.0
+  # sf(h - 1) = P[X > h - 1] = P[X >= h]; scipy computes it through the regularised incomplete
+  # beta function, accurate far below 1e-300 (no 1 - cdf cancellation).
+  return float(scipy_stats.binom.sf(hits - 1, trials, p))
+
+
+def p_value_floor(k: int, num_classes: int, num_keys: int) -> float:
+  """The smallest p-value K keys can give at top-k among C classes: ``(k / C) ** K``.
+
+  Args:
+    k: labels read per answer, in ``[1, num_classes]``.
+    num_classes: C.
+    num_keys: K.
+
+  Returns:
+    ``(k / C) ** K`` (1 when ``k == C``: reading every label proves nothing).
+
+  Raises:
+    ValueError: a non-positive argument or ``k > num_classes``.
+  """
+  k = _check_int("k", k, 1)
+  num_classes = _check_int("num_classes", num_classes, 1)
+  num_keys = _check_int("num_keys", num_keys, 1)
+  if k > num_classes:
+    raise ValueError(f"k ({k}) cannot exceed num_classes ({num_classes}).")
+  return float((k / num_classes) ** num_keys)
+
+
+def critical_hits(trials: int, p: float, alpha: float) -> int | None:
+  """The fewest hits whose p-value is ``<= alpha``, or None when even all hits are not enough.
+
+  Args:
+    trials, p: as in :func:`binomial_p_value`.
+    alpha: significance level in ``(0, 1]``.
+
+  Returns:
+    An integer in ``[0, trials]``, or None.
+  """
+  alpha = _check_probability("alpha", alpha)
+  for hits in range(_check_int("trials", trials, 1) + 1):
+    if binomial_p_value(hits, trials, p) <= alpha:
+      return hits
+  return None
+
+
+def exact_size(trials: int, p: float, alpha: float) -> float:
+  """The exact false-positive rate of the test "reject when p-value <= alpha" under H0.
+
+  The binomial is discrete, so the size is at most ``alpha`` and often far below it, e.g. K = 10,
+  C = 35, top-1, alpha = 1e-3 needs 4 hits, which happen with probability 1.4e-4 under H0.
+
+  Args:
+    trials, p, alpha: as in :func:`critical_hits`.
+
+  Returns:
+    ``P[p-value <= alpha | H0]`` (0 when no outcome reaches ``alpha``).
+  """
+  hits = critical_hits(trials, p, alpha)
+  return 0.0 if hits is None else binomial_p_value(hits, trials, p)
+
+
+
+def _check_p_values(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+  values = np.asarray(p_values, dtype=np.float64)
+  if values.ndim != 1 or values.size == 0:
+    raise ValueError(f"p_values must be a non-empty 1-D sequence; got shape {values.shape}.")
+  bad = ~((values >= 0.0) & (values <= 1.0))  # Also catches NaN.
+  if bad.any():
+    raise ValueError(f"p_values must lie in [0, 1]; got {values[bad][:5].tolist()} at index "
+                     f"{np.flatnonzero(bad)[:5].tolist()}.")
+  return values
+
+
+def bonferroni(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+  """Bonferroni-adjusted p-values ``min(1, m * p)`` (valid under any dependence).
+
+  Args:
+    p_values: m p-values in [0, 1].
+
+  Returns:
+    float64 (m,) adjusted p-values, in the input order.
+
+  Raises:
+    ValueError: empty, not 1-D, NaN or outside [0, 1].
+  """
+  values = _check_p_values(p_values)
+  return np.minimum(1.0, values * values.size)
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+  """Holm step-down adjusted p-values (valid under any dependence; never above Bonferroni's).
+
+  The i-th smallest p-value becomes ``max_{j <= i} min(1, (m - j + 1) * p_(j))``; rejecting the
+  hypotheses whose adjusted p-value is ``<= alpha`` controls the family-wise error at ``alpha``.
+
+  Args:
+    p_values: m p-values in [0, 1].
+
+  Returns:
+    float64 (m,) adjusted p-values, in the input order.
+
+  Raises:
+    ValueError: empty, not 1-D, NaN or outside [0, 1].
+  """
+  values = _check_p_values(p_values)
+  m = values.size
+  order = np.argsort(values, kind="stable")
+  stepped = np.minimum(1.0, (m - np.arange(m)) * values[order])
+  adjusted = np.empty(m)
+  adjusted[order] = np.maximum.accumulate(stepped)
+  return adjusted
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+  """Exact (Clopper-Pearson) two-sided confidence interval of a binomial proportion.
+
+  Args:
+    successes: observed successes in ``[0, trials]``.
+    trials: at least 1.
+    confidence: coverage in ``(0, 1)``.
+
+  Returns:
+    ``(low, high)``; low is 0 when ``successes == 0`` and high is 1 when ``successes == trials``.
+
+  Raises:
+    ValueError: bad counts or confidence.
+  """
+  trials = _check_int("trials", trials, 1)
+  successes = _check_int("successes", successes, 0)
+  if successes > trials:
+    raise ValueError(f"successes ({successes}) cannot exceed trials ({trials}).")
+  confidence = _check_probability("confidence", confidence)
+  if confidence == 1.0:
+    raise ValueError("confidence must be below 1; got 1.0.")
+  tail = (1.0 - confidence) / 2.0
+  beta = scipy_stats.beta
+  low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
+  high = 1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1,
+                                                        trials - successes))
+  return low, high

@@ -1,0 +1,196 @@
+"""Protect a training set with taggants: select poisons, craft, and apply the perturbations.
+
+The one library entry point that the ``craft`` launcher (and users' own scripts) call::
+
+    trained = jaxtag.train.restore_for_inference("workdirs/surrogate")
+    keys, _ = jaxtag.keys.load_keys("secret/keys.npz", expected_class_names=train.class_names)
+    protected, report = protect.protect_dataset(trained, keys, train, config=protect.ProtectConfig(),
+                                                key=jax.random.key(0))
+
+Everything stays in memory; writing the dataset in its folder layout is the caller's business
+(``launch/craft.py`` does it atomically, and never next to the key file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtag import rng as rng_lib
+from jaxtag.data.dataset import AudioDataset
+from jaxtag.taggants import craft as craft_lib
+from jaxtag.taggants import select as select_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtectConfig:
+  """Protection settings.
+
+  Attributes:
+    budget: fraction of the training set perturbed in total (the paper: 0.01).
+    selection: ``random`` or ``grad_norm`` (largest per-sample gradient norm on the surrogate).
+    craft: the crafting settings.
+    mixup_pool_size: clean training clips kept for mixup while crafting (when mixup is on).
+    diagnostics: compute each poison's own gradient alignment with its key, before and after.
+  """
+
+  budget: float = 0.01
+  selection: select_lib.Method = "random"
+  craft: craft_lib.CraftConfig = craft_lib.CraftConfig()
+  mixup_pool_size: int = 256
+  diagnostics: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtectReport:
+  """What protection did (JSON-friendly via :meth:`to_json`).
+
+  Attributes:
+    poison_indices: int ``(P,)`` training-set indices of the perturbed clips.
+    poison_keys: int ``(P,)`` which key each poison carries.
+    snr_db: ``(P,)`` achieved SNR of each poison's perturbation (16-bit export included).
+    initial_losses, final_losses: ``(G,)`` alignment loss per key (or one, joint) before/after.
+    restart_losses: ``(restarts, G)``.
+    alignment_before, alignment_after: ``(P,)`` cosine of each poison's own gradient with its
+      key's gradient (NaN without diagnostics).
+    history: per-step mean loss.
+    seconds: crafting wall time.
+  """
+
+  poison_indices: np.ndarray
+  poison_keys: np.ndarray
+  snr_db: np.ndarray
+  initial_losses: np.ndarray
+  final_losses: np.ndarray
+  restart_losses: np.ndarray
+  alignment_before: np.ndarray
+  alignment_after: np.ndarray
+  history: list[dict[str, float]]
+  seconds: float
+
+  def summary(self) -> dict[str, Any]:
+    """The headline numbers."""
+    finite = self.snr_db[np.isfinite(self.snr_db)]
+    return {
+        "num_poisons": int(self.poison_indices.size),
+        "snr_db_min": float(finite.min()) if finite.size else float("inf"),
+        "snr_db_median": float(np.median(finite)) if finite.size else float("inf"),
+        "loss_initial_mean": float(np.mean(self.initial_losses)),
+        "loss_final_mean": float(np.mean(self.final_losses)),
+        "alignment_before_mean": float(np.nanmean(self.alignment_before)),
+        "alignment_after_mean": float(np.nanmean(self.alignment_after)),
+        "craft_seconds": round(self.seconds, 2),
+    }
+
+  def to_json(self) -> dict[str, Any]:
+    out = self.summary()
+    for field in ("poison_indices", "poison_keys", "snr_db", "initial_losses", "final_losses",
+                  "restart_losses", "alignment_before", "alignment_after"):
+      out[field] = np.asarray(getattr(self, field)).tolist()
+    out["history"] = self.history
+    return out
+
+
+def _alignment(clf, params, batch_stats, waves, labels, key_grads, keys_of, keep):
+  fn = jax.jit(lambda w, y, g: craft_lib.per_sample_alignment(clf, params, batch_stats, w, y, g,
+                                                              keep))
+  out = np.empty(len(waves), np.float32)
+  for i in range(len(waves)):
+    g = jax.tree.map(lambda a: a[keys_of[i]], key_grads)
+    out[i] = np.asarray(fn(jnp.asarray(waves[i:i + 1]), jnp.asarray(labels[i:i + 1]), g))[0]
+  return out
+
+
+def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.ndarray, *,
+                     batch_size: int = 64) -> np.ndarray:
+  """Per-sample gradient norms of the clips of ``classes`` (NaN elsewhere)."""
+  scores = np.full(len(data), np.nan)
+  idx = np.flatnonzero(np.isin(data.labels, classes))
+  fn = jax.jit(lambda w, y: craft_lib.per_sample_grad_norms(clf, params, batch_stats, w, y))
+  for start in range(0, idx.size, batch_size):
+    chunk = idx[start:start + batch_size]
+    scores[chunk] = np.asarray(fn(jnp.asarray(data.waveforms[chunk]), jnp.asarray(data.labels[chunk])))
+  return scores
+
+
+def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig,
+                    key: jax.Array, mesh=None, checkpoint_dir=None, checkpoint_every: int = 25,
+                    progress: bool = True) -> tuple[AudioDataset, ProtectReport]:
+  """Returns the protected training set (poisons perturbed, labels untouched) and a report.
+
+  Args:
+    trained: the surrogate (``jaxtag.train.TrainedModel``), trained on ``train``'s classes.
+    keys: the secret ``jaxtag.keys.Keys``.
+    train: the clean training split.
+    config: budget, selection and crafting settings.
+    key: the protection's random key (selection, restarts and augmentation derive from it).
+    mesh: device mesh for crafting (default: every device).
+    checkpoint_dir: crafting checkpoints (resume on re-run); None for none.
+    checkpoint_every: steps between checkpoints.
+    progress: progress bar.
+
+  Raises:
+    ValueError: the surrogate's classes or sample rate differ from the dataset's.
+  """
+  from jaxtag import sharding as sharding_lib
+  info = trained.info
+  if tuple(info.class_names) != tuple(train.class_names):
+    raise ValueError(f"The surrogate's classes {list(info.class_names)[:5]}... differ from the "
+                     f"dataset's {list(train.class_names)[:5]}...; train it on this dataset.")
+  if info.sample_rate != train.sample_rate:
+    raise ValueError(f"The surrogate expects {info.sample_rate} Hz; the dataset is "
+                     f"{train.sample_rate} Hz.")
+  mesh = mesh or sharding_lib.make_mesh()
+  clf, params, batch_stats = craft_lib.classifier_from_trained(trained)
+  key_labels = np.asarray(keys.labels)
+  scores = None
+  if config.selection == "grad_norm":
+    scores = grad_norm_scores(clf, params, batch_stats, train, np.unique(key_labels))
+  seed = int(jax.random.randint(rng_lib.stream(key, "select"), (), 0, 2**31 - 1))
+  selection = select_lib.select_poisons(seed, train.labels, key_labels, budget=config.budget,
+                                        method=config.selection, scores=scores)
+  padded = selection.pad_to(mesh.shape[mesh.axis_names[0]])
+  pool = pool_labels = None
+  if config.craft.augment.mixup_alpha > 0:
+    pool_rng = np.random.default_rng(seed + 1)
+    others = np.setdiff1d(np.arange(len(train)), selection.flat_indices())
+    pick = pool_rng.choice(others, size=min(config.mixup_pool_size, others.size), replace=False)
+    pool, pool_labels = train.waveforms[pick], train.labels[pick]
+
+  start = time.perf_counter()
+  result = craft_lib.craft(
+      clf, params, batch_stats, key_waveforms=np.asarray(keys.waveforms), key_labels=key_labels,
+      poison_x=train.waveforms[padded.indices], poison_labels=train.labels[padded.indices],
+      poison_mask=padded.mask, config=config.craft, key=rng_lib.stream(key, "craft"),
+      sample_rate=train.sample_rate, pool=pool, pool_labels=pool_labels, mesh=mesh,
+      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, progress=progress)
+  seconds = time.perf_counter() - start
+
+  mask = padded.mask
+  indices = padded.indices[mask]
+  keys_of = np.nonzero(mask)[0]
+  delta = result.delta[mask]
+  waveforms = train.waveforms.copy()
+  waveforms[indices] = train.waveforms[indices] + delta
+  protected = train.with_waveforms(waveforms)
+
+  before = after = np.full(indices.size, np.nan, np.float32)
+  if config.diagnostics:
+    keep = craft_lib._leaf_keep(params, tuple(config.craft.exclude_params))
+    per_key = craft_lib.key_gradients(clf, params, batch_stats, jnp.asarray(keys.waveforms),
+                                      jnp.asarray(key_labels), objective="per_key")
+    before = _alignment(clf, params, batch_stats, train.waveforms[indices], train.labels[indices],
+                        per_key, keys_of, keep)
+    after = _alignment(clf, params, batch_stats, waveforms[indices], train.labels[indices],
+                       per_key, keys_of, keep)
+  report = ProtectReport(
+      poison_indices=indices.astype(np.int64), poison_keys=keys_of.astype(np.int64),
+      snr_db=result.snr_db[mask], initial_losses=result.initial_losses,
+      final_losses=result.losses, restart_losses=result.restart_losses,
+      alignment_before=before, alignment_after=after, history=result.history, seconds=seconds)
+  return protected, report

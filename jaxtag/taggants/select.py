@@ -1,0 +1,127 @@
+"""Poison selection: which training clips of each key's class carry that key's taggant.
+
+The poisons are "attractors": clips whose true label is the key's target label, so that the
+protected dataset stays clean-label (every clip keeps its true label). The budget is a fraction of
+the whole training set, split over the keys as evenly as possible.
+
+Selection is host-side numpy (it runs once, on integer labels); the per-sample gradient norms that
+the ``grad_norm`` method ranks by come from :func:`jaxtag.taggants.craft.per_sample_grad_norms`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+Method = Literal["random", "grad_norm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """Poison indices into the training set, one row per key.
+
+  Attributes:
+    indices: int32 ``(K, n_max)``: row ``k`` holds key ``k``'s poisons; padded entries repeat a
+      valid index and have ``mask`` False.
+    mask: bool ``(K, n_max)``: which entries are real poisons.
+    key_labels: int32 ``(K,)``, the target label of each key (every poison of row ``k`` has it).
+  """
+
+  indices: np.ndarray
+  mask: np.ndarray
+  key_labels: np.ndarray
+
+  @property
+  def num_poisons(self) -> int:
+    return int(self.mask.sum())
+
+  def flat_indices(self) -> np.ndarray:
+    """The real poisons' training-set indices, key by key."""
+    return self.indices[self.mask]
+
+  def pad_to(self, multiple: int) -> Selection:
+    """Pads the poison axis to a multiple of ``multiple`` (e.g. the device count) with masked
+    entries, so that the poisons split evenly over a mesh."""
+    n = self.indices.shape[1]
+    extra = (-n) % multiple
+    if not extra:
+      return self
+    idx = np.concatenate([self.indices, np.repeat(self.indices[:, :1], extra, axis=1)], axis=1)
+    mask = np.concatenate([self.mask, np.zeros((self.mask.shape[0], extra), bool)], axis=1)
+    return Selection(idx.astype(np.int32), mask, self.key_labels)
+
+
+def poisons_per_key(budget: float, num_train: int, num_keys: int) -> np.ndarray:
+  """How many poisons each key gets: ``floor(budget * num_train)`` split as evenly as possible.
+
+  Raises:
+    ValueError: a budget outside (0, 1], or one that gives a key no poison.
+  """
+  if not 0.0 < budget <= 1.0:
+    raise ValueError(f"budget must be a fraction in (0, 1]; got {budget}.")
+  total = int(np.floor(budget * num_train + 1e-9))
+  if total < num_keys:
+    raise ValueError(f"budget {budget} of {num_train} training clips gives {total} poisons for "
+                     f"{num_keys} keys; each key needs at least one (raise the budget).")
+  counts = np.full(num_keys, total // num_keys, np.int64)
+  counts[: total % num_keys] += 1
+  return counts
+
+
+def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labels: np.ndarray, *,
+                   budget: float, method: Method = "random",
+                   scores: np.ndarray | None = None) -> Selection:
+  """Chooses each key's poisons among the training clips of the key's label.
+
+  Keys that share a label (more keys than classes) get disjoint poisons.
+
+  Args:
+    seed: numpy seed or generator (selection is host-side and happens once).
+    labels: int ``(N,)`` training labels.
+    key_labels: int ``(K,)`` target label of each key.
+    budget: fraction of the training set that is perturbed in total (the paper: 0.01).
+    method: ``random``, or ``grad_norm`` (the clips with the largest ``scores``, e.g. per-sample
+      gradient norms on the surrogate: the clips the model still learns from most).
+    scores: float ``(N,)``, required for ``grad_norm``.
+
+  Returns:
+    A :class:`Selection`.
+
+  Raises:
+    ValueError: unknown method, missing scores, or a class with too few clips for its keys.
+  """
+  labels = np.asarray(labels)
+  key_labels = np.asarray(key_labels, np.int32)
+  if method not in ("random", "grad_norm"):
+    raise ValueError(f"method must be 'random' or 'grad_norm'; got {method!r}.")
+  if method == "grad_norm":
+    if scores is None or np.shape(scores) != labels.shape:
+      raise ValueError("method='grad_norm' needs scores of shape (N,) = labels.shape.")
+    scores = np.asarray(scores, np.float64)
+  rng = np.random.default_rng(seed)
+  counts = poisons_per_key(budget, labels.size, key_labels.size)
+  n_max = int(counts.max())
+  indices = np.zeros((key_labels.size, n_max), np.int32)
+  mask = np.zeros((key_labels.size, n_max), bool)
+  for label in np.unique(key_labels):
+    keys_here = np.flatnonzero(key_labels == label)
+    pool = np.flatnonzero(labels == label)
+    need = int(counts[keys_here].sum())
+    if pool.size < need:
+      raise ValueError(f"class {int(label)} has {pool.size} training clips but its "
+                       f"{keys_here.size} key(s) need {need} poisons; lower the budget.")
+    if method == "random":
+      chosen = rng.choice(pool, size=need, replace=False)
+    else:
+      order = np.argsort(-scores[pool], kind="stable")
+      chosen = pool[order[:need]]
+    start = 0
+    for k in keys_here:
+      n = int(counts[k])
+      indices[k, :n] = chosen[start:start + n]
+      indices[k, n:] = chosen[start]
+      mask[k, :n] = True
+      start += n
+  return Selection(indices, mask, key_labels)

@@ -1,0 +1,57 @@
+r"""Craft taggants into a dataset's training split with a trained surrogate.
+
+  .venv/bin/python -m launch.craft --config=launch/configs/craft.py --workdir=workdirs/craft \
+      --config.surrogate=workdirs/surrogate --config.key_file=workdirs/keys/keys.npz
+
+Writes the protected dataset (all splits, in the input's folder layout, 16-bit WAV) to
+`config.output_dir` (default `<workdir>/protected`) and the craft report to `<workdir>`; the key
+file is only read, and must not lie inside the protected dataset. `:tiny` is a seconds-long
+configuration for tests. Re-running the command resumes the craft from its checkpoint.
+"""
+
+import ml_collections
+
+from launch.configs import common
+
+
+def craft_config(**overrides) -> ml_collections.ConfigDict:
+  """Mirrors jaxtag.taggants.craft.CraftConfig (and CraftAugment under `augment`)."""
+  augment = ml_collections.ConfigDict(dict(
+      views=2, max_shift_seconds=0.1, max_gain_db=6.0,
+      noise_snr_db=ml_collections.FieldReference(None, field_type=tuple),
+      mixup_alpha=0.0, mixup_prob=0.5, freq_mask_width=0, num_freq_masks=1,
+      time_mask_width=0, num_time_masks=1))
+  fields = dict(steps=250, learning_rate=0.1, milestones=(40, 93, 156, 218), decay=0.3,
+                restarts=1, snr_db=55.0, objective="per_key", exclude_params=(),
+                quantize=True, init_scale=0.5)
+  config = ml_collections.ConfigDict(fields)
+  config.augment = augment
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  arg = arg or "default"
+  if arg not in ("default", "tiny"):
+    raise ValueError(f"launch/configs/craft.py: unknown argument {arg!r}; use default or tiny.")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = common.data_config("corpus", preset="tiny" if arg == "tiny" else "default")
+  config.surrogate = ml_collections.FieldReference(None, field_type=str)   # a train workdir
+  config.key_file = ml_collections.FieldReference(None, field_type=str)    # from make_keys
+  config.output_dir = ml_collections.FieldReference(None, field_type=str)  # default <workdir>/protected
+  config.budget = 0.01              # fraction of the training set perturbed
+  config.selection = "random"       # random | grad_norm
+  config.mixup_pool_size = 256
+  config.diagnostics = True         # per-poison gradient alignment before/after
+  config.num_devices = 0            # 0: every device
+  config.checkpoint_every = 25
+  config.progress = True
+  config.craft = craft_config()
+  if arg == "tiny":
+    config.budget = 0.2
+    config.craft = craft_config(steps=6, restarts=2)
+    config.checkpoint_every = 2
+    config.progress = False
+  return config

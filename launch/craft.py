@@ -1,0 +1,198 @@
+r"""Stage: craft taggants into a dataset with a trained surrogate and write the protected dataset.
+
+  .venv/bin/python -m launch.craft --config=launch/configs/craft.py --workdir=workdirs/craft \
+      --config.surrogate=workdirs/surrogate --config.key_file=workdirs/keys/keys.npz
+
+Writes, atomically:
+  <output_dir>/             the protected dataset: every split, in the input's folder layout,
+                            16-bit WAV (only the poisons of the train split differ from the input)
+  <workdir>/craft_report.json   poisons (index, file, key), SNR, losses, alignment, per-step loss
+  <workdir>/craft_report.png    loss per step and the SNR of every poison
+  <workdir>/craft_ckpt/         crafting checkpoints (a re-run resumes)
+After writing, the stage reads the train split back and checks that every poison carries exactly
+the crafted perturbation and every other clip is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+from typing import Any
+
+from launch import app
+
+REPORT = "craft_report.json"
+
+
+def output_dir(config: Any, workdir: pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(config.output_dir or workdir / "protected").absolute()
+
+
+def preflight(config: Any, workdir: pathlib.Path) -> None:
+  """Checks the inputs exist and that the key file cannot end up inside the published data."""
+  from jaxtag import keys
+
+  for field in ("surrogate", "key_file"):
+    if not config[field]:
+      raise ValueError(f"config.{field} is required (see launch/configs/craft.py).")
+  if not pathlib.Path(config.surrogate, "model.json").exists():
+    raise FileNotFoundError(f"config.surrogate={config.surrogate}: no model.json; train it with "
+                            "launch.train first.")
+  if not pathlib.Path(config.key_file).is_file():
+    raise FileNotFoundError(f"config.key_file={config.key_file} does not exist; make it with "
+                            "launch.make_keys.")
+  keys.check_outside(config.key_file, output_dir(config, workdir))
+
+
+def protect_config(config: Any):
+  """The library's typed ProtectConfig from the launcher's ConfigDict."""
+  from jaxtag.taggants import craft, protect
+
+  fields = config.craft.to_dict()
+  augment = fields.pop("augment")
+  if augment.get("noise_snr_db") is not None:
+    augment["noise_snr_db"] = tuple(augment["noise_snr_db"])
+  fields["milestones"] = tuple(fields["milestones"])
+  fields["exclude_params"] = tuple(fields["exclude_params"])
+  return protect.ProtectConfig(
+      budget=config.budget, selection=config.selection,
+      craft=craft.CraftConfig(augment=craft.CraftAugment(**augment), **fields),
+      mixup_pool_size=config.mixup_pool_size, diagnostics=config.diagnostics)
+
+
+def _load_splits(source):
+  from jaxtag.data import sources
+
+  splits = {}
+  for split in ("train", "validation", "test"):
+    try:
+      splits[split] = sources.load_split(source, split, progress=False)
+    except sources.DatasetError:
+      if split == "train":
+        raise
+  return splits
+
+
+def export_dataset(source, splits: dict, destination: pathlib.Path) -> None:
+  """Writes ``splits`` in ``source``'s folder layout, replacing ``destination`` atomically."""
+  from jaxtag.data import esc50, sources, speechcommands, tfds
+
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  tmp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  if source.kind in ("corpus", "speech_commands"):
+    noise = speechcommands.load_background_noise(sources.dataset_root(source, progress=False),
+                                                 sample_rate=source.sample_rate)
+    speechcommands.export_speech_commands(splits, tmp, background_noise=noise)
+  elif source.kind == "esc50":
+    esc50.export_esc50(list(splits.values()), tmp)
+  else:
+    tfds.export_tfds(splits, tmp, name=f"{source.name.split(':')[0]}_protected")
+  old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+  if destination.exists():
+    destination.rename(old)
+  tmp.rename(destination)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def check_export(source, destination: pathlib.Path, clean, protected) -> dict[str, Any]:
+  """Reads the written train split back: poisons must carry their perturbation to 16-bit
+  precision and every other clip must equal the input."""
+  import dataclasses
+
+  import numpy as np
+
+  from jaxtag.data import sources
+
+  if source.kind == "tfds":
+    reread = sources.load_split(dataclasses.replace(source, data_dir=str(destination),
+                                                    name=f"{source.name.split(':')[0]}_protected"),
+                                "train", progress=False)
+  else:
+    reread = sources.load_split(dataclasses.replace(source, kind="speech_commands"
+                                                    if source.kind == "corpus" else source.kind,
+                                                    root=str(destination)), "train",
+                                progress=False)
+  if reread.paths and clean.paths:
+    order = {p: i for i, p in enumerate(reread.paths)}
+    reread = reread.subset(np.array([order[p] for p in clean.paths]))
+  error = np.abs(reread.waveforms.astype(np.float64) - protected.waveforms.astype(np.float64))
+  changed = np.any(reread.waveforms != clean.waveforms, axis=1)
+  return {"max_abs_error": float(error.max()), "error_in_lsb": float(error.max() * 32768.0),
+          "clips_changed": int(changed.sum())}
+
+
+def plot_report(report, path: pathlib.Path) -> None:
+  """Loss per step and SNR per poison, written atomically."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  fig, (ax_loss, ax_snr) = plt.subplots(1, 2, figsize=(10, 3.5))
+  steps = [h["step"] for h in report.history]
+  ax_loss.plot(steps, [h["loss"] for h in report.history], lw=1)
+  ax_loss.set(xlabel="step", ylabel="1 - cos (mean over keys, augmented)",
+              title="alignment loss while crafting")
+  snr = report.snr_db[np.isfinite(report.snr_db)]
+  ax_snr.hist(snr, bins=20)
+  ax_snr.set(xlabel="SNR of the perturbation (dB)", ylabel="poisons",
+             title=f"{snr.size} poisons, min {snr.min():.1f} dB" if snr.size else "no poisons")
+  fig.tight_layout()
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Crafts, writes the protected dataset, checks it, and returns the summary."""
+  import numpy as np
+
+  from jaxtag import keys as keys_lib
+  from jaxtag import rng, sharding, train
+  from jaxtag.data import sources
+  from jaxtag.taggants import protect
+
+  preflight(config, workdir)
+  source = sources.DataSource(**config.data.to_dict())
+  splits = _load_splits(source)
+  clean = splits["train"]
+  secret, manifest = keys_lib.load_keys(config.key_file, expected_class_names=clean.class_names)
+  trained = train.restore_for_inference(config.surrogate)
+  mesh = sharding.make_mesh(config.num_devices or None)
+  protected, report = protect.protect_dataset(
+      trained, secret, clean, config=protect_config(config),
+      key=rng.stream(app.root_key(config), "craft"), mesh=mesh,
+      checkpoint_dir=workdir / "craft_ckpt", checkpoint_every=config.checkpoint_every,
+      progress=config.progress)
+  destination = output_dir(config, workdir)
+  export_dataset(source, {**splits, "train": protected}, destination)
+  check = check_export(source, destination, clean, protected)
+  if check["error_in_lsb"] != 0.0 or check["clips_changed"] > report.poison_indices.size:
+    raise RuntimeError(f"The written dataset at {destination} does not hold the crafted clips: "
+                       f"{check}. Nothing else was changed; re-run the stage.")
+  summary = {
+      "protected_dataset": str(destination), "surrogate": str(config.surrogate),
+      "key_file": str(config.key_file), "key_fingerprint": manifest.get("fingerprint"),
+      "num_train": len(clean), "budget": config.budget,
+      "num_devices": mesh.size, **report.summary(), "export_check": check,
+  }
+  paths = clean.paths or tuple(str(i) for i in range(len(clean)))
+  full = {**summary, **report.to_json(),
+          "poison_files": [paths[i] for i in report.poison_indices],
+          "key_labels": [clean.class_names[i] for i in np.asarray(secret.labels)]}
+  app.write_json(workdir / REPORT, full)
+  plot_report(report, workdir / "craft_report.png")
+  return summary
+
+
+def main(config, workdir):
+  summary = run_stage(config, workdir)
+  for key, value in summary.items():
+    print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+  app.run(main, preflight=preflight)

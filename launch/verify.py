@@ -1,0 +1,64 @@
+r"""Stage: verify a suspect model (workdir or HTTP endpoint) against the secret key file.
+
+  .venv/bin/python -m launch.verify --config=launch/configs/verify.py \
+      --config.target=workdirs/suspect --config.key_file=workdirs/keys/keys.npz \
+      --workdir=workdirs/verify
+
+Queries the black box once with every key and writes `<workdir>/verify_report.json`,
+`verify_report.txt` and `verify_report.png`; prints the text report.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from launch import app
+
+REPORT_STEM = "verify_report"
+
+
+def verify_target(target: str, key_file: str, *, max_k: int, decision_k: int, alpha: float):
+  """Opens the black box at ``target``, loads ``key_file`` and verifies; returns the report."""
+  from jaxtag import keys
+  from jaxtag.taggants import blackbox, verify
+
+  secret, manifest = keys.load_keys(key_file)
+  box = blackbox.open_blackbox(target)
+  return verify.verify(box, secret, max_k=max_k, decision_k=decision_k, alpha=alpha,
+                       class_names=manifest["class_names"], target=str(target),
+                       fingerprint=manifest["fingerprint"])
+
+
+def write_report(report, workdir: pathlib.Path) -> dict[str, str]:
+  """Writes the report as JSON, text and PNG into ``workdir``; returns their paths."""
+  from jaxtag.audio.io import write_text_atomic
+  from jaxtag.taggants import verify
+
+  paths = {ext: workdir / f"{REPORT_STEM}.{ext}" for ext in ("json", "txt", "png")}
+  app.write_json(paths["json"], report.to_json())
+  write_text_atomic(paths["txt"], report.to_text())
+  verify.plot_report(report, paths["png"])
+  return {ext: str(path) for ext, path in paths.items()}
+
+
+def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Verifies ``config.target`` against ``config.key_file``; returns a summary."""
+  report = verify_target(config.target, config.key_file, max_k=config.max_k,
+                         decision_k=config.decision_k, alpha=config.alpha)
+  paths = write_report(report, workdir)
+  return {"target": report.target, "decision": report.decision, "p_value": report.p_value,
+          "floor": report.floor, "decision_k": report.decision_k,
+          "hits": report.decision_hits, "num_keys": report.num_keys,
+          "holm_min_p_value": report.holm_min_p_value, "report": paths,
+          "text": report.to_text()}
+
+
+def main(config, workdir):
+  summary = run_stage(config, workdir)
+  print(summary["text"], end="")
+  print(f"report: {summary['report']['txt']} (json, png beside it)")
+
+
+if __name__ == "__main__":
+  app.run(main)

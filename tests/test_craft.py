@@ -1,0 +1,256 @@
+"""Taggant crafting: constraint, quantisation, optimiser, selection, and the sharded, resumable craft."""
+
+import dataclasses
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tiny_classifier as tc
+
+from jaxtag import sharding, train
+from jaxtag.data.dataset import AudioDataset
+from jaxtag.keys import Keys, KeySpec
+from jaxtag.taggants import craft, protect, select
+
+# ------------------------------------------------------------------ constraint and quantisation
+
+
+def _clips(n, length=400, seed=0, amp=0.3):
+  r = np.random.default_rng(seed)
+  x = amp * r.standard_normal((n, length))
+  return (np.round(np.clip(x, -1, 1) * 32768) / 32768).astype(np.float32)
+
+
+def _snr(x, delta):
+  return 10 * np.log10(np.sum(np.square(x, dtype=np.float64), -1)
+                       / np.sum(np.square(delta, dtype=np.float64), -1))
+
+
+def test_project_holds_the_snr_ball_and_the_box():
+  x = _clips(6)
+  x[0, :50] = 0.999            # near full scale: the box binds
+  x[5] = 0.0                   # silent clip
+  scale = craft.snr_scale(jnp.asarray(x), 30.0)
+  u = 5.0 * jax.random.normal(jax.random.key(0), x.shape)
+  p = np.asarray(craft.project(u, jnp.asarray(x), scale))
+  rms = np.sqrt(np.mean(p**2, -1))
+  assert np.all(rms <= 1 + 1e-5)
+  delta = p * np.asarray(scale)[:, None]
+  assert np.all(np.abs(x + delta) <= 1 + 1e-6)
+  assert np.all(p[5] == 0)
+  assert np.all(_snr(x[:5], delta[:5]) >= 30 - 1e-3)
+  # Inside the feasible set the projection is the identity (away from the rails, where the
+  # box allows only perturbations towards zero).
+  small = 0.1 * np.asarray(u) / np.max(np.abs(np.asarray(u)))
+  inside = np.abs(x) < 0.99
+  proj = np.asarray(craft.project(jnp.asarray(small), jnp.asarray(x), scale))
+  np.testing.assert_allclose(proj[:5][inside[:5]], small[:5][inside[:5]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("snr_db", [40.0, 55.0, 70.0])
+def test_quantised_perturbation_is_on_the_grid_and_keeps_the_floor(snr_db):
+  x = _clips(64, amp=0.05, seed=1)
+  scale = np.asarray(craft.snr_scale(jnp.asarray(x), snr_db))
+  u = np.asarray(craft.project(jax.random.normal(jax.random.key(1), x.shape) * 3, jnp.asarray(x),
+                               jnp.asarray(scale)))
+  delta = u * scale[:, None]
+  q = np.asarray(craft.quantize_perturbation(jnp.asarray(x), jnp.asarray(delta), snr_db))
+  grid = q * craft.PCM16_SCALE
+  np.testing.assert_array_equal(grid, np.round(grid))
+  assert np.all(_snr(x, q) >= snr_db - 1e-6)
+  # Where rounding keeps the floor it is used (closer to the crafted delta than truncation).
+  rounded = np.round(delta * 32768) / 32768
+  ok = _snr(x, rounded) >= snr_db
+  assert ok.any() or snr_db > 60  # at 70 dB this delta is under half an LSB almost everywhere
+  np.testing.assert_array_equal(q[ok], rounded[ok])
+
+
+def test_sign_adam_is_adam_on_the_sign():
+  tx = craft.sign_adam(0.1)
+  ref = optax.adam(0.1)
+  p = jnp.zeros(5)
+  s, s_ref = tx.init(p), ref.init(p)
+  for i in range(3):
+    g = jnp.array([3.0, -0.01, 0.0, 1e-9, -7.0]) * (i + 1)
+    u, s = tx.update(g, s, p)
+    u_ref, s_ref = ref.update(jnp.sign(g), s_ref, p)
+    np.testing.assert_allclose(u, u_ref, rtol=1e-6)
+
+
+def test_schedule_milestones_scale_with_the_number_of_steps():
+  sched = craft.CraftConfig(steps=250, learning_rate=0.1).schedule()
+  assert float(sched(39)) == pytest.approx(0.1)
+  assert float(sched(40)) == pytest.approx(0.03)
+  assert float(sched(219)) == pytest.approx(0.1 * 0.3**4)
+  short = craft.CraftConfig(steps=25, learning_rate=0.1).schedule()
+  assert float(short(3)) == pytest.approx(0.1)
+  assert float(short(4)) == pytest.approx(0.03)
+  assert float(short(24)) == pytest.approx(0.1 * 0.3**4)
+
+
+def test_config_errors_name_the_field():
+  with pytest.raises(ValueError, match="objective"):
+    craft.CraftConfig(objective="both")
+  with pytest.raises(ValueError, match="views"):
+    craft.CraftAugment(views=0)
+
+
+def test_tree_cosine_matches_numpy_and_excludes_leaves():
+  a = {"head": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "conv": jnp.array([1.0, -2.0])}
+  b = {"head": {"kernel": jnp.ones((2, 3))}, "conv": jnp.array([0.5, 4.0])}
+  fa = np.concatenate([np.ravel(a["conv"]), np.ravel(a["head"]["kernel"])])
+  fb = np.concatenate([np.ravel(b["conv"]), np.ravel(b["head"]["kernel"])])
+  want = fa @ fb / np.linalg.norm(fa) / np.linalg.norm(fb)
+  assert float(craft.tree_cosine(a, b)) == pytest.approx(want, rel=1e-6)
+  keep = craft._leaf_keep(a, ("head",))
+  assert float(craft.tree_cosine(a, b, keep)) == pytest.approx(
+      (1 * 0.5 - 2 * 4) / np.linalg.norm([1, -2]) / np.linalg.norm([0.5, 4]), rel=1e-6)
+  with pytest.raises(ValueError, match="leaves no parameter"):
+    craft._leaf_keep(a, ("head", "conv"))
+
+
+# ------------------------------------------------------------------ selection
+
+
+def test_selection_respects_budget_labels_and_disjointness():
+  labels = np.repeat(np.arange(5), 40)
+  key_labels = np.array([1, 3, 1])          # two keys share class 1
+  sel = select.select_poisons(0, labels, key_labels, budget=0.1)
+  assert sel.num_poisons == 20
+  assert sel.mask.sum(1).tolist() == [7, 7, 6]
+  flat = sel.flat_indices()
+  assert len(set(flat.tolist())) == flat.size
+  for k in range(3):
+    assert np.all(labels[sel.indices[k][sel.mask[k]]] == key_labels[k])
+  padded = sel.pad_to(4)
+  assert padded.indices.shape == (3, 8) and padded.num_poisons == 20
+  assert np.array_equal(select.select_poisons(0, labels, key_labels, budget=0.1).indices,
+                        sel.indices)
+
+
+def test_grad_norm_selection_takes_the_largest_scores():
+  labels = np.repeat(np.arange(4), 25)
+  scores = np.random.default_rng(0).random(100)
+  sel = select.select_poisons(0, labels, np.array([2]), budget=0.05, method="grad_norm",
+                              scores=scores)
+  pool = np.flatnonzero(labels == 2)
+  want = pool[np.argsort(-scores[pool])[:5]]
+  assert set(sel.flat_indices().tolist()) == set(want.tolist())
+
+
+def test_selection_errors():
+  labels = np.repeat(np.arange(4), 5)
+  with pytest.raises(ValueError, match="budget"):
+    select.select_poisons(0, labels, np.array([0]), budget=0.0)
+  with pytest.raises(ValueError, match="class 0 has 5"):
+    select.select_poisons(0, labels, np.array([0]), budget=0.5)
+  with pytest.raises(ValueError, match="needs at least one"):
+    select.select_poisons(0, labels, np.arange(4), budget=0.1)
+  with pytest.raises(ValueError, match="scores"):
+    select.select_poisons(0, labels, np.array([0]), budget=0.1, method="grad_norm")
+
+
+# ------------------------------------------------------------------ crafting on a trained model
+
+
+@pytest.fixture(scope="module")
+def surrogate(tiny_workdir):
+  return train.restore_for_inference(tiny_workdir)
+
+
+@pytest.fixture(scope="module")
+def craft_inputs(surrogate):
+  x, y = tc.tone_clips(48, seed=3)
+  key_waves = _clips(2, length=tc.CLIP, seed=7, amp=0.2)
+  key_labels = np.array([2, 4], np.int32)
+  sel = select.select_poisons(0, y, key_labels, budget=8 / 48).pad_to(8)
+  return dict(key_waveforms=key_waves, key_labels=key_labels, poison_x=x[sel.indices],
+              poison_labels=y[sel.indices], poison_mask=sel.mask, sample_rate=tc.SR,
+              pool=x[:16], pool_labels=y[:16])
+
+
+CONFIG = craft.CraftConfig(steps=8, restarts=2, snr_db=20.0, learning_rate=0.5,
+                           augment=craft.CraftAugment(views=2, max_shift_seconds=0.01,
+                                                      max_gain_db=3.0, mixup_alpha=0.4,
+                                                      freq_mask_width=4, time_mask_width=2))
+
+
+def _craft(surrogate, craft_inputs, mesh, **kwargs):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  return craft.craft(clf, params, stats, config=kwargs.pop("config", CONFIG),
+                     key=jax.random.key(0), mesh=mesh, progress=False, **craft_inputs, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def result_1dev(surrogate, craft_inputs):
+  return _craft(surrogate, craft_inputs, sharding.make_mesh(1))
+
+
+def test_craft_lowers_the_alignment_loss_and_holds_the_constraints(result_1dev, craft_inputs):
+  r = result_1dev
+  assert np.all(r.losses < r.initial_losses - 0.01), (r.initial_losses, r.losses)
+  assert r.restart_losses.shape == (2, 2) and np.all(np.isfinite(r.restart_losses))
+  np.testing.assert_allclose(r.losses, r.restart_losses.min(0), rtol=1e-6)
+  mask = craft_inputs["poison_mask"]
+  assert np.all(r.snr_db[mask] >= 20.0 - 1e-6)
+  assert np.all(r.delta[~mask] == 0)
+  grid = r.delta * craft.PCM16_SCALE
+  np.testing.assert_array_equal(grid, np.round(grid))
+  assert np.all(np.abs(craft_inputs["poison_x"] + r.delta) <= 1.0)
+  assert len(r.history) == 16
+
+
+def test_craft_on_8_devices_equals_1_device(surrogate, craft_inputs, result_1dev, num_devices):
+  if num_devices < 8:
+    pytest.skip("needs 8 (fake) devices")
+  r8 = _craft(surrogate, craft_inputs, sharding.make_mesh(8))
+  np.testing.assert_allclose(r8.losses, result_1dev.losses, atol=1e-4)
+  # Sign steps amplify float noise in near-zero gradients; compare the perturbations as signals.
+  a, b = r8.delta.ravel(), result_1dev.delta.ravel()
+  assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+
+
+def test_craft_resumes_where_an_uninterrupted_run_ends(surrogate, craft_inputs, tmp_path):
+  mesh = sharding.make_mesh(1)
+  config = dataclasses.replace(CONFIG, restarts=2, steps=3)
+  ckpt = tmp_path / "ckpt"
+  full = _craft(surrogate, craft_inputs, mesh, config=config, checkpoint_dir=ckpt,
+                checkpoint_every=2)
+  steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  assert steps[-1] == 6
+  # The crash: the last checkpoint never reached the disk; the re-run resumes at step 4, inside
+  # the second restart, and must carry the first restart's best perturbation over.
+  shutil.rmtree(ckpt / "6")
+  resumed = _craft(surrogate, craft_inputs, mesh, config=config, checkpoint_dir=ckpt,
+                   checkpoint_every=2)
+  assert [h["step"] for h in resumed.history] == [4, 5]
+  np.testing.assert_array_equal(resumed.delta, full.delta)
+  np.testing.assert_array_equal(resumed.losses, full.losses)
+  np.testing.assert_array_equal(resumed.restart_losses, full.restart_losses)
+
+
+def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
+  x, y = tc.tone_clips(60, seed=5)
+  data = AudioDataset(x, y, tc.CLASSES, tc.SR)
+  keys = Keys(spectrograms=np.zeros((2, 4, 4), np.float32),
+              waveforms=_clips(2, length=tc.CLIP, seed=9, amp=0.2),
+              labels=np.array([0, 3], np.int32), spec=KeySpec(num_keys=2))
+  config = protect.ProtectConfig(budget=0.1, craft=dataclasses.replace(CONFIG, restarts=1,
+                                                                       steps=3))
+  protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
+                                              key=jax.random.key(0), mesh=sharding.make_mesh(1),
+                                              progress=False)
+  changed = np.flatnonzero(np.any(protected.waveforms != data.waveforms, axis=1))
+  assert set(changed.tolist()) <= set(report.poison_indices.tolist())
+  assert report.poison_indices.size == 6
+  np.testing.assert_array_equal(protected.labels, data.labels)
+  assert np.all(y[report.poison_indices] == np.array([0, 3])[report.poison_keys])
+  assert np.all(report.snr_db >= 20.0 - 1e-6)
+  assert np.all(np.isfinite(report.alignment_before)) and np.all(np.isfinite(report.alignment_after))
+  bad = dataclasses.replace(data, class_names=tuple(reversed(tc.CLASSES)))
+  with pytest.raises(ValueError, match="classes"):
+    protect.protect_dataset(surrogate, keys, bad, config=config, key=jax.random.key(0),
+                            progress=False)
