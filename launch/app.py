@@ -32,14 +32,21 @@ _TRANSFER_GUARD = flags.DEFINE_enum(
     "launcher's setup is not guarded): 'log' or 'disallow' to hunt silent slowness.")
 
 
+def _quiet_orbax(record) -> bool:
+  """Drops orbax's INFO/DEBUG records from the absl logger; warnings and errors pass."""
+  return record.levelno >= 30 or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def setup_jax() -> None:
   """Starts multi-host JAX when the environment asks for it and logs the device layout."""
   import logging as std_logging
 
   import jax  # Imported here so that `--help` stays fast.
 
-  # orbax logs every checkpoint step at INFO; keep the launchers' output readable.
+  # orbax logs every checkpoint step at INFO (through its own logger and through absl's);
+  # keep the launchers' output readable.
   std_logging.getLogger("orbax").setLevel(std_logging.WARNING)
+  std_logging.getLogger("absl").addFilter(_quiet_orbax)
 
   from jaxtag import sharding
   sharding.maybe_initialize_distributed()

@@ -8,6 +8,8 @@ Writes, atomically:
                             16-bit WAV (only the poisons of the train split differ from the input)
   <workdir>/craft_report.json   poisons (index, file, key), SNR, losses, alignment, per-step loss
   <workdir>/craft_report.png    loss per step and the SNR of every poison
+  <workdir>/perturbations.npz   the owner's record: poison indices, files, keys and the exact
+                                (16-bit) perturbation of each
   <workdir>/craft_ckpt/         crafting checkpoints (a re-run resumes)
 After writing, the stage reads the train split back and checks that every poison carries exactly
 the crafted perturbation and every other clip is unchanged.
@@ -23,6 +25,14 @@ from typing import Any
 from launch import app
 
 REPORT = "craft_report.json"
+PERTURBATIONS = "perturbations.npz"
+
+
+def _write_npz(path: pathlib.Path, **arrays) -> None:
+  import numpy as np
+  tmp = path.with_name(f".{path.name}.tmp.npz")
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 def output_dir(config: Any, workdir: pathlib.Path) -> pathlib.Path:
@@ -184,6 +194,9 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
           "poison_files": [paths[i] for i in report.poison_indices],
           "key_labels": [clean.class_names[i] for i in np.asarray(secret.labels)]}
   app.write_json(workdir / REPORT, full)
+  _write_npz(workdir / PERTURBATIONS, indices=report.poison_indices, keys=report.poison_keys,
+             files=np.array(full["poison_files"]),
+             delta=protected.waveforms[report.poison_indices] - clean.waveforms[report.poison_indices])
   plot_report(report, workdir / "craft_report.png")
   return summary
 

@@ -17,11 +17,14 @@ from typing import Any
 from launch import app, craft, make_corpus, make_keys, train, verify
 
 
-def _stage_config(config: Any, name: str, **fields):
+def _stage_config(config: Any, name: str, workdir: pathlib.Path, **fields):
+  """The sub-config of one stage with ``fields`` set, recorded in the stage's workdir as its
+  launcher would record it (so the stage can be re-run alone with the same settings)."""
   sub = config[name].copy_and_resolve_references()
   sub.unlock()
   for key, value in fields.items():
     sub[key] = value
+  app.dump_config(sub, workdir)
   return sub
 
 
@@ -33,25 +36,30 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     keys = make_keys.run_stage(config, workdir / "keys")
   key_file = keys["key_file"]
   with app.timed("surrogate", timings):
-    surrogate = train.run_stage(_stage_config(config, "surrogate"), workdir / "surrogate")
+    surrogate = train.run_stage(_stage_config(config, "surrogate", workdir / "surrogate"),
+                                workdir / "surrogate")
   with app.timed("craft", timings):
     crafted = craft.run_stage(
-        _stage_config(config, "craft", surrogate=str(workdir / "surrogate"), key_file=key_file,
-                      output_dir=str(workdir / "protected")), workdir / "craft")
+        _stage_config(config, "craft", workdir / "craft", surrogate=str(workdir / "surrogate"),
+                      key_file=key_file, output_dir=str(workdir / "protected")),
+        workdir / "craft")
   protected_data = config.data.copy_and_resolve_references()
   protected_data.kind = "speech_commands"
   protected_data.root = crafted["protected_dataset"]
   with app.timed("suspect", timings):
-    suspect = train.run_stage(_stage_config(config, "suspect", data=protected_data),
-                              workdir / "suspect")
+    suspect = train.run_stage(
+        _stage_config(config, "suspect", workdir / "suspect", data=protected_data),
+        workdir / "suspect")
   with app.timed("benign", timings):
-    benign = train.run_stage(_stage_config(config, "benign"), workdir / "benign")
+    benign = train.run_stage(_stage_config(config, "benign", workdir / "benign"),
+                             workdir / "benign")
   verdicts = {}
   with app.timed("verify", timings):
     for name in ("suspect", "benign"):
+      stage_dir = workdir / f"verify_{name}"
       verdicts[name] = verify.run_stage(
-          _stage_config(config, "verify", target=str(workdir / name), key_file=key_file),
-          workdir / f"verify_{name}")
+          _stage_config(config, "verify", stage_dir, target=str(workdir / name),
+                        key_file=key_file), stage_dir)
   report = {
       "data": data, "keys": keys, "surrogate": surrogate, "craft": crafted,
       "suspect": suspect, "benign": benign,

@@ -29,7 +29,7 @@ def train_config(config: Any):
       augment=train.AugmentConfig(**augment), label_smoothing=config.label_smoothing,
       log_every_steps=config.log_every_steps,
       checkpoint_every_steps=config.checkpoint_every_steps, max_to_keep=config.max_to_keep,
-      eval_every_epochs=config.eval_every_epochs)
+      eval_every_epochs=config.eval_every_epochs, init_from=config.get("init_from") or None)
 
 
 def _plain(value):

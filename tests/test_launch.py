@@ -29,14 +29,65 @@ def demo_run(tmp_path_factory):
   return workdir, out, env
 
 
+STAGES = {"corpus", "keys", "surrogate", "craft", "suspect", "benign", "verify"}
+
+
 def test_demo_prints_summary_and_writes_artifacts(demo_run):
   workdir, out, _ = demo_run
-  assert "=== jaxtag demo ===" in out
+  assert "=== jaxtag demo: audio data taggants ===" in out
+  assert "suspect   protected" in out and "benign    clean" in out
   summary = json.loads((workdir / "demo_summary.json").read_text())
-  assert set(summary["wall_time_s"]) == {"corpus", "keys"}
+  assert set(summary["wall_time_s"]) == STAGES
   splits = summary["data"]["splits"]
   assert all(splits[s]["num_clips"] > 0 for s in ("train", "validation", "test"))
   assert (workdir / "config.json").exists()
+  for name in ("surrogate", "suspect", "benign"):
+    assert (workdir / name / "final").is_dir() and (workdir / name / "model.json").exists()
+  for name in ("suspect", "benign"):
+    report = json.loads((workdir / f"verify_{name}" / "verify_report.json").read_text())
+    assert report["num_keys"] == summary["keys"]["num_keys"]
+    assert 0.0 < report["p_value"] <= 1.0
+    assert (workdir / f"verify_{name}" / "verify_report.png").stat().st_size > 0
+  # The suspect trained on the protected copy, the benign model on the clean corpus.
+  suspect_cfg = json.loads((workdir / "suspect" / "config.json").read_text())
+  assert suspect_cfg["data"]["root"] == str(workdir / "protected")
+
+
+def _read_train(root):
+  from jaxtag.data import speechcommands
+  return speechcommands.load_speech_commands(root, split="train", progress=False)
+
+
+def test_protected_dataset_holds_exactly_the_crafted_taggants(demo_run):
+  """Key file separate and intact, SNR floor held by every poison as read back from the WAVs,
+  the WAVs carry the recorded perturbation to 16-bit precision, nothing else changed."""
+  from jaxtag import keys
+  workdir, _, _ = demo_run
+  summary = json.loads((workdir / "demo_summary.json").read_text())
+  protected_root = pathlib.Path(summary["craft"]["protected_dataset"])
+  key_file = pathlib.Path(summary["keys"]["key_file"]).resolve()
+  assert protected_root.resolve() not in key_file.parents
+  assert not list(protected_root.rglob("*.npz"))
+  _, manifest = keys.load_keys(key_file)           # intact: every SHA-256 checks out
+  assert manifest["fingerprint"] == summary["craft"]["key_fingerprint"]
+
+  clean, protected = _read_train(summary["data"]["root"]), _read_train(protected_root)
+  assert clean.paths == protected.paths
+  np.testing.assert_array_equal(clean.labels, protected.labels)   # clean-label
+  record = np.load(workdir / "craft" / "perturbations.npz")
+  poisons = record["indices"]
+  assert [clean.paths[i] for i in poisons] == record["files"].tolist()
+  changed = np.flatnonzero(np.any(protected.waveforms != clean.waveforms, axis=1))
+  assert set(changed.tolist()) <= set(poisons.tolist())
+  delta = protected.waveforms[poisons].astype(np.float64) - clean.waveforms[poisons]
+  np.testing.assert_array_equal(delta * 32768, record["delta"].astype(np.float64) * 32768)
+  craft_cfg = json.loads((workdir / "craft" / "config.json").read_text())
+  floor = craft_cfg["craft"]["snr_db"]
+  power = np.sum(np.square(clean.waveforms[poisons], dtype=np.float64), axis=1)
+  noise = np.sum(np.square(delta), axis=1)
+  snr = 10 * np.log10(power / np.maximum(noise, 1e-300))
+  assert np.all(snr >= floor), (snr, floor)
+  assert summary["craft"]["snr_db_min"] == pytest.approx(snr.min(), abs=1e-3)
 
 
 def test_key_file_is_secret_intact_and_outside_dataset(demo_run):

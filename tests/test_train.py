@@ -260,3 +260,31 @@ def test_bad_batch_size_and_mismatched_splits_raise(tmp_path):
     state_lib.ModelSpec("resnet", 4)
   with pytest.raises(FileNotFoundError, match="no finished training run"):
     train.restore_for_inference(tmp_path / "nothing")
+
+
+def test_warm_start_takes_the_backbone_and_reinitialises_a_head_of_other_shape(tiny_workdir):
+  """Fine-tuning a shared backbone: every matching leaf comes from `init_from`, the head of a
+  model with other classes stays fresh, and the optimiser state starts anew."""
+  from jaxtag.train import loop
+  pretrained = train.restore_for_inference(tiny_workdir)
+  info = pretrained.info
+  spec = state_lib.ModelSpec(info.model, 3, info.model_overrides)   # 3 classes, not 6
+  tx = optax.adam(1e-3)
+  mesh = sharding.make_mesh(1)
+  fresh, _ = state_lib.create_train_state(spec, tx, jax.random.key(5), mesh)
+  warm = loop.warm_start(fresh, tx, tiny_workdir, info.model)
+  got = jax.tree_util.tree_leaves_with_path(warm.params)
+  old = dict(jax.tree_util.tree_leaves_with_path(pretrained.params))
+  new = dict(jax.tree_util.tree_leaves_with_path(fresh.params))
+  heads = 0
+  for path, leaf in got:
+    if old[path].shape == leaf.shape:
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(old[path]))
+    else:
+      heads += 1
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(new[path]))
+  assert heads == 2                                                   # head kernel and bias
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(warm.opt_state)
+             if jnp.issubdtype(x.dtype, jnp.floating))
+  with pytest.raises(ValueError, match="holds a 'cnn' model"):
+    loop.warm_start(fresh, tx, tiny_workdir, "m5")

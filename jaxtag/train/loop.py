@@ -58,6 +58,9 @@ class TrainConfig:
     checkpoint_every_steps: checkpoint interval; 0 means once per epoch.
     max_to_keep: checkpoints kept.
     eval_every_epochs: evaluate on the validation split every this many epochs (and at the end).
+    init_from: a finished training workdir of the same model whose weights start this run
+      (fine-tuning a shared backbone); leaves whose shape differs (the head, when the classes
+      differ) keep their fresh initialisation. None: train from scratch.
   """
 
   model: str = "ast_tiny"
@@ -72,6 +75,7 @@ class TrainConfig:
   checkpoint_every_steps: int = 0
   max_to_keep: int = 2
   eval_every_epochs: int = 1
+  init_from: str | None = None
 
   def __post_init__(self):
     for name in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
@@ -192,6 +196,37 @@ def _average(records: list[dict[str, jax.Array]]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in host])) for k in host[0]}
 
 
+def warm_start(state: state_lib.TrainState, tx, init_from: str | os.PathLike,
+               model: str) -> state_lib.TrainState:
+  """``state`` with the weights of the trained workdir ``init_from`` wherever the shapes agree.
+
+  Leaves that do not match (the classifier head of a model trained on other classes) keep their
+  fresh initialisation; the optimiser state starts anew. The weights keep ``state``'s shardings.
+
+  Raises:
+    ValueError: ``init_from`` holds another model.
+  """
+  pretrained = ckpt.restore_for_inference(init_from)
+  if pretrained.info.model != model:
+    raise ValueError(f"init_from={init_from} holds a {pretrained.info.model!r} model; this run "
+                     f"trains {model!r}.")
+  kept = []
+
+  def take(path, fresh, old):
+    if fresh.shape == old.shape and fresh.dtype == old.dtype:
+      return jax.device_put(old, fresh.sharding)
+    kept.append(jax.tree_util.keystr(path))
+    return fresh
+
+  params = jax.tree_util.tree_map_with_path(take, state.params, pretrained.params)
+  stats = jax.tree_util.tree_map_with_path(take, state.batch_stats, pretrained.batch_stats)
+  if kept:
+    logging.info("init_from %s: freshly initialised (shape differs): %s", init_from,
+                 ", ".join(kept))
+  return state.replace(params=params, batch_stats=stats, opt_state=jax.jit(
+      tx.init, out_shardings=jax.tree.map(lambda x: x.sharding, state.opt_state))(params))
+
+
 def train(config: TrainConfig, *, train_data: AudioDataset, key: jax.Array,
           workdir: str | os.PathLike, validation_data: AudioDataset | None = None,
           test_data: AudioDataset | None = None, mesh=None, progress: bool = True,
@@ -240,6 +275,8 @@ def train(config: TrainConfig, *, train_data: AudioDataset, key: jax.Array,
   try:
     restored = ckpt.restore_latest(manager, abstract_state)
     start = 0
+    if restored is None and config.init_from:
+      state = warm_start(state, tx, config.init_from, config.model)
     if restored is not None:
       state, start = restored
       logging.info("Resuming %s from step %d of %d.", workdir, start, total)

@@ -27,3 +27,10 @@ def keys_config(num_keys: int = 10, d: int = 64, griffin_lim_iters: int = 64) ->
       interpolation="bilinear",  # nearest | bilinear
       griffin_lim_iters=griffin_lim_iters,
   ))
+
+
+def keys_config_for(preset: str) -> ml_collections.ConfigDict:
+  """The key spec of a corpus preset: the tiny corpus (8 training clips of 4 words) gets 2 keys."""
+  if preset == "tiny":
+    return keys_config(num_keys=2, griffin_lim_iters=16)
+  return keys_config()

@@ -26,9 +26,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = common.data_config("corpus", preset=arg)
-  # The tiny corpus has 8 training clips of 4 words: 2 keys, one poison each.
-  config.key_spec = common.keys_config(num_keys=2, griffin_lim_iters=16) if tiny else (
-      common.keys_config())
+  config.key_spec = common.keys_config_for(arg)
   config.export_wav = True
   model = "tiny" if tiny else "surrogate,cnn"
   config.surrogate = train_configs.get_config(model)
@@ -43,6 +41,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.craft = craft_configs.get_config(arg)
   config.craft.data = config.data
   if tiny:
-    config.craft.budget = 0.25
+    config.craft.budget = 0.25   # 8 training clips, 2 keys: one poison each
   config.verify = verify_configs.get_config()
   return config

@@ -16,6 +16,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = common.data_config("corpus", preset=arg or "default")
-  config.key_spec = common.keys_config()
+  config.key_spec = common.keys_config_for(arg or "default")
   config.export_wav = True  # also write each key as 16-bit WAV for listening
   return config

@@ -63,6 +63,9 @@ def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0   # 0: once per epoch
   config.max_to_keep = 2
   config.eval_every_epochs = 1
+  # A finished train workdir of the same model to fine-tune from (a shared "public" backbone);
+  # the head is re-initialised when the classes differ. None: from scratch.
+  config.init_from = ml_collections.FieldReference(None, field_type=str)
   config.num_devices = 0              # 0: every device (all hosts)
   config.progress = True
   config.optim = optim_config(learning_rate=1e-3, weight_decay=0.05)
