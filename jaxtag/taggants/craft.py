@@ -426,6 +426,23 @@ def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool
   return dataclasses.replace(state, u=u, opt_state=opt_state, step=state.step + 1), losses
 
 
+def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_rate: int,
+                    tx: optax.GradientTransformation | None = None):
+  """The jitted crafting step that :func:`craft` runs (state donated), and its optimiser.
+
+  One place builds it for the driver, the tests and the benchmarks, so they all time and test the
+  same computation.
+
+  Returns:
+    ``(step, tx)`` with ``step(state, inputs, params, batch_stats, pool, pool_targets, key) ->
+    (state, losses)``.
+  """
+  tx = tx or sign_adam(config.schedule())
+  step = jax.jit(functools.partial(craft_step, clf=clf, config=config, keep=keep,
+                                   sample_rate=sample_rate, tx=tx), donate_argnums=(0,))
+  return step, tx
+
+
 def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: Classifier,
                 config: CraftConfig, keep, sample_rate: int) -> jax.Array:
   """Per-group alignment losses without augmentation (how restarts are compared)."""
@@ -562,12 +579,8 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     pool_targets = jax.device_put(
         jax.nn.one_hot(jnp.asarray(pool_labels), clf.num_classes, dtype=jnp.float32), repl)
 
-  tx = sign_adam(config.schedule())
+  step_fn, tx = make_craft_step(clf, config, keep=keep, sample_rate=sample_rate)
   u_sharding = jax.sharding.NamedSharding(mesh, P(None, axis, None))
-  step_fn = jax.jit(
-      functools.partial(craft_step, clf=clf, config=config, keep=keep, sample_rate=sample_rate,
-                        tx=tx),
-      donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_losses, clf=clf, config=config, keep=keep,
                                       sample_rate=sample_rate))
 

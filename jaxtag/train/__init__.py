@@ -4,13 +4,14 @@
     result = train.train(train.TrainConfig(model="cnn"), train_data=ds, key=key, workdir=wd)
     trained = train.restore_for_inference(wd)   # model, params, class names, sample rate
 
-Orbax and tqdm are imported only when a checkpoint is written or a loop runs.
+Orbax and tqdm are imported only when a checkpoint is written or a loop runs, and the loop
+itself (with the grain input pipeline behind it) only when one of its names is first used, so
+that code needing only the steps or the augmentation (e.g. taggant crafting) does not pull grain.
 """
 
 from jaxtag.train.augment import AugmentConfig
 from jaxtag.train.checkpoint import (ModelInfo, TrainedModel, load_trained, read_model_info,
                                      restore_for_inference)
-from jaxtag.train.loop import TrainConfig, TrainResult, evaluate, train
 from jaxtag.train.optim import OptimConfig, make_optimizer, make_schedule
 from jaxtag.train.state import (ModelParts, ModelSpec, StepSignature, TrainState,
                                 abstract_train_state, create_train_state, jit_eval_step,
@@ -24,3 +25,12 @@ __all__ = [
     "jit_train_step", "load_trained", "make_optimizer", "make_schedule", "read_model_info",
     "restore_for_inference", "step_signature", "train", "train_step",
 ]
+
+_LAZY_LOOP = ("TrainConfig", "TrainResult", "evaluate", "train")
+
+
+def __getattr__(name):
+  if name in _LAZY_LOOP:
+    from jaxtag.train import loop
+    return getattr(loop, name)
+  raise AttributeError(f"module 'jaxtag.train' has no attribute {name!r}")
