@@ -1,0 +1,121 @@
+r"""Stage: protect a dataset's train split with PosCUDA and write it in its input layout.
+
+  .venv/bin/python -m launch.poscuda_protect --config=launch/configs/poscuda_protect.py \
+      --workdir=workdirs/poscuda_secret --config.output_root=workdirs/corpus_poscuda
+
+The filters come from the run's `poscuda` stream. The published folder holds the protected train
+split and clean copies of the other splits (and of `_background_noise_/`); the secret file
+`<workdir>/poscuda.npz` (0o600, SHA-256 manifest) is refused inside the source or output folder.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from launch import app
+
+SECRET_FILE = "poscuda.npz"
+
+
+def _output_root(config: Any) -> pathlib.Path:
+  if not config.output_root:
+    raise ValueError("poscuda_protect: set --config.output_root to the folder that receives the "
+                     "protected dataset.")
+  return pathlib.Path(config.output_root).expanduser()
+
+
+def check_locations(config: Any, workdir: pathlib.Path) -> None:
+  """Refuses a secret file inside the source or the protected dataset, and a tfds source."""
+  from jaxtag import keys
+  from jaxtag.data import sources
+
+  if config.data.kind == "tfds":
+    raise ValueError("poscuda_protect: a tfds source has no folder layout to write back; export "
+                     "it with jaxtag.data.speechcommands.export_speech_commands first.")
+  output = _output_root(config)
+  keys.check_outside(workdir / SECRET_FILE, output)
+  source_root = sources.dataset_root(sources.DataSource(**config.data.to_dict()), progress=False)
+  if source_root is not None:
+    keys.check_outside(workdir / SECRET_FILE, source_root)
+    if output.resolve() == pathlib.Path(source_root).resolve():
+      raise ValueError(f"poscuda_protect: output_root {str(output)!r} is the source dataset; "
+                       "write the protected copy elsewhere.")
+
+
+def spec_from_config(spec_config: Any, dataset) -> Any:
+  """The typed PoscudaSpec for ``dataset`` (its sample rate and clip length)."""
+  from jaxtag import poscuda
+  return poscuda.PoscudaSpec(**spec_config.to_dict(), sample_rate=dataset.sample_rate,
+                             clip_samples=dataset.num_samples)
+
+
+def _load_splits(source, progress):
+  from jaxtag.data import sources
+  splits = {}
+  for split in ("train", "validation", "test"):
+    try:
+      splits[split] = sources.load_split(source, split, progress=progress)
+    except sources.DatasetError:
+      if split == "train":
+        raise
+  return splits
+
+
+def _export(source, splits, output: pathlib.Path, overwrite: bool) -> dict[str, int]:
+  """Writes the splits in the source's layout (ESC-50, else SpeechCommands with its noise)."""
+  from jaxtag.data import esc50, sources, speechcommands
+  if source.kind == "esc50":
+    esc50.export_esc50(list(splits.values()), output, overwrite=overwrite)
+  else:
+    noise = speechcommands.load_background_noise(sources.dataset_root(source, progress=False),
+                                                 sample_rate=splits["train"].sample_rate)
+    speechcommands.export_speech_commands(splits, output, background_noise=noise,
+                                          overwrite=overwrite)
+  return {split: len(ds) for split, ds in splits.items()}
+
+
+def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Draws the filters, protects the train split, writes dataset and secret; returns a summary."""
+  import jax
+  import numpy as np
+
+  from jaxtag import poscuda, rng
+  from jaxtag.audio import metrics
+  from jaxtag.data import sources
+
+  check_locations(config, workdir)
+  source = sources.DataSource(**config.data.to_dict())
+  splits = _load_splits(source, config.progress)
+  train = splits["train"]
+  spec = spec_from_config(config.spec, train)
+  key = rng.stream(app.root_key(config), "poscuda")
+  secret = poscuda.make_filters(key, spec, train.num_classes)
+  secret_path = workdir / SECRET_FILE
+  provenance = poscuda.filter_provenance(
+      key, seed=int(config.seed), stream="poscuda",
+      recipe="jaxtag.poscuda.make_filters(jaxtag.rng.stream(jax.random.key(seed), 'poscuda'), "
+             "spec, C)")
+  poscuda.save_filters(secret_path, secret, class_names=train.class_names, provenance=provenance,
+                       overwrite=config.overwrite, dataset_root=_output_root(config))
+  splits["train"] = poscuda.protect_dataset(train, secret, batch_size=config.batch_size)
+  counts = _export(source, splits, _output_root(config), config.overwrite)
+  snr = np.asarray(jax.device_get(metrics.snr_db(train.waveforms, splits["train"].waveforms)))
+  return {
+      "output_root": str(_output_root(config)), "secret_file": str(secret_path),
+      "clips": counts, "spec": spec.to_dict(), "taps": spec.taps, "patch": spec.patch,
+      "snr_db": {"min": float(snr.min()), "median": float(np.median(snr))},
+  }
+
+
+def main(config, workdir):
+  summary = run_stage(config, workdir)
+  app.write_json(workdir / "protect_summary.json", summary)
+  print(f"protected dataset: {summary['output_root']} ({summary['clips']})")
+  print(f"secret file (keep it private): {summary['secret_file']}")
+  print(f"SNR of the protected train clips: min {summary['snr_db']['min']:.1f} dB, median "
+        f"{summary['snr_db']['median']:.1f} dB")
+
+
+if __name__ == "__main__":
+  app.run(main, preflight=check_locations)

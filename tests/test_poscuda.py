@@ -1,0 +1,353 @@
+"""Tests for PosCUDA: the filters and their documented choices, protection, the secret file, the
+protect and evaluation launchers (tiny corpus)."""
+
+import json
+import os
+import pathlib
+import stat
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtag import keys as keys_lib
+from jaxtag import poscuda
+
+C = 6
+SPEC = poscuda.PoscudaSpec(clip_samples=4000)  # 80 taps, 240-sample patch, raw U(0, 0.3) taps.
+NAMES = tuple(f"class{i}" for i in range(C))
+
+
+def _clips(n=12, seed=0, scale=0.05):
+  """Quiet noise clips: raw b=0.3 taps (gain ~12) stay far from clipping."""
+  r = np.random.default_rng(seed)
+  return (scale * r.standard_normal((n, SPEC.clip_samples))).astype(np.float32), \
+      (np.arange(n) % C).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def secret():
+  return poscuda.make_filters(jax.random.key(0), SPEC, C)
+
+
+# --- spec and filters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_taps", 0), ("blur", 0.0), ("blur", float("inf")), ("patch_samples", 2.5),
+    ("use_positions", 1), ("normalisation", "max"), ("center_tap", -1.0), ("clip_samples", 100),
+])
+def test_spec_rejects_bad_field_naming_it(field, value):
+  with pytest.raises(ValueError, match=field if field != "clip_samples" else "patch"):
+    poscuda.PoscudaSpec(**{field: value})
+
+
+def test_spec_scales_taps_and_patch_with_the_sample_rate():
+  assert (SPEC.taps, SPEC.patch) == (80, 240)          # the paper's numbers at 16 kHz
+  spec8k = poscuda.PoscudaSpec(sample_rate=8000, clip_samples=8000)
+  assert (spec8k.taps, spec8k.patch) == (40, 120)      # same 5 ms / 15 ms
+  spec44k = poscuda.PoscudaSpec(sample_rate=44100, clip_samples=44100)
+  assert (spec44k.taps, spec44k.patch) == (220, 662)
+  assert poscuda.make_filters(jax.random.key(0), spec8k, 3).filters.shape == (3, 40)
+  assert poscuda.PoscudaSpec.from_dict(json.loads(json.dumps(spec44k.to_dict()))) == spec44k
+  with pytest.raises(ValueError, match="no field"):
+    poscuda.PoscudaSpec.from_dict({"taps": 3})
+
+
+def test_filters_are_deterministic_from_the_key_and_differ_for_another(secret):
+  again = poscuda.make_filters(jax.random.key(0), SPEC, C)
+  other = poscuda.make_filters(jax.random.key(1), SPEC, C)
+  np.testing.assert_array_equal(np.asarray(again.filters), np.asarray(secret.filters))
+  np.testing.assert_array_equal(np.asarray(again.positions), np.asarray(secret.positions))
+  assert not np.allclose(np.asarray(other.filters), np.asarray(secret.filters))
+  assert not np.array_equal(np.asarray(other.positions), np.asarray(secret.positions))
+
+
+def test_raw_taps_are_uniform_zero_to_b_and_positions_keep_the_patch_inside():
+  spec = poscuda.PoscudaSpec(clip_samples=4000)
+  many = poscuda.make_filters(jax.random.key(3), spec, 200)
+  taps = np.asarray(many.filters)
+  assert taps.min() >= 0.0 and taps.max() < 0.3
+  assert abs(taps.mean() - 0.15) < 0.005                 # U(0, b): mean b / 2 (16,000 taps)
+  assert abs(taps.std() - 0.3 / np.sqrt(12)) < 0.005     # and std b / sqrt(12)
+  np.testing.assert_allclose(taps.sum(1).mean(), 80 * 0.15, rtol=0.02)  # DC gain ~40 b
+  pos = np.asarray(many.positions)
+  assert pos.min() >= 0 and pos.max() <= 4000 - 240
+  assert pos.min() < 500 and pos.max() > 3000            # spread over the clip, not one spot
+
+
+def test_blur_only_scales_the_draws_and_positions_ignore_it(secret):
+  low = poscuda.make_filters(jax.random.key(0), poscuda.PoscudaSpec(blur=0.01, clip_samples=4000), C)
+  np.testing.assert_allclose(np.asarray(secret.filters), 30 * np.asarray(low.filters), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(low.positions), np.asarray(secret.positions))
+  nopos = poscuda.make_filters(jax.random.key(0), poscuda.PoscudaSpec(
+      use_positions=False, clip_samples=4000), C)
+  np.testing.assert_array_equal(np.asarray(nopos.positions), 0)
+  np.testing.assert_array_equal(np.asarray(nopos.filters), np.asarray(secret.filters))
+
+
+def test_normalisation_choices():
+  def make(**kw):
+    return np.asarray(poscuda.make_filters(jax.random.key(0), poscuda.PoscudaSpec(
+        clip_samples=4000, **kw), C).filters)
+  summed = make(normalisation="sum")
+  np.testing.assert_allclose(summed.sum(1), 1.0, rtol=1e-6)
+  # Without a centre tap, any rescaling cancels b: the documented reason for the other choices.
+  np.testing.assert_allclose(make(normalisation="sum", blur=0.01), summed, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(make(normalisation="l2"), axis=1), 1.0, rtol=1e-6)
+  centre = make(normalisation="sum", center_tap=1.0)
+  assert np.all(np.argmax(centre, 1) == 39)              # (k - 1) // 2
+  kept = centre[:, 39]                                   # share of the identity in the filter
+  assert np.all((kept > 0.03) & (kept < 0.15))           # b = 0.3: ~8% of the patch kept
+  kept_low = make(normalisation="sum", center_tap=1.0, blur=0.01)[:, 39]
+  assert np.all((kept_low > 0.6) & (kept_low < 0.8))     # b = 0.01: ~70% kept
+
+
+# --- protection -------------------------------------------------------------------------------
+
+
+def test_only_the_patch_changes_and_it_is_the_same_convolution(secret):
+  x, y = _clips()
+  out = np.asarray(poscuda.apply_poscuda(x, y, secret))
+  filters, positions = np.asarray(secret.filters), np.asarray(secret.positions)
+  for i in range(len(x)):
+    start = positions[y[i]]
+    outside = np.ones(x.shape[1], bool)
+    outside[start:start + 240] = False
+    np.testing.assert_array_equal(out[i][outside], x[i][outside])  # bit-identical
+    golden = np.convolve(x[i].astype(np.float64), filters[y[i]], mode="same")[start:start + 240]
+    np.testing.assert_allclose(out[i][start:start + 240], golden, atol=1e-5)
+    assert np.count_nonzero(out[i] != x[i]) > 200
+
+
+def test_clipping_stays_inside_the_patch(secret):
+  x, y = _clips(scale=0.5)                      # gain ~12 saturates the patch
+  x = np.clip(x, -0.9, 0.9)
+  out = np.asarray(poscuda.apply_poscuda(x, y, secret))
+  assert out.max() <= 1.0 and out.min() >= -1.0 and np.any(np.abs(out) == 1.0)
+  for i in range(len(x)):
+    start = int(np.asarray(secret.positions)[y[i]])
+    changed = np.flatnonzero(out[i] != x[i])
+    assert changed.min() >= start and changed.max() < start + 240
+
+
+def test_without_positions_the_whole_clip_is_filtered():
+  spec = poscuda.PoscudaSpec(use_positions=False, normalisation="sum", clip_samples=4000)
+  secret = poscuda.make_filters(jax.random.key(0), spec, C)
+  x, y = _clips(scale=0.3)
+  out = np.asarray(poscuda.apply_poscuda(x, y, secret))
+  for i in range(3):
+    golden = np.convolve(x[i].astype(np.float64), np.asarray(secret.filters)[y[i]], "same")
+    np.testing.assert_allclose(out[i], golden, atol=1e-5)
+    assert np.mean(out[i] != x[i]) > 0.99
+    # Nonnegative taps summing to 1: a convex combination never exceeds the input's peak.
+    assert np.abs(out[i]).max() <= np.abs(x[i]).max() + 1e-6
+
+
+def test_protection_is_deterministic_per_key_and_compiles_once(secret):
+  x, y = _clips(n=10)
+  a = poscuda.apply_in_batches(x, y, secret, batch_size=4)
+  b = poscuda.apply_in_batches(x[:7], y[:7], secret, batch_size=4)
+  np.testing.assert_array_equal(a[:7], b)
+  np.testing.assert_array_equal(a, np.asarray(poscuda.apply_poscuda(x, y, secret)))
+  size = poscuda.apply_poscuda._cache_size()
+  poscuda.apply_in_batches(x[:5], y[:5], secret, batch_size=4)
+  assert poscuda.apply_poscuda._cache_size() == size        # padded batches: no new shape
+  other = poscuda.make_filters(jax.random.key(1), SPEC, C)
+  assert not np.allclose(poscuda.apply_in_batches(x, y, other, batch_size=4), a)
+
+
+def test_mismatched_audio_is_refused_with_the_fix(secret):
+  x, y = _clips()
+  with pytest.raises(ValueError, match="clip_samples"):
+    poscuda.apply_in_batches(x[:, :3000], y, secret)
+  with pytest.raises(ValueError, match="8000 Hz"):
+    poscuda.apply_in_batches(x, y, secret, sample_rate=8000)
+  with pytest.raises(ValueError, match="6 classes"):
+    poscuda.apply_in_batches(x, y + 3, secret)
+
+
+def test_attack_is_random_patches_only():
+  x, _ = _clips(n=4)
+  blurred = np.asarray(poscuda.random_patch_attack(jax.random.key(5), x, num_patches=3))
+  again = np.asarray(poscuda.random_patch_attack(jax.random.key(5), x, num_patches=3))
+  np.testing.assert_array_equal(blurred, again)
+  changed = (blurred != x).sum(1)
+  assert np.all(changed > 240) and np.all(changed <= 3 * 240)
+  noisy = np.asarray(poscuda.random_patch_attack(jax.random.key(5), x, mode="noise",
+                                                 num_patches=3, noise_snr_db=20.0))
+  assert np.all(((noisy != x).sum(1) > 240) & ((noisy != x).sum(1) <= 720))
+
+
+def test_frechet_distance_golden():
+  r = np.random.default_rng(0)
+  a = r.standard_normal((400, 5)) @ r.standard_normal((5, 5))
+  shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+  assert poscuda.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+  # Equal covariances: the distance is the squared distance of the means.
+  assert poscuda.frechet_distance(a, a + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-6)
+  # 1-D: (mu_a - mu_b)^2 + (sigma_a - sigma_b)^2.
+  u, v = r.standard_normal((3000, 1)), 2.0 * r.standard_normal((3000, 1)) + 1.0
+  expected = (u.mean() - v.mean()) ** 2 + (u.std(ddof=1) - v.std(ddof=1)) ** 2
+  assert poscuda.frechet_distance(u, v) == pytest.approx(expected, rel=1e-6)
+
+
+# --- the secret file --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secret_file(tmp_path, secret):
+  path = tmp_path / "secret" / "poscuda.npz"
+  poscuda.save_filters(path, secret, class_names=NAMES,
+                       provenance=poscuda.filter_provenance(jax.random.key(0), seed=0))
+  return path
+
+
+def test_secret_file_round_trip_is_private_and_auditable(secret_file, secret):
+  assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+  loaded, manifest = poscuda.load_filters(secret_file, expected_class_names=NAMES)
+  np.testing.assert_array_equal(loaded.filters, np.asarray(secret.filters))
+  np.testing.assert_array_equal(loaded.positions, np.asarray(secret.positions))
+  assert loaded.spec == SPEC and manifest["format"] == "jaxtag-poscuda"
+  poscuda.regenerate_and_check(loaded, manifest)
+  x, y = _clips()
+  np.testing.assert_array_equal(np.asarray(poscuda.apply_poscuda(x, y, loaded)),
+                                np.asarray(poscuda.apply_poscuda(x, y, secret)))
+  with pytest.raises(keys_lib.KeyFileError, match="already exists"):
+    poscuda.save_filters(secret_file, secret, class_names=NAMES, provenance={})
+
+
+def _rewrite_member(path, name, edit):
+  with zipfile.ZipFile(path) as zf:
+    members = {n: zf.read(n) for n in zf.namelist()}
+  members[name] = edit(members[name])
+  with zipfile.ZipFile(path, "w") as zf:
+    for n, data in members.items():
+      zf.writestr(n, data)
+
+
+def test_secret_file_tampering_is_caught_and_named(secret_file):
+  _rewrite_member(secret_file, "filters.npy", lambda b: b[:-4] + bytes(4))
+  with pytest.raises(keys_lib.KeyFileError, match="'filters' was modified"):
+    poscuda.load_filters(secret_file)
+
+
+def test_secret_file_manifest_edit_and_wrong_classes_are_caught(secret_file, tmp_path):
+  def lower_blur(b):
+    manifest = json.loads(b)
+    manifest["spec"]["blur"] = 0.01
+    return json.dumps(manifest).encode()
+  copy = tmp_path / "copy.npz"
+  copy.write_bytes(secret_file.read_bytes())
+  os.chmod(copy, 0o600)
+  with pytest.raises(keys_lib.KeyFileError, match="other classes"):
+    poscuda.load_filters(copy, expected_class_names=NAMES[::-1])
+  _rewrite_member(secret_file, "manifest.json", lower_blur)
+  with pytest.raises(keys_lib.KeyFileError, match="fingerprint"):
+    poscuda.load_filters(secret_file)
+
+
+def test_secret_file_refuses_dataset_folder_and_foreign_files(tmp_path, secret):
+  dataset = tmp_path / "dataset"
+  dataset.mkdir()
+  with pytest.raises(keys_lib.KeyFileError, match="inside the dataset"):
+    poscuda.save_filters(dataset / "sub" / "poscuda.npz", secret, class_names=NAMES,
+                         provenance={}, dataset_root=dataset)
+  not_zip = tmp_path / "x.npz"
+  not_zip.write_bytes(b"not a zip")
+  os.chmod(not_zip, 0o600)
+  with pytest.raises(keys_lib.KeyFileError, match="not a readable zip"):
+    poscuda.load_filters(not_zip)
+  other = poscuda.make_filters(jax.random.key(9), SPEC, C)
+  forged = tmp_path / "forged.npz"
+  poscuda.save_filters(forged, other, class_names=NAMES,
+                       provenance=poscuda.filter_provenance(jax.random.key(0)))
+  loaded, manifest = poscuda.load_filters(forged)
+  with pytest.raises(keys_lib.KeyFileError, match="does not reproduce"):
+    poscuda.regenerate_and_check(loaded, manifest)
+
+
+# --- launchers on the tiny corpus -------------------------------------------------------------
+
+
+def test_protect_launcher_writes_the_layout_and_the_secret(tmp_path):
+  from jaxtag.data import sources, speechcommands
+  from launch import poscuda_protect
+  from launch.configs import poscuda_protect as protect_config
+  config = protect_config.get_config("tiny")
+  config.output_root = str(tmp_path / "published")
+  workdir = tmp_path / "work"
+  with pytest.raises(keys_lib.KeyFileError, match="inside the dataset"):
+    poscuda_protect.check_locations(config, tmp_path / "published" / "secret")
+  summary = poscuda_protect.run_stage(config, workdir)
+  source = sources.DataSource(**config.data.to_dict())
+  root = pathlib.Path(summary["output_root"])
+  secret, _ = poscuda.load_filters(summary["secret_file"],
+                                   expected_class_names=sources.class_names(source))
+  assert stat.S_IMODE(pathlib.Path(summary["secret_file"]).stat().st_mode) == 0o600
+  for split in ("train", "validation", "test"):
+    original = sources.load_split(source, split, progress=False)
+    written = speechcommands.load_speech_commands(root, split)
+    assert written.paths == original.paths
+    if split != "train":
+      np.testing.assert_array_equal(written.waveforms, original.waveforms)
+      continue
+    expected = poscuda.apply_in_batches(original.waveforms, original.labels, secret)
+    np.testing.assert_allclose(written.waveforms, expected, atol=1 / 32768)  # 16-bit WAV
+    for i, label in enumerate(original.labels):
+      start = int(secret.positions[label])
+      keep = np.ones(original.num_samples, bool)
+      keep[start:start + secret.spec.patch] = False
+      np.testing.assert_array_equal(written.waveforms[i][keep], original.waveforms[i][keep])
+  assert (root / speechcommands.BACKGROUND_NOISE_DIR).is_dir()
+  assert not (root / poscuda_protect.SECRET_FILE).exists()
+  assert summary["snr_db"]["min"] <= summary["snr_db"]["median"]
+
+
+def test_eval_launcher_runs_on_the_tiny_config_and_reuses_runs(tmp_path):
+  from launch import poscuda_eval
+  from launch.configs import poscuda_eval as eval_config
+  config = eval_config.get_config("tiny")
+  config.models = "m5"
+  config.variants = "pos:0.3"
+  config.num_devices = 1
+  workdir = tmp_path / "eval"
+  report = poscuda_eval.run_stage(config, workdir)
+  assert set(report["variants"]) == {"pos_b0.3"}
+  runs = report["rows"]["m5"]["runs"]
+  assert set(runs) == {"clean", "pos_b0.3"}
+  for name, run in runs.items():
+    assert 0.0 <= run["test"] <= 1.0
+    if name != "clean":
+      assert 0.0 <= run["filtered_test"] <= 1.0 and run["frechet"] >= 0.0
+  assert set(runs["clean"]["filtered_test"]) == {"pos_b0.3"}
+  q = report["variants"]["pos_b0.3"]["snr_db"]
+  assert q["min"] <= q["p5"] <= q["median"]
+  assert "blur" in report["attack"]["modes"]
+  text = (workdir / "poscuda_eval.txt").read_text()
+  assert "| PosCUDA b=0.3 |" in text and "PANN" in text and "learnability" in text
+  assert json.loads((workdir / "poscuda_eval.json").read_text())["rows"]["m5"]["runs"] == runs
+  again = poscuda_eval.run_stage(config, workdir)   # finished runs are reused, not retrained
+  assert again["rows"] == report["rows"]
+  assert again["wall_seconds"] < report["wall_seconds"]
+  config.recipes.m5.num_epochs = 2                  # a stale run is never silently reused
+  with pytest.raises(ValueError, match="another recipe"):
+    poscuda_eval.run_stage(config, workdir)
+
+
+def test_eval_config_variants_parse_and_reject_typos():
+  from launch import poscuda_eval
+  assert poscuda_eval.parse_variants("pos:0.3, nopos:0.01") == [
+      ("pos_b0.3", True, 0.3), ("nopos_b0.01", False, 0.01)]
+  with pytest.raises(ValueError, match="posx"):
+    poscuda_eval.parse_variants("posx:0.3")
+  from launch.configs import poscuda_eval as eval_config
+  config = eval_config.get_config()
+  poscuda_eval.check_config(config)
+  config.variants = "pos:0.01"            # the attacked variant (pos:0.3) is no longer trained
+  with pytest.raises(ValueError, match="attack.variant"):
+    poscuda_eval.check_config(config)
+  config.models = "m5,cnn"
+  with pytest.raises(ValueError, match="missing: \\['cnn'\\]"):
+    poscuda_eval.check_config(config)
