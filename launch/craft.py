@@ -29,10 +29,14 @@ PERTURBATIONS = "perturbations.npz"
 
 
 def _write_npz(path: pathlib.Path, **arrays) -> None:
+  import io
+
   import numpy as np
-  tmp = path.with_name(f".{path.name}.tmp.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+
+  from jaxtag.audio import io as audio_io
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  audio_io.write_bytes_atomic(path, buf.getvalue())
 
 
 def output_dir(config: Any, workdir: pathlib.Path) -> pathlib.Path:
@@ -135,10 +139,14 @@ def check_export(source, destination: pathlib.Path, clean, protected) -> dict[st
 
 def plot_report(report, path: pathlib.Path) -> None:
   """Loss per step and SNR per poison, written atomically."""
+  import io
+
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
+
+  from jaxtag.audio import io as audio_io
 
   fig, (ax_loss, ax_snr) = plt.subplots(1, 2, figsize=(10, 3.5))
   steps = [h["step"] for h in report.history]
@@ -150,10 +158,10 @@ def plot_report(report, path: pathlib.Path) -> None:
   ax_snr.set(xlabel="SNR of the perturbation (dB)", ylabel="poisons",
              title=f"{snr.size} poisons, min {snr.min():.1f} dB" if snr.size else "no poisons")
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=100)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
-  os.replace(tmp, path)
+  audio_io.write_bytes_atomic(path, buf.getvalue())
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:

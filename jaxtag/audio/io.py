@@ -228,6 +228,12 @@ def write_wav(path: str | os.PathLike, audio, sample_rate: int, *,
     sf.write(f, data, int(sample_rate), subtype=subtype, format=fmt)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` atomically (readers see the old file or the new one)."""
+  with _atomic_file(path, "wb") as f:
+    f.write(data)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
   """Writes a UTF-8 text file atomically (temporary file + ``os.replace``), creating parents."""
   with _atomic_file(path, "w", encoding="utf-8", newline="") as f:

@@ -23,13 +23,13 @@ import io
 import logging
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxtag import stats
+from jaxtag.audio import io as audio_io
 from jaxtag.keys import KeyFileError, Keys
 from jaxtag.taggants.blackbox import BlackBox
 
@@ -299,7 +299,7 @@ def plot_report(report: VerifyReport, path: str | os.PathLike) -> None:
   fig.suptitle(report.to_text().splitlines()[0])
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
-  _write_bytes_atomic(path, buf.getvalue())
+  audio_io.write_bytes_atomic(path, buf.getvalue())
 
 
 def _plot_ranks(ax, report: VerifyReport) -> None:
@@ -344,18 +344,3 @@ def _plot_p_values(ax, report: VerifyReport) -> None:
   ax.set_title("p-value vs k (only the decision k decides)")
   ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
   ax.grid(alpha=0.3)
-
-
-def _write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  directory, name = os.path.split(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
