@@ -17,7 +17,8 @@ key loss.
 
 The perturbation is parameterised per clip in units of its SNR budget: ``delta = u * s`` with
 ``s = rms(x) * 10 ** (-snr_db / 20)``, so the SNR floor is ``rms(u) <= 1`` (an L2 ball) and the
-[-1, 1] range is a per-sample box; :func:`project` enforces both after every step. The optimiser is
+[-1, 1] range is a per-sample box; :func:`project` (from :mod:`jaxtag.taggants.constraint`,
+re-exported here) enforces both after every step. The optimiser is
 sign-Adam (Adam on the sign of the gradient) with the taggants step schedule, and restarts keep the
 lowest final loss per key. Every step sees each poison ``views`` times with independent,
 differentiable augmentation draws (time shift, gain, noise, mixup with clean clips, SpecAugment
@@ -50,11 +51,12 @@ import optax
 from flax import nnx
 
 from jaxtag import rng as rng_lib
+from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
+    PCM16_SCALE, project, quantize_perturbation, snr_scale)
 from jaxtag.train import augment as augment_lib
 
 _log = logging.getLogger(__name__)
 
-PCM16_SCALE = 32768.0     # jaxtag.audio.io.to_pcm16's scale: the 16-bit grid is m / 32768.
 REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
 
 Objective = Literal["per_key", "joint"]
@@ -257,42 +259,8 @@ def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array
 
 
 # --------------------------------------------------------------------------------------------
-# Constraint, quantisation, augmentation
+# Augmentation (the constraint and the 16-bit export are in jaxtag.taggants.constraint)
 # --------------------------------------------------------------------------------------------
-
-
-def snr_scale(x: jax.Array, snr_db: float) -> jax.Array:
-  """Per-clip RMS budget ``rms(x) * 10^(-snr_db/20)`` of the perturbation; ``x`` is (..., T)."""
-  rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1))
-  return rms * 10.0 ** (-snr_db / 20.0)
-
-
-def project(u: jax.Array, x: jax.Array, scale: jax.Array) -> jax.Array:
-  """Projects ``u`` (budget units, (..., T)) onto ``rms(u) <= 1`` and ``x + u * scale`` in [-1, 1].
-
-  The box step only moves samples towards zero perturbation, so it keeps the L2 bound.
-  Silent clips (``scale == 0``) get no perturbation.
-  """
-  rms = jnp.sqrt(jnp.mean(jnp.square(u), axis=-1, keepdims=True))
-  u = u / jnp.maximum(rms, 1.0)
-  s = scale[..., None]
-  safe = jnp.where(s > 0, s, 1.0)
-  u = jnp.clip(u, (-1.0 - x) / safe, (1.0 - x) / safe)
-  return jnp.where(s > 0, u, 0.0)
-
-
-def quantize_perturbation(x: jax.Array, delta: jax.Array, snr_db: float) -> jax.Array:
-  """The perturbation that the 16-bit export of ``x + delta`` carries, never below the SNR floor.
-
-  ``x`` is assumed on the 16-bit grid (clips read from 16-bit WAV are). Per clip, rounding
-  ``delta`` to the grid is used when it keeps ``10 log10(|x|^2/|delta_q|^2) >= snr_db``, otherwise
-  truncation towards zero (which can only shrink every sample, so it keeps the floor).
-  """
-  rounded = jnp.round(delta * PCM16_SCALE) / PCM16_SCALE
-  truncated = jnp.trunc(delta * PCM16_SCALE) / PCM16_SCALE
-  limit = jnp.sum(jnp.square(x), -1, keepdims=True) * 10.0 ** (-snr_db / 10.0)
-  ok = jnp.sum(jnp.square(rounded), -1, keepdims=True) <= limit
-  return jnp.where(ok, rounded, truncated)
 
 
 def _mix_with_clean(key, waves, targets, pool, pool_targets, *, alpha, prob):
@@ -451,36 +419,6 @@ def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: Classifier,
                               pool_targets=None, augment=False)
   return jax.lax.map(lambda a: loss_fn(*a, None),
                      (u, inputs.x, inputs.targets, inputs.weights, inputs.scale, inputs.key_grads))
-
-
-def per_sample_alignment(clf: Classifier, params, batch_stats, waves: jax.Array,
-                         labels: jax.Array, key_grad, keep=None) -> jax.Array:
-  """Cosine between each clip's own parameter gradient and one key gradient (diagnostics:
-  how well each poison alone points where the key does). ``waves`` (n, T), ``labels`` (n,)."""
-  targets = jax.nn.one_hot(labels, clf.num_classes, dtype=jnp.float32)
-
-  def one(w, t):
-    def loss(p):
-      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
-      return _cross_entropy(logits, t[None])[0]
-    return tree_cosine(jax.grad(loss)(params), key_grad, keep)
-
-  return jax.lax.map(lambda a: one(*a), (waves, targets))
-
-
-def per_sample_grad_norms(clf: Classifier, params, batch_stats, waves: jax.Array,
-                          labels: jax.Array) -> jax.Array:
-  """L2 norm of each clip's parameter gradient, by ``vmap`` (for ``grad_norm`` selection)."""
-  targets = jax.nn.one_hot(labels, clf.num_classes, dtype=jnp.float32)
-
-  def one(w, t):
-    def loss(p):
-      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
-      return _cross_entropy(logits, t[None])[0]
-    g = jax.grad(loss)(params)
-    return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(g)))
-
-  return jax.vmap(one)(waves, targets)
 
 
 # --------------------------------------------------------------------------------------------

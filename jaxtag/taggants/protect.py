@@ -96,8 +96,38 @@ class ProtectReport:
     return out
 
 
+def per_sample_alignment(clf: craft_lib.Classifier, params, batch_stats, waves: jax.Array,
+                         labels: jax.Array, key_grad, keep=None) -> jax.Array:
+  """Cosine between each clip's own parameter gradient and one key gradient (diagnostics:
+  how well each poison alone points where the key does). ``waves`` (n, T), ``labels`` (n,)."""
+  targets = jax.nn.one_hot(labels, clf.num_classes, dtype=jnp.float32)
+
+  def one(w, t):
+    def loss(p):
+      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
+      return craft_lib._cross_entropy(logits, t[None])[0]
+    return craft_lib.tree_cosine(jax.grad(loss)(params), key_grad, keep)
+
+  return jax.lax.map(lambda a: one(*a), (waves, targets))
+
+
+def per_sample_grad_norms(clf: craft_lib.Classifier, params, batch_stats, waves: jax.Array,
+                          labels: jax.Array) -> jax.Array:
+  """L2 norm of each clip's parameter gradient, by ``vmap`` (for ``grad_norm`` selection)."""
+  targets = jax.nn.one_hot(labels, clf.num_classes, dtype=jnp.float32)
+
+  def one(w, t):
+    def loss(p):
+      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
+      return craft_lib._cross_entropy(logits, t[None])[0]
+    g = jax.grad(loss)(params)
+    return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(g)))
+
+  return jax.vmap(one)(waves, targets)
+
+
 def _alignment(clf, params, batch_stats, waves, labels, key_grads, keys_of, keep):
-  fn = jax.jit(lambda w, y, g: craft_lib.per_sample_alignment(clf, params, batch_stats, w, y, g,
+  fn = jax.jit(lambda w, y, g: per_sample_alignment(clf, params, batch_stats, w, y, g,
                                                               keep))
   out = np.empty(len(waves), np.float32)
   for i in range(len(waves)):
@@ -111,7 +141,7 @@ def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.n
   """Per-sample gradient norms of the clips of ``classes`` (NaN elsewhere)."""
   scores = np.full(len(data), np.nan)
   idx = np.flatnonzero(np.isin(data.labels, classes))
-  fn = jax.jit(lambda w, y: craft_lib.per_sample_grad_norms(clf, params, batch_stats, w, y))
+  fn = jax.jit(lambda w, y: per_sample_grad_norms(clf, params, batch_stats, w, y))
   for start in range(0, idx.size, batch_size):
     chunk = idx[start:start + batch_size]
     scores[chunk] = np.asarray(fn(jnp.asarray(data.waveforms[chunk]), jnp.asarray(data.labels[chunk])))

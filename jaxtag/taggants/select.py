@@ -5,7 +5,7 @@ protected dataset stays clean-label (every clip keeps its true label). The budge
 the whole training set, split over the keys as evenly as possible.
 
 Selection is host-side numpy (it runs once, on integer labels); the per-sample gradient norms that
-the ``grad_norm`` method ranks by come from :func:`jaxtag.taggants.craft.per_sample_grad_norms`.
+the ``grad_norm`` method ranks by come from :func:`jaxtag.taggants.protect.per_sample_grad_norms`.
 """
 
 from __future__ import annotations
