@@ -12,12 +12,11 @@ classes; ``g_key`` is a fixed key gradient (all parameters, 4 key inputs).
   jitted with its state donated, as ``craft.craft`` runs it. The Classifier's ``features`` is the
   identity (a reshape of the flattened fbank), so both sides see the same input features; no
   augmentation (one view, no shift or gain) and no 16-bit quantisation.
-* PyTorch: ``transformers.ASTForAudioClassification`` with math attention
-  (``attn_implementation="eager"``: fused kernels have no double backward) written as a PyTorch
-  user would: ``torch.autograd.grad(loss, params, create_graph=True)``, the cosine to the key
-  gradient, ``torch.autograd.grad`` back to ``u``, ``torch.optim.Adam`` on its sign, projection
-  under ``no_grad``. Its weights are jaxtag's, ported with ``jaxtag.models.hf_import``. Optional:
-  without torch/transformers the JAX side runs alone and says so.
+* PyTorch (``bench_craft_torch.py``, imported only when that side runs):
+  ``transformers.ASTForAudioClassification`` with math attention (fused kernels have no double
+  backward) holding jaxtag's weights, its step written as a PyTorch user would
+  (``torch.autograd.grad`` with ``create_graph=True``, ``torch.optim.Adam`` on the sign).
+  Optional: without torch/transformers the JAX side runs alone and says so.
 
 Unit: poison-sample-steps/s (one poison sample through one crafting step) = B / step time.
 On CPU the two sides' timed repeats alternate (A B A B ...), so that a shared machine's drifting
@@ -41,10 +40,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import gc
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -62,7 +59,6 @@ from flax import nnx  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from jaxtag import models  # noqa: E402
-from jaxtag.models import hf_import  # noqa: E402
 from jaxtag.taggants import craft  # noqa: E402
 
 FRAMES = MELS = 128
@@ -261,7 +257,7 @@ def _num_params(model) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# PyTorch + transformers
+# Table, driver (the PyTorch side is bench_craft_torch.py, imported only when it runs)
 # --------------------------------------------------------------------------------------------
 
 
@@ -274,179 +270,6 @@ def torch_missing() -> str | None:
     return (f"PyTorch side skipped: {e.name} is not installed (pip install torch transformers); "
             "running the jaxtag side alone.")
   return None
-
-
-def torch_model(model: nnx.Module, size: str | dict, device="cpu"):
-  """``ASTForAudioClassification`` (math attention) of ``size`` (a name in :data:`SIZES`, or its
-  dims) holding the weights of jaxtag ``model``."""
-  import transformers
-  dims = SIZES[size] if isinstance(size, str) else size
-  config = transformers.ASTConfig(
-      hidden_size=dims["width"], num_hidden_layers=dims["depth"],
-      num_attention_heads=dims["num_heads"], intermediate_size=dims["mlp_dim"],
-      max_length=FRAMES, num_mel_bins=MELS, patch_size=16, frequency_stride=10, time_stride=10,
-      layer_norm_eps=1e-12, hidden_act="gelu", hidden_dropout_prob=0.0,
-      attention_probs_dropout_prob=0.0, num_labels=NUM_CLASSES, attn_implementation="eager")
-  hf = transformers.ASTForAudioClassification(config)
-  if getattr(hf.config, "_attn_implementation", "eager") != "eager":
-    raise RuntimeError(f"transformers gave attention {hf.config._attn_implementation!r}, not "
-                       "'eager' (math attention, which has a double backward).")
-  port_weights(model, hf)
-  return hf.to(device).eval()
-
-
-def port_weights(model: nnx.Module, hf) -> None:
-  """Loads jaxtag ``model``'s weights into the transformers model ``hf`` (strict: every tensor,
-  same shapes), matching names through ``hf_import.canonical_names``."""
-  import torch
-  ours = hf_import.canonical_names(hf_import.hf_state_dict_from_ast(model))
-  new, used = {}, set()
-  for name, tensor in hf.state_dict().items():
-    (canon,) = hf_import.canonical_names({name: None})
-    if canon not in ours:
-      raise ValueError(f"port_weights: no jaxtag tensor for transformers' {name!r}.")
-    value = ours[canon]
-    if tuple(value.shape) != tuple(tensor.shape):
-      raise ValueError(f"port_weights: {name} is {tuple(tensor.shape)} in transformers but "
-                       f"{value.shape} in jaxtag.")
-    new[name] = torch.from_numpy(np.array(value, np.float32))  # a writable copy
-    used.add(canon)
-  if set(ours) - used:
-    raise ValueError(f"port_weights: jaxtag tensors without a transformers twin: "
-                     f"{sorted(set(ours) - used)}.")
-  hf.load_state_dict(new, strict=True)
-
-
-class TorchCraft:
-  """The PyTorch crafting step, as a PyTorch user writes it (see the module docstring)."""
-
-  def __init__(self, hf, problem: Problem, *, precision: str = "fp32", device="cpu",
-               learning_rate: float = craft.CraftConfig.learning_rate):
-    import torch
-    self.torch = torch
-    self.model = hf
-    self.device = torch.device(device)
-    batch = problem.x.shape[0]
-    as_image = lambda a: torch.from_numpy(a).to(self.device).view(-1, FRAMES, MELS)
-    self.x = as_image(problem.x)
-    self.labels = torch.from_numpy(problem.labels).long().to(self.device)
-    self.scale = torch.from_numpy(problem.scale).to(self.device).view(batch, 1, 1)
-    self.u = as_image(problem.u0).clone().requires_grad_(True)
-    self.params = [p for p in hf.parameters() if p.requires_grad]
-    self.bf16 = precision == "bf16"
-    self.optimizer = torch.optim.Adam([self.u], lr=learning_rate)
-    key_loss = torch.nn.functional.cross_entropy(
-        self._logits(as_image(problem.key_x)),
-        torch.from_numpy(problem.key_labels).long().to(self.device))
-    self.key_grads = [g.detach() for g in torch.autograd.grad(key_loss, self.params)]
-    self.key_norm2 = sum(g.pow(2).sum() for g in self.key_grads)
-
-  def _logits(self, features):
-    with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bf16):
-      return self.model(features).logits.float()
-
-  def loss(self):
-    """``1 - cos(sum of the poisons' parameter gradients, key gradient)``, differentiable."""
-    torch = self.torch
-    logits = self._logits(self.x + self.u * self.scale)
-    ce = torch.nn.functional.cross_entropy(logits, self.labels, reduction="sum")
-    grads = torch.autograd.grad(ce, self.params, create_graph=True)
-    dot = sum((g * k).sum() for g, k in zip(grads, self.key_grads))
-    norm2 = sum(g.pow(2).sum() for g in grads)
-    return 1.0 - dot / torch.sqrt(norm2 * self.key_norm2).clamp_min(1e-30)
-
-  def step(self):
-    """One sign-Adam step on ``u`` and the projection; returns the pre-update loss."""
-    torch = self.torch
-    self.optimizer.zero_grad(set_to_none=True)
-    align = self.loss()
-    (grad,) = torch.autograd.grad(align, [self.u])
-    self.u.grad = grad.sign()
-    self.optimizer.step()
-    with torch.no_grad():
-      rms = self.u.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
-      u = self.u / rms.clamp_min(1.0)
-      self.u.copy_(torch.clamp(u, (-1.0 - self.x) / self.scale, (1.0 - self.x) / self.scale))
-    return align.detach()
-
-  def loss_and_grad(self) -> tuple[float, np.ndarray]:
-    """The loss at the current ``u`` and its gradient, flattened like ``Problem.u0``."""
-    align = self.loss()
-    (grad,) = self.torch.autograd.grad(align, [self.u])
-    return float(align.detach()), grad.detach().float().cpu().numpy().reshape(grad.shape[0], -1)
-
-  def sync(self, _=None) -> None:
-    if self.device.type == "cuda":
-      self.torch.cuda.synchronize()
-
-  def count_flops(self) -> float | None:
-    """FLOPs of one step by ``torch.utils.flop_counter`` (matmuls and convolutions only)."""
-    try:
-      from torch.utils.flop_counter import FlopCounterMode
-    except ImportError:
-      return None
-    with FlopCounterMode(display=False) as counter:
-      self.step()
-    self.sync()
-    return float(counter.get_total_flops()) or None
-
-
-def torch_device_info(device) -> dict:
-  import torch
-  device = torch.device(device)
-  if device.type == "cuda":
-    kind = torch.cuda.get_device_name(device)
-  else:
-    kind = f"cpu ({torch.get_num_threads()} threads)"
-  return {"device": f"torch-{device.type}:{kind}", "device_kind": kind,
-          "platform": device.type}
-
-
-def prepare_torch(hf, size: str, precision: str, batch: int, *, device, env,
-                  seed: int = 0) -> Case:
-  """The PyTorch step set up and run once (``hf`` already on ``device``)."""
-  import torch
-  torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-  torch.backends.cudnn.allow_tf32 = precision != "fp32"
-  cuda = torch.device(device).type == "cuda"
-  if cuda:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-  start = time.perf_counter()
-  runner = TorchCraft(hf, make_problem(batch, seed=seed), precision=precision, device=device)
-  first_loss = float(runner.step())
-  runner.sync()
-  first_s = time.perf_counter() - start
-
-  def finish(timing: harness.Timing) -> dict:
-    memory = torch.cuda.max_memory_allocated(device) if cuda else None
-    flops = runner.count_flops()
-    return harness.make_record(
-        bench="craft_step", impl="pytorch", timing=timing, items_per_call=batch, unit=UNIT,
-        device=torch_device_info(device), env=env, precision=precision, flops_per_call=flops,
-        flops_source="torch.utils.flop_counter (matmul/conv only)", compile_s=None,
-        memory_bytes=memory, memory_source="torch.cuda.max_memory_allocated" if cuda else None,
-        size=size, batch=batch, num_params=sum(p.numel() for p in hf.parameters()),
-        input=INPUT_NOTE, first_loss=first_loss, first_call_s=first_s,
-        attn_implementation="eager")
-
-  return Case(runner.step, runner.sync, finish)
-
-
-# --------------------------------------------------------------------------------------------
-# Checks, table, driver
-# --------------------------------------------------------------------------------------------
-
-
-def parity(model: nnx.Module, hf, problem: Problem, device="cpu") -> dict:
-  """Loss and ``u``-gradient of both sides at ``u0`` on identical weights (float32)."""
-  loss_jax, grad_jax = jax_loss_and_grad(model, problem)
-  loss_torch, grad_torch = TorchCraft(hf, problem, device=device).loss_and_grad()
-  cos = float(np.vdot(grad_jax, grad_torch) /
-              (np.linalg.norm(grad_jax) * np.linalg.norm(grad_torch) + 1e-30))
-  rel = float(np.linalg.norm(grad_jax - grad_torch) / (np.linalg.norm(grad_torch) + 1e-30))
-  return {"loss_jax": loss_jax, "loss_torch": loss_torch, "grad_cosine": cos,
-          "grad_rel_error": rel}
 
 
 def add_ratios(records: list[dict]) -> None:
@@ -515,13 +338,14 @@ def run(*, size: str, batches, precisions, repeats: int, warmup: int, iters: int
   jax_case = lambda p, b: prepare_jax(size, p, b, device=device, env=env, seed=seed, model=model)
   use_torch, use_jax = side in ("both", "torch") and not note, side in ("both", "jax")
   if use_torch:
-    import torch
+    from benchmarks import bench_craft_torch as reference  # Needs torch: only when it runs.
     torch_dev = "cuda" if gpu else "cpu"
-    hf = torch_model(model, size, torch_dev)
+    hf = reference.torch_model(model, size, torch_dev)
     if check:
-      result["parity"] = _check(model, hf, torch_dev, gpu, seed)
-    torch_case = lambda p, b: prepare_torch(hf, size, p, b, device=torch_dev, env=env,
-                                            seed=seed)
+      result["parity"] = reference.check_parity(model, hf, jax_device=device,
+                                                torch_device=torch_dev, seed=seed)
+    torch_case = lambda p, b: reference.prepare_torch(hf, size, p, b, device=torch_dev, env=env,
+                                                      seed=seed)
     if interleave and use_jax:
       for p, b in settings:
         cases = [torch_case(p, b), jax_case(p, b)]
@@ -534,27 +358,13 @@ def run(*, size: str, batches, precisions, repeats: int, warmup: int, iters: int
         c = torch_case(p, b)
         _emit(c.finish(harness.time_calls(c.call, sync=c.sync, **timing)), out, records)
     del hf, torch_case
-    gc.collect()
-    if gpu:
-      torch.cuda.empty_cache()
+    reference.release_memory(torch_dev)
   if use_jax:
     for p, b in settings:
       c = jax_case(p, b)
       _emit(c.finish(harness.time_calls(c.call, sync=c.sync, **timing)), out, records)
   add_ratios(records)
   return result
-
-
-def _check(model, hf, torch_dev, gpu, seed) -> dict:
-  import torch
-  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-  with jax.default_device(jax.devices()[0] if gpu else jax.devices("cpu")[0]):
-    with jax.default_matmul_precision("float32"):
-      check = parity(model, hf, make_problem(2, seed=seed + 1), torch_dev)
-  print(f"parity (fp32, batch 2, identical weights): loss jaxtag {check['loss_jax']:.6f} / "
-        f"PyTorch {check['loss_torch']:.6f}; u-gradient cosine {check['grad_cosine']:.6f}, "
-        f"relative error {check['grad_rel_error']:.2e}", flush=True)
-  return check
 
 
 def main(argv=None):
@@ -608,4 +418,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  # Run as a script this file is `__main__`; bench_craft_torch imports `benchmarks.bench_craft`,
+  # so run that module's main, and both sides share one copy of the problem's definitions.
+  from benchmarks import bench_craft
+  bench_craft.main()

@@ -51,11 +51,7 @@ from jaxtag.audio.mel import mel_filterbank, mel_to_linear
 
 FORMAT_NAME = "jaxtag-keys"
 FORMAT_VERSION = 1
-ARRAY_NAMES = ("spectrograms", "waveforms", "labels")
-_MANIFEST_MEMBER = "manifest.json"
-_ARRAY_DTYPES = {"spectrograms": np.dtype("<f4"), "waveforms": np.dtype("<f4"),
-                 "labels": np.dtype("<i4")}
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # Fixed member dates: identical content gives identical bytes.
+ARRAY_NAMES = ("spectrograms", "waveforms", "labels")  # Their dtypes: jaxtag.keyfile.KEY_FILE.
 
 
 class KeyFileError(ValueError):

@@ -53,26 +53,22 @@ Choices the paper leaves open, made here (and tested in tests/test_poscuda.py):
   ``filters`` stream. Both streams are ``jaxtag.rng.stream(key, name)``, so the positions do not
   depend on b, k or the normalisation, and the filters not on p or the clip length.
 
-Secret file (``save_filters``/``load_filters``): the key-file format of ``jaxtag.keyfile`` with
-format name ``jaxtag-poscuda``: one zip with ``filters.npy``, ``positions.npy`` and a manifest
-(spec, class names, provenance, SHA-256/dtype/shape of each array, fingerprint), written
-atomically with mode 0o600 and refused inside the dataset folder. Whoever holds it can undo the
-shortcut, so it is as secret as taggant keys.
+Secret file (``save_filters``/``load_filters``): a ``jaxtag.keyfile`` secret archive of kind
+``SECRET_FILE``, tagged ``jaxtag-poscuda`` so that it and a taggant key file are never read as
+each other: one zip with ``filters.npy``, ``positions.npy`` and a manifest (spec, class names,
+provenance, SHA-256/dtype/shape of each array, fingerprint), written atomically with mode 0o600
+and refused inside the dataset folder. Whoever holds it can undo the shortcut, so it is as secret
+as taggant keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
-import io
-import json
 import math
 import numbers
 import os
 import pathlib
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,27 +77,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag import rng
-
-# The key-file machinery is shared, not copied: atomic 0o600 writes, deterministic zip members,
-# per-array records, the manifest fingerprint and the class-name comparison.
-from jaxtag.keyfile import (
-  _array_record,
-  _atomic_write,
-  _compare_class_names,
-  _fingerprint,
-  _read_array,
-  _versions,
-  _write_zip,
-  check_outside,
-)
-from jaxtag.keys import KeyFileError, KeyFilePermissionWarning, key_provenance
+from jaxtag.keyfile import SecretArchiveFormat, read_secret_archive, write_secret_archive
+from jaxtag.keys import KeyFileError, key_provenance
 
 REFERENCE_RATE = 16000  # The rate at which the paper's k = 80 and p = 240 are counted.
 FORMAT_NAME = "jaxtag-poscuda"
 FORMAT_VERSION = 1
-ARRAY_NAMES = ("filters", "positions")
-_ARRAY_DTYPES = {"filters": np.dtype("<f4"), "positions": np.dtype("<i4")}
-_MANIFEST_MEMBER = "manifest.json"
+SECRET_FILE = SecretArchiveFormat(
+    name=FORMAT_NAME, version=FORMAT_VERSION, noun="PosCUDA secret file",
+    holds="the secret filters", arrays={"filters": "<f4", "positions": "<i4"})
+ARRAY_NAMES = tuple(SECRET_FILE.arrays)
 _NORMALISATIONS = ("sum", "l2", "none")
 
 
@@ -423,11 +408,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 # --- the secret file -------------------------------------------------------------------------
 
 
-def _host_arrays(secret):
-  return {name: np.ascontiguousarray(np.asarray(getattr(secret, name)), _ARRAY_DTYPES[name])
-          for name in ARRAY_NAMES}
-
-
 def save_filters(path: str | os.PathLike, secret: PoscudaFilters, *,
                  class_names: Sequence[str], provenance: Mapping[str, Any],
                  overwrite: bool = False, dataset_root: str | os.PathLike | None = None
@@ -449,38 +429,13 @@ def save_filters(path: str | os.PathLike, secret: PoscudaFilters, *,
     KeyFileError: existing file, path inside the dataset, a class count that differs from the
       filters', or a provenance that is not JSON-serialisable.
   """
-  path = pathlib.Path(path)
-  if dataset_root is not None:
-    check_outside(path, dataset_root)
-  if path.exists() and not overwrite:
-    raise KeyFileError(f"Secret file {str(path)!r} already exists; pass overwrite=True only if "
-                       "the dataset it protected is gone or re-protected.")
-  class_names = [str(c) for c in class_names]
   if len(class_names) != secret.num_classes:
     raise KeyFileError(f"{len(class_names)} class names for {secret.num_classes} filters in "
                        f"{str(path)!r}.")
-  arrays = _host_arrays(secret)
-  manifest = {
-      "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-      "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "versions": _versions(), "spec": secret.spec.to_dict(), "num_classes": len(class_names),
-      "class_names": class_names, "provenance": dict(provenance),
-      "arrays": {name: _array_record(arrays[name]) for name in ARRAY_NAMES},
-  }
-  manifest["fingerprint"] = _fingerprint(manifest)
-  try:
-    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode()
-  except (TypeError, ValueError) as e:
-    raise KeyFileError(f"provenance for {str(path)!r} is not JSON-serialisable: {e}") from e
-  if not path.parent.exists():
-    path.parent.mkdir(parents=True, mode=0o700)
-  members = {_MANIFEST_MEMBER: manifest_bytes}
-  for name in ARRAY_NAMES:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, arrays[name], allow_pickle=False)
-    members[f"{name}.npy"] = buf.getvalue()
-  _atomic_write(path, lambda f: _write_zip(f, members))
-  return path
+  return write_secret_archive(path, SECRET_FILE, SECRET_FILE.host_arrays(secret),
+                              spec=secret.spec.to_dict(), class_names=class_names,
+                              provenance=provenance, overwrite=overwrite,
+                              dataset_root=dataset_root)
 
 
 def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str] | None = None,
@@ -496,67 +451,28 @@ def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str]
     (PoscudaFilters with numpy arrays, manifest dict).
 
   Raises:
-    KeyFileError: missing, unreadable or foreign file; an array or manifest changed after
-      writing (the array or field is named); arrays that disagree with the spec; other classes.
+    KeyFileError: missing, unreadable or foreign file (a taggant key file included); an array
+      or manifest changed after writing (the array or field is named); arrays that disagree
+      with the spec; other classes.
   """
-  path = pathlib.Path(path)
-  where = f"PosCUDA secret file {str(path)!r}"
-  try:
-    mode = os.stat(path).st_mode
-  except OSError as e:
-    raise KeyFileError(f"Cannot read {where}: {e.strerror}.") from e
-  if mode & 0o077:
-    msg = (f"{where} has mode {oct(mode & 0o777)}: others can read the filters that undo the "
-           f"protection. Run `chmod 600 {path}`.")
-    if strict_permissions:
-      raise KeyFileError(msg)
-    warnings.warn(msg, KeyFilePermissionWarning, stacklevel=2)
-  try:
-    with zipfile.ZipFile(path) as zf:
-      manifest = _read_manifest(zf, where)
-      arrays = {name: _read_array(zf, name, manifest, where) for name in ARRAY_NAMES}
-  except (zipfile.BadZipFile, EOFError, OSError) as e:
-    raise KeyFileError(f"{where} is not a readable zip archive ({e}); it may be truncated. "
-                       "Restore it from your backup.") from e
-  if manifest["fingerprint"] != _fingerprint(manifest):
-    raise KeyFileError(f"{where}: manifest was modified after writing (fingerprint mismatch).")
+  arrays, manifest = read_secret_archive(path, SECRET_FILE,
+                                         expected_class_names=expected_class_names,
+                                         strict_permissions=strict_permissions)
+  where = SECRET_FILE.describe(path)
   try:
     spec = PoscudaSpec.from_dict(manifest["spec"])
   except (ValueError, TypeError) as e:
     raise KeyFileError(f"{where}: invalid spec in manifest: {e}") from e
-  names, num_classes = manifest["class_names"], manifest["num_classes"]
+  num_classes = manifest["num_classes"]
   expected = {"filters": (num_classes, spec.taps), "positions": (num_classes,)}
   for name, shape in expected.items():
-    if arrays[name].shape != shape or len(names) != num_classes:
+    if arrays[name].shape != shape:
       raise KeyFileError(f"{where}: array {name!r} has shape {arrays[name].shape}, the spec and "
-                         f"{len(names)} class names imply {shape}.")
+                         f"{num_classes} classes imply {shape}.")
   positions = arrays["positions"]
   if positions.size and (positions.min() < 0 or positions.max() > spec.clip_samples - spec.patch):
     raise KeyFileError(f"{where}: patch positions outside [0, {spec.clip_samples - spec.patch}].")
-  if expected_class_names is not None:
-    _compare_class_names(names, list(expected_class_names), where)
   return PoscudaFilters(spec=spec, **arrays), manifest
-
-
-def _read_manifest(zf, where):
-  try:
-    manifest = json.loads(zf.read(_MANIFEST_MEMBER))
-  except KeyError as e:
-    raise KeyFileError(f"{where} has no {_MANIFEST_MEMBER}: not a PosCUDA secret file.") from e
-  except (ValueError, UnicodeDecodeError) as e:
-    raise KeyFileError(f"{where}: {_MANIFEST_MEMBER} is not valid JSON ({e}).") from e
-  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-    raise KeyFileError(f"{where}: manifest format is not {FORMAT_NAME!r} (a taggant key file "
-                       "is read with jaxtag.keys.load_keys).")
-  if manifest.get("format_version") != FORMAT_VERSION:
-    raise KeyFileError(f"{where}: format_version {manifest.get('format_version')!r} is not "
-                       f"{FORMAT_VERSION}; use the jaxtag version that wrote it.")
-  required = ("spec", "num_classes", "class_names", "provenance", "arrays", "fingerprint")
-  missing = [k for k in required if k not in manifest]
-  missing += [f"arrays.{n}" for n in ARRAY_NAMES if n not in manifest.get("arrays", {})]
-  if missing:
-    raise KeyFileError(f"{where}: manifest is missing field(s) {missing}.")
-  return manifest
 
 
 def regenerate_and_check(secret: PoscudaFilters, manifest: Mapping[str, Any]) -> None:
@@ -571,8 +487,8 @@ def regenerate_and_check(secret: PoscudaFilters, manifest: Mapping[str, Any]) ->
                        "filter_provenance): the filters cannot be regenerated.")
   key = jax.random.wrap_key_data(jnp.asarray(prov["key_data"], jnp.uint32),
                                  impl=prov["key_impl"])
-  again = _host_arrays(make_filters(key, secret.spec, secret.num_classes))
-  stored = _host_arrays(secret)
+  again = SECRET_FILE.host_arrays(make_filters(key, secret.spec, secret.num_classes))
+  stored = SECRET_FILE.host_arrays(secret)
   for name in ARRAY_NAMES:
     if not np.array_equal(again[name], stored[name]):
       raise KeyFileError(f"Regenerated {name!r} differ from the secret file's: the provenance "

@@ -3,6 +3,9 @@ r"""Stage: craft taggants into a dataset with a trained surrogate and write the 
   .venv/bin/python -m launch.craft --config=launch/configs/craft.py --workdir=workdirs/craft \
       --config.surrogate=workdirs/surrogate --config.key_file=workdirs/keys/keys.npz
 
+`--config.surrogate=workdirs/s0,workdirs/s1,...` crafts against an ensemble of surrogates (one
+architecture; other seeds or epochs): the alignment loss is the mean over members.
+
 Writes, atomically:
   <output_dir>/             the protected dataset: every split, in the input's folder layout,
                             16-bit WAV (only the poisons of the train split differ from the input)
@@ -43,6 +46,12 @@ def output_dir(config: Any, workdir: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(config.output_dir or workdir / "protected").absolute()
 
 
+def surrogate_dirs(config: Any) -> list[str]:
+  """The surrogate workdirs: ``config.surrogate`` is one workdir or a comma-separated list of
+  workdirs (an ensemble of one architecture: other seeds or epochs)."""
+  return [d.strip() for d in str(config.surrogate or "").split(",") if d.strip()]
+
+
 def preflight(config: Any, workdir: pathlib.Path) -> None:
   """Checks the inputs exist and that the key file cannot end up inside the published data."""
   from jaxtag import keys
@@ -50,9 +59,10 @@ def preflight(config: Any, workdir: pathlib.Path) -> None:
   for field in ("surrogate", "key_file"):
     if not config[field]:
       raise ValueError(f"config.{field} is required (see launch/configs/craft.py).")
-  if not pathlib.Path(config.surrogate, "model.json").exists():
-    raise FileNotFoundError(f"config.surrogate={config.surrogate}: no model.json; train it with "
-                            "launch.train first.")
+  for directory in surrogate_dirs(config):
+    if not pathlib.Path(directory, "model.json").exists():
+      raise FileNotFoundError(f"config.surrogate: {directory} has no model.json; train it with "
+                              "launch.train first.")
   if not pathlib.Path(config.key_file).is_file():
     raise FileNotFoundError(f"config.key_file={config.key_file} does not exist; make it with "
                             "launch.make_keys.")
@@ -178,7 +188,8 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   splits = _load_splits(source)
   clean = splits["train"]
   secret, manifest = keys_lib.load_keys(config.key_file, expected_class_names=clean.class_names)
-  trained = train.restore_for_inference(config.surrogate)
+  trained = [train.restore_for_inference(d) for d in surrogate_dirs(config)]
+  trained = trained[0] if len(trained) == 1 else trained
   mesh = sharding.make_mesh(config.num_devices or None)
   protected, report = protect.protect_dataset(
       trained, secret, clean, config=protect_config(config),

@@ -35,12 +35,17 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   with app.timed("keys", timings):
     keys = make_keys.run_stage(config, workdir / "keys")
   key_file = keys["key_file"]
+  surrogate_dirs = [workdir / ("surrogate" if i == 0 else f"surrogate_{i}")
+                    for i in range(config.num_surrogates)]
   with app.timed("surrogate", timings):
-    surrogate = train.run_stage(_stage_config(config, "surrogate", workdir / "surrogate"),
-                                workdir / "surrogate")
+    for i, directory in enumerate(surrogate_dirs):   # an ensemble: the same recipe, other seeds
+      surrogate = train.run_stage(
+          _stage_config(config, "surrogate", directory, seed=config.surrogate.seed + 1000 * i),
+          directory)
   with app.timed("craft", timings):
     crafted = craft.run_stage(
-        _stage_config(config, "craft", workdir / "craft", surrogate=str(workdir / "surrogate"),
+        _stage_config(config, "craft", workdir / "craft",
+                      surrogate=",".join(str(d) for d in surrogate_dirs),
                       key_file=key_file, output_dir=str(workdir / "protected")),
         workdir / "craft")
   protected_data = config.data.copy_and_resolve_references()

@@ -194,12 +194,12 @@ def test_bench_craft_smoke_and_parity(tmp_path):
 def test_port_weights_copies_every_tensor_and_refuses_another_architecture():
   pytest.importorskip("torch", reason="torch is not installed")
   pytest.importorskip("transformers", reason="transformers is not installed")
-  from benchmarks import bench_craft
+  from benchmarks import bench_craft, bench_craft_torch
   model = bench_craft.jax_model("smoke")
-  hf = bench_craft.torch_model(model, "smoke")
+  hf = bench_craft_torch.torch_model(model, "smoke")
   assert hf.config._attn_implementation == "eager"
   np.testing.assert_array_equal(hf.classifier.dense.weight.detach().numpy(),
                                 np.asarray(model.head.kernel[...]).T)
   deeper = dict(bench_craft.SIZES["smoke"], depth=2)
   with pytest.raises(ValueError, match="no jaxtag tensor"):
-    bench_craft.torch_model(model, deeper)
+    bench_craft_torch.torch_model(model, deeper)

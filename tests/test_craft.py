@@ -254,3 +254,101 @@ def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
   with pytest.raises(ValueError, match="classes"):
     protect.protect_dataset(surrogate, keys, bad, config=config, key=jax.random.key(0),
                             progress=False)
+
+
+# ------------------------------------------------------------------ surrogate ensembles
+
+
+def _other_member(params, seed, scale=0.3):
+  """Another 'surrogate' of the same architecture: the weights with noise of ``scale`` x their
+  own spread (a stand-in for another seed; what matters here is that the members differ)."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      x + scale * (jnp.std(x) + 1e-3) * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(leaves, keys)])
+
+
+def _group_inputs(clf, craft_inputs, key_grads, snr_db):
+  x = jnp.asarray(craft_inputs["poison_x"])
+  targets = jax.nn.one_hot(craft_inputs["poison_labels"], clf.num_classes, dtype=jnp.float32)
+  weights = jnp.asarray(craft_inputs["poison_mask"], jnp.float32)
+  scale = craft.snr_scale(x, snr_db) * weights
+  return craft.CraftInputs(x, targets, weights, scale, key_grads)
+
+
+def test_ensemble_loss_is_the_mean_of_its_members_losses(surrogate, craft_inputs):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  other = _other_member(params, 1)
+  kw = jnp.asarray(craft_inputs["key_waveforms"])
+  kl = jnp.asarray(craft_inputs["key_labels"])
+  keep = craft._leaf_keep(params, ())
+  u = craft.project(jax.random.normal(jax.random.key(2), craft_inputs["poison_x"].shape),
+                    jnp.asarray(craft_inputs["poison_x"]),
+                    _group_inputs(clf, craft_inputs, None, CONFIG.snr_db).scale)
+  kwargs = dict(clf=clf, config=CONFIG, keep=keep, sample_rate=tc.SR)
+  single = []
+  for p in (params, other):
+    inputs = _group_inputs(clf, craft_inputs, craft.key_gradients(clf, p, stats, kw, kl),
+                           CONFIG.snr_db)
+    single.append(np.asarray(craft.eval_losses(u, inputs, p, stats, **kwargs)))
+  assert np.all(np.abs(single[0] - single[1]) > 1e-4), single   # the members do differ
+  stacked_p = craft.stack_members([params, other])
+  stacked_s = craft.stack_members([stats, stats])
+  g = craft.ensemble_key_gradients(clf, stacked_p, stacked_s, kw, kl)
+  assert jax.tree.leaves(g)[0].shape[:2] == (2, 2)     # (groups, members, ...)
+  inputs = _group_inputs(clf, craft_inputs, g, CONFIG.snr_db)
+  both = np.asarray(craft.eval_losses(u, inputs, stacked_p, stacked_s, ensemble=True, **kwargs))
+  np.testing.assert_allclose(both, (single[0] + single[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_of_one_surrogate_twice_crafts_as_that_surrogate(surrogate, craft_inputs,
+                                                                   result_1dev):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  twice = craft.craft(clf, [params, params], [stats, stats], config=CONFIG,
+                      key=jax.random.key(0), mesh=sharding.make_mesh(1), progress=False,
+                      **craft_inputs)
+  np.testing.assert_allclose(twice.initial_losses, result_1dev.initial_losses, atol=1e-5)
+  np.testing.assert_allclose(twice.losses, result_1dev.losses, atol=1e-4)
+  a, b = twice.delta.ravel(), result_1dev.delta.ravel()
+  assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+
+
+def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate, craft_inputs):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  other = surrogate._replace(params=_other_member(params, 3))
+  config = dataclasses.replace(CONFIG, restarts=1, steps=6)
+  r = craft.craft(clf, [params, other.params], [stats, stats], config=config,
+                  key=jax.random.key(0), mesh=sharding.make_mesh(1), progress=False,
+                  **craft_inputs)
+  assert np.all(r.losses < r.initial_losses - 0.01), (r.initial_losses, r.losses)
+  mask = craft_inputs["poison_mask"]
+  assert np.all(r.snr_db[mask] >= config.snr_db - 1e-6)
+
+  x, y = tc.tone_clips(60, seed=5)
+  data = AudioDataset(x, y, tc.CLASSES, tc.SR)
+  keys = Keys(spectrograms=np.zeros((2, 4, 4), np.float32),
+              waveforms=_clips(2, length=tc.CLIP, seed=9, amp=0.2),
+              labels=np.array([0, 3], np.int32), spec=KeySpec(num_keys=2))
+  pconfig = protect.ProtectConfig(budget=0.1, selection="grad_norm",
+                                  craft=dataclasses.replace(config, steps=2))
+  protected, report = protect.protect_dataset([surrogate, other], keys, data, config=pconfig,
+                                              key=jax.random.key(0), mesh=sharding.make_mesh(1),
+                                              progress=False)
+  changed = np.flatnonzero(np.any(protected.waveforms != data.waveforms, axis=1))
+  assert set(changed.tolist()) <= set(report.poison_indices.tolist())
+  assert np.all(np.isfinite(report.alignment_after))
+  # The mean of the members' diagnostics, not the first member's alone.
+  _, report_0 = protect.protect_dataset(surrogate, keys, data, config=pconfig,
+                                        key=jax.random.key(0), mesh=sharding.make_mesh(1),
+                                        progress=False)
+  np.testing.assert_array_equal(report_0.poison_indices.size, report.poison_indices.size)
+  assert not np.allclose(report_0.alignment_before, report.alignment_before)
+
+
+def test_ensemble_members_must_share_one_architecture(surrogate):
+  _, params, _ = craft.classifier_from_trained(surrogate)
+  leaves, treedef = jax.tree.flatten(params)
+  wrong = jax.tree.unflatten(treedef, [leaves[0][..., :1]] + leaves[1:])
+  with pytest.raises(ValueError, match="architecture"):
+    craft.stack_members([params, wrong])

@@ -268,6 +268,31 @@ def test_secret_file_refuses_dataset_folder_and_foreign_files(tmp_path, secret):
     poscuda.regenerate_and_check(loaded, manifest)
 
 
+def test_secret_file_and_taggant_key_file_refuse_each_other(secret_file, tmp_path):
+  """Both are secret archives of jaxtag.keyfile; the manifest's format tag keeps them apart."""
+  key_spec = keys_lib.KeySpec(num_keys=2, d=4, clip_samples=2000, n_fft=128, win_length=128,
+                              hop_length=64, n_mels=16, mel_inversion_iters=2,
+                              griffin_lim_iters=1)
+  key_file = tmp_path / "keys.npz"
+  keys_lib.save_keys(key_file, keys_lib.make_keys(jax.random.key(0), key_spec, C),
+                     class_names=NAMES, provenance={})
+  with pytest.raises(keys_lib.KeyFileError,
+                     match=r"PosCUDA secret file .*keys\.npz.*'jaxtag-keys', not 'jaxtag-poscuda'"):
+    poscuda.load_filters(key_file)
+  with pytest.raises(keys_lib.KeyFileError,
+                     match=r"key file .*poscuda\.npz.*'jaxtag-poscuda', not 'jaxtag-keys'"):
+    keys_lib.load_keys(secret_file)
+
+
+def test_readable_secret_file_warns_at_the_callers_line(secret_file):
+  os.chmod(secret_file, 0o644)
+  with pytest.warns(keys_lib.KeyFilePermissionWarning, match="chmod 600") as record:
+    poscuda.load_filters(secret_file)
+  assert record[0].filename == __file__
+  with pytest.raises(keys_lib.KeyFileError, match="0o644.*secret filters"):
+    poscuda.load_filters(secret_file, strict_permissions=True)
+
+
 # --- launchers on the tiny corpus -------------------------------------------------------------
 
 

@@ -177,16 +177,29 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike, mode: str, **open_kwargs):
-  """Yields a temporary file beside ``path`` that replaces ``path`` only once fully written."""
+def atomic_file(path: str | os.PathLike, mode: str, *, permissions: int = 0o644,
+                fsync: bool = False, **open_kwargs):
+  """Yields a temporary file beside ``path`` that replaces ``path`` only once fully written.
+
+  Args:
+    path: the destination; missing parent directories are created.
+    mode: ``open`` mode (``"wb"`` or ``"w"``).
+    permissions: the file's final mode. The temporary file is owner-only from its creation
+      (``mkstemp``), so a secret written with ``0o600`` is never readable by others, even briefly;
+      published data needs the ordinary ``0o644``.
+    fsync: flush the data to disk before the rename (for files that must survive a crash).
+    **open_kwargs: passed to ``open`` (e.g. ``encoding``).
+  """
   directory, filename = os.path.split(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=directory)
   try:
     with os.fdopen(fd, mode, **open_kwargs) as f:
       yield f
-    # mkstemp creates the file owner-only; published datasets need ordinary permissions.
-    os.chmod(tmp_path, 0o644)
+      if fsync:
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp_path, permissions)
     os.replace(tmp_path, path)
   except BaseException:
     if os.path.exists(tmp_path):
@@ -224,19 +237,19 @@ def write_wav(path: str | os.PathLike, audio, sample_rate: int, *,
     raise ValueError(f"write_wav({path}): sample_rate must be positive; got {sample_rate}.")
   data = to_pcm16(arr) if subtype.upper() == "PCM_16" else np.clip(arr, -1.0, 1.0)
   fmt = _FORMAT_BY_SUFFIX.get(os.path.splitext(path)[1].lower(), "WAV")
-  with _atomic_file(path, "wb") as f:
+  with atomic_file(path, "wb") as f:
     sf.write(f, data, int(sample_rate), subtype=subtype, format=fmt)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
   """Writes ``data`` to ``path`` atomically (readers see the old file or the new one)."""
-  with _atomic_file(path, "wb") as f:
+  with atomic_file(path, "wb") as f:
     f.write(data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
   """Writes a UTF-8 text file atomically (temporary file + ``os.replace``), creating parents."""
-  with _atomic_file(path, "w", encoding="utf-8", newline="") as f:
+  with atomic_file(path, "w", encoding="utf-8", newline="") as f:
     f.write(text)
 
 

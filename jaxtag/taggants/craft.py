@@ -29,6 +29,12 @@ lowering the SNR below the floor (round to nearest where that keeps the floor, e
 zero); crafting applies the same quantisation with a straight-through gradient, so that the loss is
 that of the clips that will be published.
 
+Surrogate ensembles (Witches' Brew's lever for transfer to models the owner did not train): pass
+``params``/``batch_stats`` of several surrogates of one architecture (other seeds, or other epochs
+of one run) as sequences; they are stacked on a leading member axis, every member has its own key
+gradient, and the loss of a group is the mean over members of ``1 - cos``. The members are
+processed one after another (``lax.map``), so memory does not grow with their number.
+
 Sharding: the poison axis is split over the mesh's data axis; the parameter-gradient sums over
 poisons are reduced across devices by the collectives that XLA inserts for the explicit in/out
 shardings of the jitted step. Keys are processed one after another inside the step
@@ -258,6 +264,30 @@ def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array
   return jax.vmap(lambda w, t: jax.grad(loss)(params, w[None], t[None]))(key_waveforms, targets)
 
 
+def stack_members(trees) -> Any:
+  """Stacks the parameter (or batch-statistics) trees of an ensemble on a new leading axis."""
+  trees = list(trees)
+  if not trees:
+    raise ValueError("A surrogate ensemble needs at least one member.")
+  structure = jax.tree.structure(trees[0])
+  for i, tree in enumerate(trees[1:], 1):
+    if jax.tree.structure(tree) != structure or any(
+        np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(tree))):
+      raise ValueError(f"Surrogate {i} of the ensemble differs in architecture from surrogate 0; "
+                       "an ensemble needs one architecture (other seeds or epochs).")
+  return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def ensemble_key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
+                           key_labels: jax.Array, *, objective: Objective = "per_key"):
+  """:func:`key_gradients` of every member of a stacked ensemble, laid out ``(G, E, ...)``: the
+  group axis first (as the crafting step maps over groups), then the member axis."""
+  per_member = jax.lax.map(
+      lambda pb: key_gradients(clf, pb[0], pb[1], key_waveforms, key_labels, objective=objective),
+      (params, batch_stats))
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), per_member)
+
+
 # --------------------------------------------------------------------------------------------
 # Augmentation (the constraint and the 16-bit export are in jaxtag.taggants.constraint)
 # --------------------------------------------------------------------------------------------
@@ -348,8 +378,12 @@ def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.
 
 def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, params,
                batch_stats, config: CraftConfig, keep, sample_rate, pool, pool_targets,
-               augment: bool = True):
-  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group."""
+               augment: bool = True, ensemble: bool = False):
+  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group.
+
+  With ``ensemble``, ``params``, ``batch_stats`` and ``g_key`` carry a leading member axis and the
+  loss is the mean over members (every member sees the same augmented clips).
+  """
   inputs = CraftInputs(x, targets, weights, scale, None)
   waves = x + perturbation(u, inputs, config)
   aug = config.augment
@@ -360,27 +394,32 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
   else:
     tgts, w = targets, weights
 
-  def poison_loss(p):
-    feats = clf.features(p, batch_stats, waves)
+  def poison_loss(p, stats):
+    feats = clf.features(p, stats, waves)
     if augment and aug.uses_features:
       feats = augment_lib.spec_augment(
           jax.random.fold_in(key, 10_000), feats, freq_mask_width=aug.freq_mask_width,
           num_freq_masks=aug.num_freq_masks, time_mask_width=aug.time_mask_width,
           num_time_masks=aug.num_time_masks)
-    return jnp.sum(w * _cross_entropy(clf.classify(p, batch_stats, feats), tgts))
+    return jnp.sum(w * _cross_entropy(clf.classify(p, stats, feats), tgts))
 
-  g_poison = jax.grad(poison_loss)(params)
-  return 1.0 - tree_cosine(g_poison, g_key, keep)
+  def member_loss(p, stats, g):
+    return 1.0 - tree_cosine(jax.grad(poison_loss)(p, stats), g, keep)
+
+  if ensemble:
+    return jnp.mean(jax.lax.map(lambda m: member_loss(*m), (params, batch_stats, g_key)))
+  return member_loss(params, batch_stats, g_key)
 
 
 def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool, pool_targets,
                key: jax.Array, *, clf: Classifier, config: CraftConfig, keep, sample_rate: int,
-               tx: optax.GradientTransformation) -> tuple[CraftState, jax.Array]:
+               tx: optax.GradientTransformation,
+               ensemble: bool = False) -> tuple[CraftState, jax.Array]:
   """One sign-Adam step on every group; returns the new state and the per-group losses."""
   step_key = jax.random.fold_in(key, state.step)
   loss_fn = functools.partial(group_loss, clf=clf, params=params, batch_stats=batch_stats,
                               config=config, keep=keep, sample_rate=sample_rate, pool=pool,
-                              pool_targets=pool_targets)
+                              pool_targets=pool_targets, ensemble=ensemble)
 
   def one_group(args):
     g, u, x, t, w, s, g_key = args
@@ -395,7 +434,7 @@ def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool
 
 
 def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_rate: int,
-                    tx: optax.GradientTransformation | None = None):
+                    tx: optax.GradientTransformation | None = None, ensemble: bool = False):
   """The jitted crafting step that :func:`craft` runs (state donated), and its optimiser.
 
   One place builds it for the driver, the tests and the benchmarks, so they all time and test the
@@ -407,16 +446,18 @@ def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_r
   """
   tx = tx or sign_adam(config.schedule())
   step = jax.jit(functools.partial(craft_step, clf=clf, config=config, keep=keep,
-                                   sample_rate=sample_rate, tx=tx), donate_argnums=(0,))
+                                   sample_rate=sample_rate, tx=tx, ensemble=ensemble),
+                 donate_argnums=(0,))
   return step, tx
 
 
 def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: Classifier,
-                config: CraftConfig, keep, sample_rate: int) -> jax.Array:
+                config: CraftConfig, keep, sample_rate: int,
+                ensemble: bool = False) -> jax.Array:
   """Per-group alignment losses without augmentation (how restarts are compared)."""
   loss_fn = functools.partial(group_loss, clf=clf, params=params, batch_stats=batch_stats,
                               config=config, keep=keep, sample_rate=sample_rate, pool=None,
-                              pool_targets=None, augment=False)
+                              pool_targets=None, augment=False, ensemble=ensemble)
   return jax.lax.map(lambda a: loss_fn(*a, None),
                      (u, inputs.x, inputs.targets, inputs.weights, inputs.scale, inputs.key_grads))
 
@@ -433,7 +474,8 @@ class CraftResult:
   Attributes:
     delta: float32 ``(G, n, T)`` the quantised perturbations (exactly what the 16-bit export
       adds when ``config.quantize``), zero on padding.
-    losses: ``(G,)`` final alignment loss per group (no augmentation), best restart.
+    losses: ``(G,)`` final alignment loss per group (no augmentation; for an ensemble the mean
+      over members), best restart.
     initial_losses: ``(G,)`` the loss of the unperturbed poisons.
     restart_losses: ``(restarts, G)``.
     history: per step ``{"step", "restart", "loss"}`` (mean over groups of the augmented loss).
@@ -462,7 +504,8 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
   """Crafts the taggant perturbations of every key's poisons.
 
   Args:
-    clf, params, batch_stats: the surrogate (:func:`classifier_from_trained`).
+    clf, params, batch_stats: the surrogate (:func:`classifier_from_trained`); for an ensemble,
+      ``params`` and ``batch_stats`` are lists (one entry per surrogate, one architecture).
     key_waveforms: float32 ``(K, T)`` keys; key_labels: int ``(K,)`` their target labels.
     poison_x: float32 ``(K, n, T)`` each key's poison clips (16-bit grid values).
     poison_labels: int ``(K, n)`` their true labels; poison_mask: bool ``(K, n)`` real entries.
@@ -500,12 +543,21 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
   groups, n_group = weights.shape
   scale = np.asarray(snr_scale(jnp.asarray(poison_x), config.snr_db)) * (weights > 0)
 
+  ensemble = isinstance(params, list)    # a list of trees; a single tree may itself be a tuple
+  if ensemble:
+    if not isinstance(batch_stats, list) or len(batch_stats) != len(params):
+      raise ValueError(f"An ensemble of {len(params)} surrogates needs as many batch_stats; got "
+                       f"{type(batch_stats).__name__}.")
+    keep = _leaf_keep(params[0], tuple(config.exclude_params))
+    params, batch_stats = stack_members(params), stack_members(batch_stats)
+  else:
+    keep = _leaf_keep(params, tuple(config.exclude_params))
   repl = jax.sharding.NamedSharding(mesh, P())
   params, batch_stats = jax.device_put((params, batch_stats), repl)
-  g_key = jax.jit(functools.partial(key_gradients, clf, objective=config.objective),
+  grads_fn = ensemble_key_gradients if ensemble else key_gradients
+  g_key = jax.jit(functools.partial(grads_fn, clf, objective=config.objective),
                   out_shardings=repl)(params, batch_stats, jnp.asarray(key_waveforms),
                                       jnp.asarray(key_labels))
-  keep = _leaf_keep(params, tuple(config.exclude_params))
   inputs = CraftInputs(
       x=_put(mesh, poison_x, P(None, axis, None)), targets=_put(mesh, targets, P(None, axis, None)),
       weights=_put(mesh, weights, P(None, axis)), scale=_put(mesh, scale, P(None, axis)),
@@ -517,10 +569,11 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     pool_targets = jax.device_put(
         jax.nn.one_hot(jnp.asarray(pool_labels), clf.num_classes, dtype=jnp.float32), repl)
 
-  step_fn, tx = make_craft_step(clf, config, keep=keep, sample_rate=sample_rate)
+  step_fn, tx = make_craft_step(clf, config, keep=keep, sample_rate=sample_rate,
+                                ensemble=ensemble)
   u_sharding = jax.sharding.NamedSharding(mesh, P(None, axis, None))
   eval_fn = jax.jit(functools.partial(eval_losses, clf=clf, config=config, keep=keep,
-                                      sample_rate=sample_rate))
+                                      sample_rate=sample_rate, ensemble=ensemble))
 
   def fresh_u(restart):
     k = rng_lib.stream(jax.random.fold_in(key, restart), "init")

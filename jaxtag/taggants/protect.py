@@ -2,7 +2,7 @@
 
 The one library entry point that the ``craft`` launcher (and users' own scripts) call::
 
-    trained = jaxtag.train.restore_for_inference("workdirs/surrogate")
+    trained = jaxtag.train.restore_for_inference("workdirs/surrogate")   # or a list: an ensemble
     keys, _ = jaxtag.keys.load_keys("secret/keys.npz", expected_class_names=train.class_names)
     protected, report = protect.protect_dataset(trained, keys, train, config=protect.ProtectConfig(),
                                                 key=jax.random.key(0))
@@ -57,7 +57,7 @@ class ProtectReport:
     initial_losses, final_losses: ``(G,)`` alignment loss per key (or one, joint) before/after.
     restart_losses: ``(restarts, G)``.
     alignment_before, alignment_after: ``(P,)`` cosine of each poison's own gradient with its
-      key's gradient (NaN without diagnostics).
+      key's gradient (mean over the members of an ensemble; NaN without diagnostics).
     history: per-step mean loss.
     seconds: crafting wall time.
   """
@@ -154,7 +154,9 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
   """Returns the protected training set (poisons perturbed, labels untouched) and a report.
 
   Args:
-    trained: the surrogate (``jaxtag.train.TrainedModel``), trained on ``train``'s classes.
+    trained: the surrogate (``jaxtag.train.TrainedModel``), trained on ``train``'s classes, or a
+      list of surrogates of one architecture (an ensemble: other seeds or epochs), whose losses,
+      gradient-norm scores and diagnostics are averaged over members.
     keys: the secret ``jaxtag.keys.Keys``.
     train: the clean training split.
     config: budget, selection and crafting settings.
@@ -168,19 +170,26 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     ValueError: the surrogate's classes or sample rate differ from the dataset's.
   """
   from jaxtag import sharding as sharding_lib
-  info = trained.info
-  if tuple(info.class_names) != tuple(train.class_names):
-    raise ValueError(f"The surrogate's classes {list(info.class_names)[:5]}... differ from the "
-                     f"dataset's {list(train.class_names)[:5]}...; train it on this dataset.")
-  if info.sample_rate != train.sample_rate:
-    raise ValueError(f"The surrogate expects {info.sample_rate} Hz; the dataset is "
-                     f"{train.sample_rate} Hz.")
+  members = [trained] if hasattr(trained, "info") else list(trained)  # TrainedModel is a tuple
+  if not members:
+    raise ValueError("protect_dataset needs at least one surrogate.")
+  for i, member in enumerate(members):
+    info = member.info
+    name = "The surrogate" if len(members) == 1 else f"Surrogate {i} of the ensemble"
+    if tuple(info.class_names) != tuple(train.class_names):
+      raise ValueError(f"{name}'s classes {list(info.class_names)[:5]}... differ from the "
+                       f"dataset's {list(train.class_names)[:5]}...; train it on this dataset.")
+    if info.sample_rate != train.sample_rate:
+      raise ValueError(f"{name} expects {info.sample_rate} Hz; the dataset is "
+                       f"{train.sample_rate} Hz.")
   mesh = mesh or sharding_lib.make_mesh()
-  clf, params, batch_stats = craft_lib.classifier_from_trained(trained)
+  surrogates = [craft_lib.classifier_from_trained(m) for m in members]
+  clf = surrogates[0][0]
   key_labels = np.asarray(keys.labels)
   scores = None
   if config.selection == "grad_norm":
-    scores = grad_norm_scores(clf, params, batch_stats, train, np.unique(key_labels))
+    scores = np.mean([grad_norm_scores(c, p, b, train, np.unique(key_labels))
+                      for c, p, b in surrogates], axis=0)
   seed = int(jax.random.randint(rng_lib.stream(key, "select"), (), 0, 2**31 - 1))
   selection = select_lib.select_poisons(seed, train.labels, key_labels, budget=config.budget,
                                         method=config.selection, scores=scores)
@@ -193,6 +202,10 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     pool, pool_labels = train.waveforms[pick], train.labels[pick]
 
   start = time.perf_counter()
+  if len(surrogates) == 1:
+    params, batch_stats = surrogates[0][1:]
+  else:
+    params, batch_stats = [s[1] for s in surrogates], [s[2] for s in surrogates]
   result = craft_lib.craft(
       clf, params, batch_stats, key_waveforms=np.asarray(keys.waveforms), key_labels=key_labels,
       poison_x=train.waveforms[padded.indices], poison_labels=train.labels[padded.indices],
@@ -211,13 +224,16 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
 
   before = after = np.full(indices.size, np.nan, np.float32)
   if config.diagnostics:
-    keep = craft_lib._leaf_keep(params, tuple(config.craft.exclude_params))
-    per_key = craft_lib.key_gradients(clf, params, batch_stats, jnp.asarray(keys.waveforms),
-                                      jnp.asarray(key_labels), objective="per_key")
-    before = _alignment(clf, params, batch_stats, train.waveforms[indices], train.labels[indices],
-                        per_key, keys_of, keep)
-    after = _alignment(clf, params, batch_stats, waveforms[indices], train.labels[indices],
-                       per_key, keys_of, keep)
+    before, after = [], []
+    for c, p, b in surrogates:
+      keep = craft_lib._leaf_keep(p, tuple(config.craft.exclude_params))
+      per_key = craft_lib.key_gradients(c, p, b, jnp.asarray(keys.waveforms),
+                                        jnp.asarray(key_labels), objective="per_key")
+      before.append(_alignment(c, p, b, train.waveforms[indices], train.labels[indices],
+                               per_key, keys_of, keep))
+      after.append(_alignment(c, p, b, waveforms[indices], train.labels[indices], per_key,
+                              keys_of, keep))
+    before, after = np.mean(before, axis=0), np.mean(after, axis=0)
   report = ProtectReport(
       poison_indices=indices.astype(np.int64), poison_keys=keys_of.astype(np.int64),
       snr_db=result.snr_db[mask], initial_losses=result.initial_losses,

@@ -38,7 +38,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = common.data_config("corpus", preset="tiny" if arg == "tiny" else "default")
-  config.surrogate = ml_collections.FieldReference(None, field_type=str)   # a train workdir
+  # a train workdir, or a comma-separated list of them (an ensemble of one architecture)
+  config.surrogate = ml_collections.FieldReference(None, field_type=str)
   config.key_file = ml_collections.FieldReference(None, field_type=str)    # from make_keys
   config.output_dir = ml_collections.FieldReference(None, field_type=str)  # default <workdir>/protected
   config.budget = 0.01              # fraction of the training set perturbed

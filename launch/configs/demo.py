@@ -7,7 +7,8 @@ Stages: corpus -> keys -> surrogate (train) -> craft (protected dataset) -> susp
 protected data, another seed, SpecAugment + mixup) and benign (train on the clean data, another
 seed, same recipe) -> verify both. `launch/configs/demo.py:tiny` runs the same chain on the tiny
 corpus in a few minutes (tests and smoke runs). Any stage's settings can be overridden, e.g.
-`--config.craft.craft.steps=100 --config.suspect.num_epochs=8`.
+`--config.craft.craft.steps=100 --config.suspect.num_epochs=8`; `--config.num_surrogates=4` crafts
+against an ensemble of four surrogates (other seeds).
 """
 
 import ml_collections
@@ -30,6 +31,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.export_wav = True
   model = "tiny" if tiny else "surrogate,cnn"
   config.surrogate = train_configs.get_config(model)
+  config.num_surrogates = 1   # > 1: craft against an ensemble (surrogate seeds +1000 apart)
   config.suspect = train_configs.get_config(("tiny" if tiny else "suspect") + ",cnn")
   if tiny:
     config.suspect.model_overrides = config.surrogate.model_overrides
