@@ -105,11 +105,11 @@ def test_tree_cosine_matches_numpy_and_excludes_leaves():
   fb = np.concatenate([np.ravel(b["conv"]), np.ravel(b["head"]["kernel"])])
   want = fa @ fb / np.linalg.norm(fa) / np.linalg.norm(fb)
   assert float(craft.tree_cosine(a, b)) == pytest.approx(want, rel=1e-6)
-  keep = craft._leaf_keep(a, ("head",))
+  keep = craft.leaf_keep(a, ("head",))
   assert float(craft.tree_cosine(a, b, keep)) == pytest.approx(
       (1 * 0.5 - 2 * 4) / np.linalg.norm([1, -2]) / np.linalg.norm([0.5, 4]), rel=1e-6)
   with pytest.raises(ValueError, match="leaves no parameter"):
-    craft._leaf_keep(a, ("head", "conv"))
+    craft.leaf_keep(a, ("head", "conv"))
 
 
 # ------------------------------------------------------------------ selection
@@ -282,7 +282,7 @@ def test_ensemble_loss_is_the_mean_of_its_members_losses(surrogate, craft_inputs
   other = _other_member(params, 1)
   kw = jnp.asarray(craft_inputs["key_waveforms"])
   kl = jnp.asarray(craft_inputs["key_labels"])
-  keep = craft._leaf_keep(params, ())
+  keep = craft.leaf_keep(params, ())
   u = craft.project(jax.random.normal(jax.random.key(2), craft_inputs["poison_x"].shape),
                     jnp.asarray(craft_inputs["poison_x"]),
                     _group_inputs(clf, craft_inputs, None, CONFIG.snr_db).scale)

@@ -35,6 +35,9 @@ of one run) as sequences; they are stacked on a leading member axis, every membe
 gradient, and the loss of a group is the mean over members of ``1 - cos``. The members are
 processed one after another (``lax.map``), so memory does not grow with their number.
 
+The surrogate's pure functions, the key gradients and the parameter-tree cosine are in
+:mod:`jaxtag.taggants.alignment` (re-exported here).
+
 Sharding: the poison axis is split over the mesh's data axis; the parameter-gradient sums over
 poisons are reduced across devices by the collectives that XLA inserts for the explicit in/out
 shardings of the jitted step. Keys are processed one after another inside the step
@@ -47,16 +50,17 @@ import dataclasses
 import functools
 import logging
 import pathlib
-from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from jaxtag import rng as rng_lib
+from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
+    Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
+    ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine)
 from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
     PCM16_SCALE, project, quantize_perturbation, snr_scale)
 from jaxtag.train import augment as augment_lib
@@ -65,7 +69,6 @@ _log = logging.getLogger(__name__)
 
 REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
 
-Objective = Literal["per_key", "joint"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,117 +178,6 @@ def sign_adam(learning_rate: float | optax.Schedule) -> optax.GradientTransforma
       lambda params: optax.EmptyState(),
       lambda updates, state, params=None: (jax.tree.map(jnp.sign, updates), state))
   return optax.chain(sign, optax.scale_by_adam(), optax.scale_by_learning_rate(learning_rate))
-
-
-# --------------------------------------------------------------------------------------------
-# The surrogate as two pure functions
-# --------------------------------------------------------------------------------------------
-
-
-class Classifier(NamedTuple):
-  """A trained model split into pure functions of its weights.
-
-  Attributes:
-    features: ``features(params, batch_stats, waveforms (B, T)) -> features``.
-    classify: ``classify(params, batch_stats, features) -> logits (B, C) float32`` (eval mode).
-    num_classes: C.
-  """
-
-  features: Callable[..., jax.Array]
-  classify: Callable[..., jax.Array]
-  num_classes: int
-
-
-def classifier(graphdef, other: nnx.State, num_classes: int) -> Classifier:
-  """Pure ``features``/``classify`` functions of a split model (``jaxtag.models.split_model``).
-
-  Crafting uses the model in eval mode (BatchNorm running statistics, no dropout), as the
-  reference does for the key gradient and the poison gradients.
-  """
-
-  def merged(params, batch_stats):
-    return nnx.merge(graphdef, params, batch_stats, other, copy=True)
-
-  def features(params, batch_stats, waveforms):
-    return merged(params, batch_stats).features(waveforms)
-
-  def classify(params, batch_stats, feats):
-    logits, _ = merged(params, batch_stats).classify(feats, train=False)
-    return logits.astype(jnp.float32)
-
-  return Classifier(features, classify, int(num_classes))
-
-
-def classifier_from_trained(trained) -> tuple[Classifier, Any, Any]:
-  """``(Classifier, params, batch_stats)`` of a ``jaxtag.train.TrainedModel``."""
-  clf = classifier(trained.graphdef, trained.other, trained.info.num_classes)
-  return clf, trained.params, trained.batch_stats
-
-
-def _cross_entropy(logits, targets):
-  return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
-
-
-def _leaf_keep(tree, exclude: tuple[str, ...]) -> tuple[bool, ...]:
-  paths = [jax.tree_util.keystr(p, simple=True, separator="/")
-           for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  keep = tuple(not any(e in path for e in exclude) for path in paths)
-  if not any(keep):
-    raise ValueError(f"exclude_params={exclude} leaves no parameter in the cosine.")
-  return keep
-
-
-def tree_cosine(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
-  """Cosine between two parameter trees over the concatenation of their (kept) leaves."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  keep = keep or (True,) * len(la)
-  pairs = [(x.astype(jnp.float32), y.astype(jnp.float32))
-           for x, y, k in zip(la, lb, keep) if k]
-  dot = sum(jnp.vdot(x, y) for x, y in pairs)
-  na = sum(jnp.vdot(x, x) for x, _ in pairs)
-  nb = sum(jnp.vdot(y, y) for _, y in pairs)
-  return dot / jnp.maximum(jnp.sqrt(na * nb), 1e-30)
-
-
-def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
-                  key_labels: jax.Array, *, objective: Objective = "per_key"):
-  """The fixed target gradients: one per key (``per_key``, leading axis K) or one (``joint``,
-  leading axis 1) of the mean key cross-entropy. Eval mode, no augmentation (keys are never
-  augmented)."""
-  targets = jax.nn.one_hot(key_labels, clf.num_classes, dtype=jnp.float32)
-
-  def loss(p, waves, tgt):
-    logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, waves))
-    return jnp.mean(_cross_entropy(logits, tgt))
-
-  if objective == "joint":
-    g = jax.grad(loss)(params, key_waveforms, targets)
-    return jax.tree.map(lambda x: x[None], g)
-  return jax.vmap(lambda w, t: jax.grad(loss)(params, w[None], t[None]))(key_waveforms, targets)
-
-
-def stack_members(trees) -> Any:
-  """Stacks the parameter (or batch-statistics) trees of an ensemble on a new leading axis."""
-  trees = list(trees)
-  if not trees:
-    raise ValueError("A surrogate ensemble needs at least one member.")
-  structure = jax.tree.structure(trees[0])
-  for i, tree in enumerate(trees[1:], 1):
-    if jax.tree.structure(tree) != structure or any(
-        np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(tree))):
-      raise ValueError(f"Surrogate {i} of the ensemble differs in architecture from surrogate 0; "
-                       "an ensemble needs one architecture (other seeds or epochs).")
-  return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-
-
-def ensemble_key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
-                           key_labels: jax.Array, *, objective: Objective = "per_key"):
-  """:func:`key_gradients` of every member of a stacked ensemble, laid out ``(G, E, ...)``: the
-  group axis first (as the crafting step maps over groups), then the member axis."""
-  per_member = jax.lax.map(
-      lambda pb: key_gradients(clf, pb[0], pb[1], key_waveforms, key_labels, objective=objective),
-      (params, batch_stats))
-  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), per_member)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +293,7 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
           jax.random.fold_in(key, 10_000), feats, freq_mask_width=aug.freq_mask_width,
           num_freq_masks=aug.num_freq_masks, time_mask_width=aug.time_mask_width,
           num_time_masks=aug.num_time_masks)
-    return jnp.sum(w * _cross_entropy(clf.classify(p, stats, feats), tgts))
+    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats), tgts))
 
   def member_loss(p, stats, g):
     return 1.0 - tree_cosine(jax.grad(poison_loss)(p, stats), g, keep)
@@ -548,10 +440,10 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     if not isinstance(batch_stats, list) or len(batch_stats) != len(params):
       raise ValueError(f"An ensemble of {len(params)} surrogates needs as many batch_stats; got "
                        f"{type(batch_stats).__name__}.")
-    keep = _leaf_keep(params[0], tuple(config.exclude_params))
+    keep = leaf_keep(params[0], tuple(config.exclude_params))
     params, batch_stats = stack_members(params), stack_members(batch_stats)
   else:
-    keep = _leaf_keep(params, tuple(config.exclude_params))
+    keep = leaf_keep(params, tuple(config.exclude_params))
   repl = jax.sharding.NamedSharding(mesh, P())
   params, batch_stats = jax.device_put((params, batch_stats), repl)
   grads_fn = ensemble_key_gradients if ensemble else key_gradients

@@ -105,7 +105,7 @@ def per_sample_alignment(clf: craft_lib.Classifier, params, batch_stats, waves: 
   def one(w, t):
     def loss(p):
       logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
-      return craft_lib._cross_entropy(logits, t[None])[0]
+      return craft_lib.cross_entropy(logits, t[None])[0]
     return craft_lib.tree_cosine(jax.grad(loss)(params), key_grad, keep)
 
   return jax.lax.map(lambda a: one(*a), (waves, targets))
@@ -119,7 +119,7 @@ def per_sample_grad_norms(clf: craft_lib.Classifier, params, batch_stats, waves:
   def one(w, t):
     def loss(p):
       logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
-      return craft_lib._cross_entropy(logits, t[None])[0]
+      return craft_lib.cross_entropy(logits, t[None])[0]
     g = jax.grad(loss)(params)
     return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(g)))
 
@@ -226,7 +226,7 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
   if config.diagnostics:
     before, after = [], []
     for c, p, b in surrogates:
-      keep = craft_lib._leaf_keep(p, tuple(config.craft.exclude_params))
+      keep = craft_lib.leaf_keep(p, tuple(config.craft.exclude_params))
       per_key = craft_lib.key_gradients(c, p, b, jnp.asarray(keys.waveforms),
                                         jnp.asarray(key_labels), objective="per_key")
       before.append(_alignment(c, p, b, train.waveforms[indices], train.labels[indices],

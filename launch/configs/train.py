@@ -7,7 +7,11 @@ r"""Train a classifier (surrogate or suspect) on a dataset source into a workdir
 
 The argument picks a recipe:
   surrogate  AST-tiny (depth 2) on the embedded corpus, seed 0, light augmentation
-             (time shift and gain).
+             (time shift and gain), with the from-scratch AST options (per-clip fbank
+             normalisation, mean-of-patch-tokens readout, Xavier init, 16x16 patches without
+             overlap: 56 tokens) and AdamW lr 2e-3; the HF recipe stays at chance here
+             (benchmarks/RESULTS.md). The options sit in `model_overrides`; the suspect
+             recipe shares them.
   suspect    the same architecture, seed 1, SpecAugment + mixup + noise on (the paper's
              suspect trains another seed with augmentation). Point `data.kind/root` at the
              protected dataset.
@@ -55,7 +59,12 @@ def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
   config.seed = 1 if arg == "suspect" else 0
   config.data = common.data_config("corpus", preset="tiny" if arg == "tiny" else "default")
   config.model = "ast_tiny"
-  config.model_overrides = ml_collections.ConfigDict(dict(depth=2))
+  # From scratch on 5,600 clips the HF layout's recipe stays at chance (the cls/distillation
+  # readout goes input-independent, the clip level dominates the patch embeddings); these
+  # options keep its tensors (benchmarks/RESULTS.md, "Training on the embedded corpus").
+  config.model_overrides = ml_collections.ConfigDict(dict(
+      depth=2, feature_norm="per_clip", readout="mean", kernel_init="xavier",
+      frequency_stride=16, time_stride=16))
   config.num_epochs = 12
   config.batch_size = 64
   config.eval_batch_size = 128
@@ -69,7 +78,7 @@ def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
   config.init_from = ml_collections.FieldReference(None, field_type=str)
   config.num_devices = 0              # 0: every device (all hosts)
   config.progress = True
-  config.optim = optim_config(learning_rate=1e-3, weight_decay=0.05)
+  config.optim = optim_config(learning_rate=2e-3, weight_decay=0.05)
   config.augment = augment_config(max_shift_seconds=0.1, max_gain_db=6.0)
   if arg == "suspect":
     config.augment = augment_config(

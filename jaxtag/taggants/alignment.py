@@ -1,0 +1,128 @@
+"""The surrogate as pure functions of its weights, and the gradient-alignment quantities.
+
+What crafting (``jaxtag.taggants.craft``) and its diagnostics (``jaxtag.taggants.protect``) align:
+the surrogate split into ``features``/``classify`` (:class:`Classifier`), the fixed key gradients
+(one surrogate, or a stacked ensemble of surrogates of one architecture), and the cosine between
+two parameter trees over the kept leaves. Every name here is re-exported by ``craft``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Objective = Literal["per_key", "joint"]
+
+
+class Classifier(NamedTuple):
+  """A trained model split into pure functions of its weights.
+
+  Attributes:
+    features: ``features(params, batch_stats, waveforms (B, T)) -> features``.
+    classify: ``classify(params, batch_stats, features) -> logits (B, C) float32`` (eval mode).
+    num_classes: C.
+  """
+
+  features: Callable[..., jax.Array]
+  classify: Callable[..., jax.Array]
+  num_classes: int
+
+
+def classifier(graphdef, other: nnx.State, num_classes: int) -> Classifier:
+  """Pure ``features``/``classify`` functions of a split model (``jaxtag.models.split_model``).
+
+  Crafting uses the model in eval mode (BatchNorm running statistics, no dropout), as the
+  reference does for the key gradient and the poison gradients.
+  """
+
+  def merged(params, batch_stats):
+    return nnx.merge(graphdef, params, batch_stats, other, copy=True)
+
+  def features(params, batch_stats, waveforms):
+    return merged(params, batch_stats).features(waveforms)
+
+  def classify(params, batch_stats, feats):
+    logits, _ = merged(params, batch_stats).classify(feats, train=False)
+    return logits.astype(jnp.float32)
+
+  return Classifier(features, classify, int(num_classes))
+
+
+def classifier_from_trained(trained) -> tuple[Classifier, Any, Any]:
+  """``(Classifier, params, batch_stats)`` of a ``jaxtag.train.TrainedModel``."""
+  clf = classifier(trained.graphdef, trained.other, trained.info.num_classes)
+  return clf, trained.params, trained.batch_stats
+
+
+def cross_entropy(logits, targets):
+  """Cross-entropy of logits against (soft) target distributions, per example."""
+  return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+
+
+def leaf_keep(tree, exclude: tuple[str, ...]) -> tuple[bool, ...]:
+  """Which leaves of ``tree`` the cosine keeps: those whose ``/``-joined path contains none of
+  ``exclude``."""
+  paths = [jax.tree_util.keystr(p, simple=True, separator="/")
+           for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  keep = tuple(not any(e in path for e in exclude) for path in paths)
+  if not any(keep):
+    raise ValueError(f"exclude_params={exclude} leaves no parameter in the cosine.")
+  return keep
+
+
+def tree_cosine(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
+  """Cosine between two parameter trees over the concatenation of their (kept) leaves."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  keep = keep or (True,) * len(la)
+  pairs = [(x.astype(jnp.float32), y.astype(jnp.float32))
+           for x, y, k in zip(la, lb, keep) if k]
+  dot = sum(jnp.vdot(x, y) for x, y in pairs)
+  na = sum(jnp.vdot(x, x) for x, _ in pairs)
+  nb = sum(jnp.vdot(y, y) for _, y in pairs)
+  return dot / jnp.maximum(jnp.sqrt(na * nb), 1e-30)
+
+
+def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
+                  key_labels: jax.Array, *, objective: Objective = "per_key"):
+  """The fixed target gradients: one per key (``per_key``, leading axis K) or one (``joint``,
+  leading axis 1) of the mean key cross-entropy. Eval mode, no augmentation (keys are never
+  augmented)."""
+  targets = jax.nn.one_hot(key_labels, clf.num_classes, dtype=jnp.float32)
+
+  def loss(p, waves, tgt):
+    logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, waves))
+    return jnp.mean(cross_entropy(logits, tgt))
+
+  if objective == "joint":
+    g = jax.grad(loss)(params, key_waveforms, targets)
+    return jax.tree.map(lambda x: x[None], g)
+  return jax.vmap(lambda w, t: jax.grad(loss)(params, w[None], t[None]))(key_waveforms, targets)
+
+
+def stack_members(trees) -> Any:
+  """Stacks the parameter (or batch-statistics) trees of an ensemble on a new leading axis."""
+  trees = list(trees)
+  if not trees:
+    raise ValueError("A surrogate ensemble needs at least one member.")
+  structure = jax.tree.structure(trees[0])
+  for i, tree in enumerate(trees[1:], 1):
+    if jax.tree.structure(tree) != structure or any(
+        np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(tree))):
+      raise ValueError(f"Surrogate {i} of the ensemble differs in architecture from surrogate 0; "
+                       "an ensemble needs one architecture (other seeds or epochs).")
+  return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def ensemble_key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
+                           key_labels: jax.Array, *, objective: Objective = "per_key"):
+  """:func:`key_gradients` of every member of a stacked ensemble, laid out ``(G, E, ...)``: the
+  group axis first (as the crafting step maps over groups), then the member axis."""
+  per_member = jax.lax.map(
+      lambda pb: key_gradients(clf, pb[0], pb[1], key_waveforms, key_labels, objective=objective),
+      (params, batch_stats))
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), per_member)
