@@ -1,0 +1,50 @@
+"""White-box diagnostics of a taggant experiment (the owner's lab tools, not verification).
+
+Verification (``jaxtag.taggants.verify``) sees only a suspect's top-k labels, and a key either
+hits or does not. While developing a protection it is more telling to ask how far the taggants
+moved each key's label: the log-probability of the key's label under a model trained on the
+protected data, minus that under a *paired control* trained on the clean data with the same seed,
+initialisation and data order (so that the only difference is the perturbed clips).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class KeyScores(NamedTuple):
+  """Per key: ``log_prob`` of its label (natural log) and its label's ``rank`` (1 = top-1)."""
+
+  log_prob: np.ndarray
+  rank: np.ndarray
+
+
+def key_scores(trained, keys, *, batch_size: int = 64) -> KeyScores:
+  """Log-probability and rank of each key's label under ``trained`` (eval mode).
+
+  Args:
+    trained: a ``jaxtag.train.TrainedModel``.
+    keys: ``jaxtag.keys.Keys`` (waveforms at the model's sample rate and clip length).
+    batch_size: keys per forward pass.
+  """
+  labels = np.asarray(keys.labels)
+  waves = np.asarray(keys.waveforms, np.float32)
+  apply = jax.jit(lambda w: jax.nn.log_softmax(trained.model(w)[0].astype(jnp.float32)))
+  log_probs = np.concatenate([np.asarray(apply(jnp.asarray(waves[i:i + batch_size])))
+                              for i in range(0, len(waves), batch_size)])
+  own = log_probs[np.arange(len(labels)), labels]
+  rank = 1 + np.sum(log_probs > own[:, None], axis=1)
+  return KeyScores(own, rank)
+
+
+def paired_effect(treated: KeyScores, control: KeyScores) -> dict:
+  """The taggants' effect per key: treated minus control log-probability of the key's label,
+  with the mean, the minimum and the maximum, and both models' ranks."""
+  delta = treated.log_prob - control.log_prob
+  return {"delta_log_prob": delta.tolist(), "mean": float(delta.mean()),
+          "min": float(delta.min()), "max": float(delta.max()),
+          "rank_treated": treated.rank.tolist(), "rank_control": control.rank.tolist()}
