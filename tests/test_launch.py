@@ -48,9 +48,17 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
     assert report["num_keys"] == summary["keys"]["num_keys"]
     assert 0.0 < report["p_value"] <= 1.0
     assert (workdir / f"verify_{name}" / "verify_report.png").stat().st_size > 0
-  # The suspect trained on the protected copy, the benign model on the clean corpus.
+  # The suspect trained on the protected copy, the benign model (its paired control: same seed)
+  # on the clean corpus.
   suspect_cfg = json.loads((workdir / "suspect" / "config.json").read_text())
+  benign_cfg = json.loads((workdir / "benign" / "config.json").read_text())
   assert suspect_cfg["data"]["root"] == str(workdir / "protected")
+  assert benign_cfg["data"]["root"] != suspect_cfg["data"]["root"]
+  assert benign_cfg["seed"] == suspect_cfg["seed"]
+  effect = summary["taggant_effect"]
+  assert len(effect["delta_log_prob"]) == summary["keys"]["num_keys"]
+  assert np.isclose(effect["mean"], np.mean(effect["delta_log_prob"]))
+  assert "taggant effect (white-box" in out
 
 
 def _read_train(root):

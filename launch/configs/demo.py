@@ -4,8 +4,8 @@ r"""The README's main command: every pipeline stage on the embedded corpus.
   # = .venv/bin/python -m launch.demo --config=launch/configs/demo.py --workdir=workdirs/demo
 
 Stages: corpus -> keys -> surrogate (train) -> craft (protected dataset) -> suspect (train on the
-protected data, another seed, SpecAugment + mixup) and benign (train on the clean data, another
-seed, same recipe) -> verify both. `launch/configs/demo.py:tiny` runs the same chain on the tiny
+protected data, another seed than the surrogate's, SpecAugment + mixup) and benign (the suspect's
+recipe and seed on the clean data: its paired control) -> verify both. `launch/configs/demo.py:tiny` runs the same chain on the tiny
 corpus in a few minutes (tests and smoke runs). Any stage's settings can be overridden, e.g.
 `--config.craft.craft.steps=100 --config.suspect.num_epochs=8`; `--config.num_surrogates=4` crafts
 against an ensemble of four surrogates (other seeds).
@@ -36,8 +36,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if tiny:
     config.suspect.model_overrides = config.surrogate.model_overrides
   config.suspect.seed = 1
+  # The benign model is the suspect's paired control: same recipe, seed and data order, clean data,
+  # so the only difference between the two runs is the perturbed clips (the demo reports how far
+  # the taggants moved each key's label between them; jaxtag.taggants.diagnostics).
   config.benign = ml_collections.ConfigDict(config.suspect.to_dict())
-  config.benign.seed = 2
   for stage in ("surrogate", "suspect", "benign"):
     config[stage].data = config.data   # the suspect's data source is set to the protected copy
   config.craft = craft_configs.get_config(arg)
