@@ -36,6 +36,17 @@ def _raise_keyboard_interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
+def _stop_on_signals() -> None:
+  """Ctrl-C (SIGINT) and SIGTERM (docker stop, kill) shut the server down gracefully, whatever
+  it inherited: a parent that ignores SIGINT (a job started with ``&`` from a script) or blocks
+  it in its signal mask would otherwise leave a server that only SIGKILL stops."""
+  stops = {signal.SIGINT, signal.SIGTERM}
+  if hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+  for signum in stops:
+    signal.signal(signum, _raise_keyboard_interrupt)
+
+
 def run_stage(config: Any, workdir: pathlib.Path | None = None) -> None:
   """Serves ``config.model_workdir`` until interrupted."""
   del workdir  # Serving writes nothing.
@@ -46,8 +57,7 @@ def run_stage(config: Any, workdir: pathlib.Path | None = None) -> None:
   print(f"Serving {config.model_workdir} ({len(box.class_names)} classes, {box.sample_rate} Hz) "
         f"at {server.url}  (GET {server.url}/v1/info, POST {server.url}/v1/classify?k=5); "
         "Ctrl-C stops.", flush=True)
-  # SIGTERM (docker stop, kill) shuts down as gracefully as Ctrl-C.
-  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+  _stop_on_signals()
   serving.serve_forever(server)
   print("Server stopped.", flush=True)
 
