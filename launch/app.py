@@ -88,6 +88,16 @@ def timed(name: str, timings: dict[str, float]):
     timings[name] = time.perf_counter() - start
 
 
+def plain(value: Any) -> Any:
+  """Tuples to lists, recursively, so that config values (e.g. model options) survive a trip
+  through JSON unchanged."""
+  if isinstance(value, dict):
+    return {k: plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [plain(v) for v in value]
+  return value
+
+
 def write_json(path: pathlib.Path, obj: Any) -> None:
   """Writes JSON atomically (temp file + rename)."""
   path.parent.mkdir(parents=True, exist_ok=True)

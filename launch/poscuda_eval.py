@@ -45,20 +45,12 @@ def _names(text: str) -> list[str]:
 def _train_config(recipe: Any, eval_batch_size: int):
   from jaxtag import train
   return train.TrainConfig(
-      model=recipe.model, model_overrides=_plain(recipe.model_overrides.to_dict()),
+      model=recipe.model, model_overrides=app.plain(recipe.model_overrides.to_dict()),
       num_epochs=recipe.num_epochs, batch_size=recipe.batch_size,
       eval_batch_size=eval_batch_size,
       optim=train.OptimConfig(learning_rate=recipe.learning_rate,
                               weight_decay=recipe.weight_decay, warmup_steps=0),
       log_every_steps=100)
-
-
-def _plain(value):
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
 
 
 class Predictor:
@@ -99,7 +91,7 @@ def train_run(run_dir: pathlib.Path, recipe: Any, train_data, key, config) -> di
   """Trains (or reuses) one run; returns its record (train seconds, steps)."""
   from jaxtag import sharding, train
   done = run_dir / RESULT_FILE
-  wanted = json.loads(json.dumps(_plain(recipe.to_dict())))
+  wanted = json.loads(json.dumps(app.plain(recipe.to_dict())))
   if done.exists():
     record = json.loads(done.read_text())
     if record.setdefault("recipe", wanted) != wanted:

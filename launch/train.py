@@ -23,22 +23,13 @@ def train_config(config: Any):
   if augment.get("noise_snr_db") is not None:
     augment["noise_snr_db"] = tuple(augment["noise_snr_db"])
   return train.TrainConfig(
-      model=config.model, model_overrides=_plain(config.model_overrides.to_dict()),
+      model=config.model, model_overrides=app.plain(config.model_overrides.to_dict()),
       num_epochs=config.num_epochs, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, optim=train.OptimConfig(**config.optim.to_dict()),
       augment=train.AugmentConfig(**augment), label_smoothing=config.label_smoothing,
       log_every_steps=config.log_every_steps,
       checkpoint_every_steps=config.checkpoint_every_steps, max_to_keep=config.max_to_keep,
       eval_every_epochs=config.eval_every_epochs, init_from=config.get("init_from") or None)
-
-
-def _plain(value):
-  """Tuples to lists, so that model options survive the trip through model.json unchanged."""
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
