@@ -145,12 +145,18 @@ class KeySpec:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> KeySpec:
     """Inverse of ``to_dict``; missing fields take their defaults, unknown fields are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"KeySpec has no field(s) {unknown}; known fields: {sorted(known)}. "
-                       "Was it written by a newer jaxtag?")
-    return cls(**d)
+    return spec_from_dict(cls, d)
+
+
+def spec_from_dict(cls, d: Mapping[str, Any]):
+  """A (frozen) spec dataclass from the dict its ``to_dict`` wrote, e.g. in a secret file's
+  manifest: missing fields take their defaults, unknown fields are an error that names them."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}. "
+                     "Was it written by a newer jaxtag?")
+  return cls(**d)
 
 
 def _check_int(name, value, minimum):

@@ -78,7 +78,7 @@ import numpy as np
 
 from jaxtag import rng
 from jaxtag.keyfile import SecretArchiveFormat, read_secret_archive, write_secret_archive
-from jaxtag.keys import KeyFileError, key_provenance
+from jaxtag.keys import KeyFileError, key_provenance, spec_from_dict
 
 REFERENCE_RATE = 16000  # The rate at which the paper's k = 80 and p = 240 are counted.
 FORMAT_NAME = "jaxtag-poscuda"
@@ -151,12 +151,8 @@ class PoscudaSpec:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> PoscudaSpec:
-    """Inverse of ``to_dict``; unknown fields are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"PoscudaSpec has no field(s) {unknown}; known fields: {sorted(known)}.")
-    return cls(**d)
+    """Inverse of ``to_dict``; missing fields take their defaults, unknown fields are an error."""
+    return spec_from_dict(cls, d)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -5,6 +5,9 @@ r"""Stage: craft taggants into a dataset with a trained surrogate and write the 
 
 `--config.surrogate=workdirs/s0,workdirs/s1,...` crafts against an ensemble of surrogates (one
 architecture; other seeds or epochs): the alignment loss is the mean over members.
+`--config.retrain_rounds=2 --config.craft.restarts=1` retrains every surrogate twice during the
+craft (Witches' Brew) on the data crafted so far, with the recipe and seed in its workdir's
+config.json (as `launch.train` wrote it), into `<workdir>/retrain_<round>/surrogate_<i>/`.
 
 Writes, atomically:
   <output_dir>/             the protected dataset: every split, in the input's folder layout,
@@ -63,6 +66,10 @@ def preflight(config: Any, workdir: pathlib.Path) -> None:
     if not pathlib.Path(directory, "model.json").exists():
       raise FileNotFoundError(f"config.surrogate: {directory} has no model.json; train it with "
                               "launch.train first.")
+    if config.retrain_rounds and not pathlib.Path(directory, "config.json").exists():
+      raise FileNotFoundError(f"config.retrain_rounds={config.retrain_rounds} retrains with each "
+                              f"surrogate's recipe, but {directory} has no config.json (the "
+                              "launch.train record).")
   if not pathlib.Path(config.key_file).is_file():
     raise FileNotFoundError(f"config.key_file={config.key_file} does not exist; make it with "
                             "launch.make_keys.")
@@ -82,7 +89,38 @@ def protect_config(config: Any):
   return protect.ProtectConfig(
       budget=config.budget, selection=config.selection,
       craft=craft.CraftConfig(augment=craft.CraftAugment(**augment), **fields),
-      mixup_pool_size=config.mixup_pool_size, diagnostics=config.diagnostics)
+      mixup_pool_size=config.mixup_pool_size, diagnostics=config.diagnostics,
+      retrain_rounds=config.retrain_rounds)
+
+
+def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):
+  """``retrain(protected_train, round)`` for ``protect_dataset``: every surrogate trained again,
+  with its own recorded recipe and seed, on the protected training set, into
+  ``<workdir>/retrain_<round>/surrogate_<i>`` (training resumes there, so a resumed craft does not
+  train twice)."""
+  import json
+
+  import ml_collections
+
+  from jaxtag import train as train_lib
+  from launch import train as train_launch
+
+  recipes = [ml_collections.ConfigDict(json.loads(pathlib.Path(d, "config.json").read_text()))
+             for d in surrogate_dirs(config)]
+
+  def retrain(protected_train, r):
+    models = []
+    for i, recipe in enumerate(recipes):
+      directory = workdir / f"retrain_{r}" / f"surrogate_{i}"
+      app.dump_config(recipe, directory)
+      train_lib.train(train_launch.train_config(recipe), train_data=protected_train,
+                      validation_data=splits.get("validation"), key=app.root_key(recipe),
+                      workdir=directory, mesh=mesh, progress=config.progress,
+                      transfer_guard=app.transfer_guard_level())
+      models.append(train_lib.restore_for_inference(directory))
+    return models[0] if len(models) == 1 else models
+
+  return retrain
 
 
 def _load_splits(source):
@@ -195,7 +233,8 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       trained, secret, clean, config=protect_config(config),
       key=rng.stream(app.root_key(config), "craft"), mesh=mesh,
       checkpoint_dir=workdir / "craft_ckpt", checkpoint_every=config.checkpoint_every,
-      progress=config.progress)
+      progress=config.progress,
+      retrain=retrainer(config, workdir, splits, mesh) if config.retrain_rounds else None)
   destination = output_dir(config, workdir)
   export_dataset(source, {**splits, "train": protected}, destination)
   check = check_export(source, destination, clean, protected)

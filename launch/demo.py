@@ -38,10 +38,10 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   surrogate_dirs = [workdir / ("surrogate" if i == 0 else f"surrogate_{i}")
                     for i in range(config.num_surrogates)]
   with app.timed("surrogate", timings):
-    for i, directory in enumerate(surrogate_dirs):   # an ensemble: the same recipe, other seeds
-      surrogate = train.run_stage(
-          _stage_config(config, "surrogate", directory, seed=config.surrogate.seed + 1000 * i),
-          directory)
+    surrogates = [   # an ensemble: the same recipe, other seeds
+        train.run_stage(_stage_config(config, "surrogate", directory,
+                                      seed=config.surrogate.seed + 1000 * i), directory)
+        for i, directory in enumerate(surrogate_dirs)]
   with app.timed("craft", timings):
     crafted = craft.run_stage(
         _stage_config(config, "craft", workdir / "craft",
@@ -66,7 +66,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
           _stage_config(config, "verify", stage_dir, target=str(workdir / name),
                         key_file=key_file), stage_dir)
   report = {
-      "data": data, "keys": keys, "surrogate": surrogate, "craft": crafted,
+      "data": data, "keys": keys, "surrogates": surrogates, "craft": crafted,
       "suspect": suspect, "benign": benign,
       "verify": {k: {f: v for f, v in d.items() if f != "text"} for k, d in verdicts.items()},
       "taggant_effect": _taggant_effect(workdir, key_file),

@@ -203,3 +203,18 @@ def test_port_weights_copies_every_tensor_and_refuses_another_architecture():
   deeper = dict(bench_craft.SIZES["smoke"], depth=2)
   with pytest.raises(ValueError, match="no jaxtag tensor"):
     bench_craft_torch.torch_model(model, deeper)
+
+
+def test_bench_craft_keys_smoke(tmp_path):
+  from benchmarks import bench_craft_keys
+  out = tmp_path / "keys.jsonl"
+  records = bench_craft_keys.run(keys=2, poisons=1, unrolls=(1, True), repeats=1, warmup=0,
+                                 out=str(out))
+  assert harness.read_jsonl(out) == records
+  rolled, unrolled = records
+  assert (rolled["unroll"], unrolled["unroll"]) == (1, True)
+  assert all(r["throughput"] > 0 and r["compile_s"] > 0 and r["items_per_call"] == 2
+             for r in records)
+  # XLA counts a rolled loop's body once and an unrolled loop's every iteration: two keys.
+  assert unrolled["flops_per_call"] > 1.5 * rolled["flops_per_call"]
+  assert bench_craft_keys.parse_unroll("true") is True and bench_craft_keys.parse_unroll("4") == 4

@@ -1,6 +1,7 @@
 """Taggant crafting: constraint, quantisation, optimiser, selection, and the sharded, resumable craft."""
 
 import dataclasses
+import functools
 import shutil
 
 import jax
@@ -232,12 +233,18 @@ def test_craft_resumes_where_an_uninterrupted_run_ends(surrogate, craft_inputs, 
   np.testing.assert_array_equal(resumed.restart_losses, full.restart_losses)
 
 
-def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
+def _tone_data_and_keys():
+  """60 tone clips as a training set and two keys (labels 0 and 3) for ``protect_dataset``."""
   x, y = tc.tone_clips(60, seed=5)
   data = AudioDataset(x, y, tc.CLASSES, tc.SR)
   keys = Keys(spectrograms=np.zeros((2, 4, 4), np.float32),
               waveforms=_clips(2, length=tc.CLIP, seed=9, amp=0.2),
               labels=np.array([0, 3], np.int32), spec=KeySpec(num_keys=2))
+  return x, y, data, keys
+
+
+def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
+  x, y, data, keys = _tone_data_and_keys()
   config = protect.ProtectConfig(budget=0.1, craft=dataclasses.replace(CONFIG, restarts=1,
                                                                        steps=3))
   protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
@@ -325,11 +332,7 @@ def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate,
   mask = craft_inputs["poison_mask"]
   assert np.all(r.snr_db[mask] >= config.snr_db - 1e-6)
 
-  x, y = tc.tone_clips(60, seed=5)
-  data = AudioDataset(x, y, tc.CLASSES, tc.SR)
-  keys = Keys(spectrograms=np.zeros((2, 4, 4), np.float32),
-              waveforms=_clips(2, length=tc.CLIP, seed=9, amp=0.2),
-              labels=np.array([0, 3], np.int32), spec=KeySpec(num_keys=2))
+  _, _, data, keys = _tone_data_and_keys()
   pconfig = protect.ProtectConfig(budget=0.1, selection="grad_norm",
                                   craft=dataclasses.replace(config, steps=2))
   protected, report = protect.protect_dataset([surrogate, other], keys, data, config=pconfig,
@@ -352,3 +355,145 @@ def test_ensemble_members_must_share_one_architecture(surrogate):
   wrong = jax.tree.unflatten(treedef, [leaves[0][..., :1]] + leaves[1:])
   with pytest.raises(ValueError, match="architecture"):
     craft.stack_members([params, wrong])
+
+
+# ------------------------------------------------------------------ loop unrolling
+
+
+def test_unrolled_and_rolled_loops_give_the_same_step(surrogate, craft_inputs):
+  """``CraftConfig.unroll`` changes how XLA runs the loops over keys and members, not the maths."""
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  members = craft.stack_members([params, _other_member(params, 4)])
+  member_stats = craft.stack_members([stats, stats])
+  g = craft.ensemble_key_gradients(clf, members, member_stats,
+                                   jnp.asarray(craft_inputs["key_waveforms"]),
+                                   jnp.asarray(craft_inputs["key_labels"]))
+  inputs = _group_inputs(clf, craft_inputs, g, CONFIG.snr_db)
+  keep = craft.leaf_keep(params, ())
+  u0 = craft.project(jax.random.normal(jax.random.key(5), inputs.x.shape), inputs.x, inputs.scale)
+  out = {}
+  for unroll in (1, True):
+    config = dataclasses.replace(CONFIG, unroll=unroll)
+    step, tx = craft.make_craft_step(clf, config, keep=keep, sample_rate=tc.SR, ensemble=True)
+    u = jnp.array(u0)
+    state = craft.CraftState(u=u, opt_state=tx.init(u), step=jnp.zeros((), jnp.int32),
+                             best_u=jnp.zeros_like(u), best_loss=jnp.full((2,), jnp.inf),
+                             restart_losses=jnp.full((1, 2), jnp.nan))
+    state, losses = step(state, inputs, members, member_stats,
+                         jnp.asarray(craft_inputs["pool"]),
+                         jax.nn.one_hot(craft_inputs["pool_labels"], clf.num_classes),
+                         jax.random.key(1))
+    evals = craft.eval_losses(state.u, inputs, members, member_stats, clf=clf, config=config,
+                              keep=keep, sample_rate=tc.SR, ensemble=True)
+    out[unroll] = (np.asarray(losses), np.asarray(state.u), np.asarray(evals))
+  for a, b in zip(out[1], out[True]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert np.any(out[True][1] != np.asarray(u0))     # the step did move the perturbation
+
+
+@pytest.mark.parametrize("unroll", [0, -2, 1.5])
+def test_craft_config_refuses_a_bad_unroll(unroll):
+  with pytest.raises(ValueError, match="unroll"):
+    craft.CraftConfig(unroll=unroll)
+
+
+# ------------------------------------------------------------------ retraining during the craft
+
+
+def test_retraining_swaps_the_surrogate_mid_craft_and_resumes(surrogate, craft_inputs, tmp_path):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  other = _other_member(params, 6)
+  mesh = sharding.make_mesh(1)
+  config = dataclasses.replace(CONFIG, restarts=1, steps=4)
+  run = functools.partial(craft.craft, clf, params, stats, config=config, key=jax.random.key(0),
+                          mesh=mesh, progress=False, **craft_inputs)
+  plain = run()
+  # Retraining that gives back the same weights continues the craft seamlessly.
+  same = run(retrain=lambda delta, r: (params, stats), retrain_at=(2,))
+  np.testing.assert_array_equal(same.delta, plain.delta)
+  np.testing.assert_array_equal(same.losses, plain.losses)
+
+  calls = []
+
+  def retrain(delta, r):
+    calls.append((r, delta.copy()))
+    return other, stats
+
+  ckpt = tmp_path / "ckpt"
+  full = run(retrain=retrain, retrain_at=(2,), checkpoint_dir=ckpt, checkpoint_every=1)
+  assert [r for r, _ in calls] == [0]
+  delta = calls[0][1]
+  mask = craft_inputs["poison_mask"]
+  assert delta.shape == craft_inputs["poison_x"].shape and np.all(delta[~mask] == 0)
+  grid = delta * craft.PCM16_SCALE
+  np.testing.assert_array_equal(grid, np.round(grid))            # what would be published
+  assert np.any(delta[mask] != 0)
+  np.testing.assert_array_equal(full.initial_losses, plain.initial_losses)
+  assert np.any(full.losses != plain.losses)     # the last steps aligned with the new surrogate
+  assert np.all(full.snr_db[mask] >= config.snr_db - 1e-6)
+
+  # Crash after the retraining: the resumed craft retrains on the same data and ends the same.
+  for step in (3, 4):
+    shutil.rmtree(ckpt / str(step))
+  calls.clear()
+  resumed = run(retrain=retrain, retrain_at=(2,), checkpoint_dir=ckpt, checkpoint_every=1)
+  assert [r for r, _ in calls] == [0]
+  np.testing.assert_array_equal(calls[0][1], delta)
+  np.testing.assert_array_equal(resumed.delta, full.delta)
+  np.testing.assert_array_equal(resumed.losses, full.losses)
+
+
+def test_retraining_settings_are_checked(surrogate, craft_inputs):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  run = functools.partial(craft.craft, clf, params, stats, key=jax.random.key(0),
+                          mesh=sharding.make_mesh(1), progress=False, **craft_inputs)
+  with pytest.raises(ValueError, match="restarts=1"):
+    run(config=CONFIG, retrain=lambda d, r: (params, stats), retrain_at=(2,))
+  with pytest.raises(ValueError, match="no retrain function"):
+    run(config=dataclasses.replace(CONFIG, restarts=1), retrain_at=(2,))
+  with pytest.raises(ValueError, match="increasing steps"):
+    run(config=dataclasses.replace(CONFIG, restarts=1), retrain=lambda d, r: (params, stats),
+        retrain_at=(8,))
+  with pytest.raises(ValueError, match="retrain_rounds"):
+    protect.ProtectConfig(retrain_rounds=-1)
+  assert protect.ProtectConfig(retrain_rounds=3).retrain_steps() == (62, 125, 188)
+
+
+def test_protect_dataset_retrains_on_the_protected_training_set(surrogate):
+  _, _, data, keys = _tone_data_and_keys()
+  config = protect.ProtectConfig(budget=0.1, retrain_rounds=1, diagnostics=False,
+                                 craft=dataclasses.replace(CONFIG, restarts=1, steps=4))
+  seen = []
+
+  def retrain(dataset, r):
+    seen.append((r, dataset))
+    return surrogate
+
+  with pytest.raises(ValueError, match="needs a retrain function"):
+    protect.protect_dataset(surrogate, keys, data, config=config, key=jax.random.key(0),
+                            progress=False)
+  protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
+                                              key=jax.random.key(0), mesh=sharding.make_mesh(1),
+                                              progress=False, retrain=retrain)
+  assert [r for r, _ in seen] == [0]
+  mid = seen[0][1]
+  np.testing.assert_array_equal(mid.labels, data.labels)
+  changed = np.flatnonzero(np.any(mid.waveforms != data.waveforms, axis=1))
+  assert changed.size > 0 and set(changed.tolist()) <= set(report.poison_indices.tolist())
+  assert np.any(mid.waveforms[changed] != protected.waveforms[changed])   # crafting went on
+
+
+def test_the_step_compiles_once_per_craft(surrogate, craft_inputs, caplog):
+  """States built outside the step (the first, each restart's, each restart's best) are placed
+  and typed as the step's outputs are: a mismatch recompiles the step (tens of seconds once
+  the loops are unrolled)."""
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  config = dataclasses.replace(CONFIG, restarts=2, steps=2, learning_rate=0.123)
+  with caplog.at_level("WARNING"), jax.log_compiles(True):
+    r = craft.craft(clf, params, stats, config=config, key=jax.random.key(0),
+                    mesh=sharding.make_mesh(1), progress=False, **craft_inputs)
+  compiled = [rec.getMessage() for rec in caplog.records
+              if "Finished XLA compilation" in rec.getMessage()]
+  assert len(r.history) == 4
+  assert sum("jit(craft_step)" in m for m in compiled) == 1, compiled
+  assert sum("jit(eval_losses)" in m for m in compiled) == 1, compiled

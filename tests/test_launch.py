@@ -43,6 +43,7 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
   assert (workdir / "config.json").exists()
   for name in ("surrogate", "suspect", "benign"):
     assert (workdir / name / "final").is_dir() and (workdir / name / "model.json").exists()
+  assert [s["workdir"] for s in summary["surrogates"]] == [str(workdir / "surrogate")]
   for name in ("suspect", "benign"):
     report = json.loads((workdir / f"verify_{name}" / "verify_report.json").read_text())
     assert report["num_keys"] == summary["keys"]["num_keys"]
@@ -146,3 +147,24 @@ def test_key_file_refused_inside_dataset(demo_run, tmp_path):
   assert proc.returncode != 0
   assert "inside" in (proc.stderr + proc.stdout).lower()
   assert not (inside / "keys.npz").exists()
+
+
+def test_craft_launcher_retrains_the_surrogate_with_its_recipe(demo_run, tmp_path):
+  """`--config.retrain_rounds`: the surrogate is trained again mid-craft, with the recipe and
+  seed recorded in its workdir, on the protected training set, and the craft still delivers."""
+  workdir, _, env = demo_run
+  out_dir = tmp_path / "craft"
+  _run("launch.craft", "--config=launch/configs/craft.py:tiny", f"--workdir={out_dir}",
+       f"--config.surrogate={workdir / 'surrogate'}",
+       f"--config.key_file={workdir / 'keys' / 'keys.npz'}",
+       "--config.budget=0.25", "--config.retrain_rounds=1", "--config.craft.restarts=1",
+       env=env)   # the tiny corpus has 8 training clips: 2 poisons for its 2 keys
+  retrained = out_dir / "retrain_0" / "surrogate_0"
+  assert (retrained / "final").is_dir() and (retrained / "model.json").exists()
+  recipe = json.loads((workdir / "surrogate" / "config.json").read_text())
+  again = json.loads((retrained / "config.json").read_text())
+  assert again["seed"] == recipe["seed"] and again["model"] == recipe["model"]
+  assert list((out_dir / "craft_ckpt").glob("retrain_0.npy"))
+  report = json.loads((out_dir / "craft_report.json").read_text())
+  floor = json.loads((out_dir / "config.json").read_text())["craft"]["snr_db"]
+  assert report["num_poisons"] > 0 and report["snr_db_min"] >= floor - 1e-6

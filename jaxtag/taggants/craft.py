@@ -33,15 +33,21 @@ Surrogate ensembles (Witches' Brew's lever for transfer to models the owner did 
 ``params``/``batch_stats`` of several surrogates of one architecture (other seeds, or other epochs
 of one run) as sequences; they are stacked on a leading member axis, every member has its own key
 gradient, and the loss of a group is the mean over members of ``1 - cos``. The members are
-processed one after another (``lax.map``), so memory does not grow with their number.
+processed one after another (see ``unroll`` below), so memory does not grow with their number.
 
-The surrogate's pure functions, the key gradients and the parameter-tree cosine are in
-:mod:`jaxtag.taggants.alignment` (re-exported here).
+Where things are: the surrogate's pure functions, the key gradients and the parameter-tree cosine
+in :mod:`jaxtag.taggants.alignment`; the settings, the augmentation and the pure jitted step in
+:mod:`jaxtag.taggants.step`; the SNR/box projection and the 16-bit quantisation in
+:mod:`jaxtag.taggants.constraint`; this module is the driver (:func:`craft`: shardings, restarts,
+checkpoints, retraining) and re-exports all of them.
 
 Sharding: the poison axis is split over the mesh's data axis; the parameter-gradient sums over
 poisons are reduced across devices by the collectives that XLA inserts for the explicit in/out
-shardings of the jitted step. Keys are processed one after another inside the step
-(``lax.map``): on CPU a ``vmap`` over keys of this second-order gradient is far slower.
+shardings of the jitted step. Keys (and ensemble members) are processed one after another
+inside the step, by a loop that :attr:`CraftConfig.unroll` unrolls: on XLA:CPU a ``vmap`` over keys
+of this second-order gradient is far slower, and a rolled loop (``lax.map``) ran 3.4x slower than
+the unrolled one (benchmarks/RESULTS.md), so CPU unrolls fully by default; accelerators keep the
+rolled loop, whose compile time and live memory do not grow with the number of keys.
 """
 
 from __future__ import annotations
@@ -50,12 +56,12 @@ import dataclasses
 import functools
 import logging
 import pathlib
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxtag import rng as rng_lib
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
@@ -63,295 +69,15 @@ from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public 
     ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine)
 from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
     PCM16_SCALE, project, quantize_perturbation, snr_scale)
-from jaxtag.train import augment as augment_lib
+from jaxtag.taggants.step import (  # noqa: F401  (re-exported: the public crafting API)
+    REFERENCE_STEPS, CraftAugment, CraftConfig, CraftInputs, CraftState, augment_views,
+    craft_step, eval_losses, group_loss, make_craft_step, perturbation, sequential_map, sign_adam)
 
 _log = logging.getLogger(__name__)
 
-REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
+# retrain(delta (K, n, T), round) -> (params, batch_stats) of the retrained surrogate(s).
+RetrainFn = Callable[[np.ndarray, int], tuple[Any, Any]]
 
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CraftAugment:
-  """Differentiable augmentation applied to the poisons while crafting.
-
-  Attributes:
-    views: how many independent augmentation draws of each poison per step (the reference: 2).
-    max_shift_seconds: circular time shift, uniform in +-this.
-    max_gain_db: gain uniform in +-this many dB.
-    noise_snr_db: ``(low, high)`` white-noise SNR range in dB, or None for no noise.
-    mixup_alpha: Beta(alpha, alpha) weight of a mixup with a clean clip (0: off); the poison keeps
-      the larger weight.
-    mixup_prob: probability that a view is mixed.
-    freq_mask_width, num_freq_masks, time_mask_width, num_time_masks: SpecAugment masks applied
-      between the model's ``features`` and ``classify`` (width 0: off).
-  """
-
-  views: int = 2
-  max_shift_seconds: float = 0.1
-  max_gain_db: float = 6.0
-  noise_snr_db: tuple[float, float] | None = None
-  mixup_alpha: float = 0.0
-  mixup_prob: float = 0.5
-  freq_mask_width: int = 0
-  num_freq_masks: int = 1
-  time_mask_width: int = 0
-  num_time_masks: int = 1
-
-  def __post_init__(self):
-    if self.views < 1:
-      raise ValueError(f"CraftAugment.views must be >= 1; got {self.views}.")
-    if self.max_shift_seconds < 0 or self.max_gain_db < 0 or self.mixup_alpha < 0:
-      raise ValueError("CraftAugment: max_shift_seconds, max_gain_db and mixup_alpha must be >= 0.")
-    if not 0.0 <= self.mixup_prob <= 1.0:
-      raise ValueError(f"CraftAugment.mixup_prob must be in [0, 1]; got {self.mixup_prob}.")
-    if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:
-      raise ValueError("CraftAugment.noise_snr_db must be (low, high) or None.")
-
-  @property
-  def uses_features(self) -> bool:
-    return (self.freq_mask_width > 0 and self.num_freq_masks > 0) or (
-        self.time_mask_width > 0 and self.num_time_masks > 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class CraftConfig:
-  """How to craft.
-
-  Attributes:
-    steps: optimisation steps per restart (the reference: 250).
-    learning_rate: sign-Adam step size, in units of each clip's SNR budget (``u`` above).
-    milestones: steps (for a 250-step craft; scaled to ``steps``) where the rate is multiplied by
-      ``decay``; the taggants schedule is x0.3 at 40, 93, 156 and 218.
-    decay: the factor at each milestone.
-    restarts: independent runs from fresh random starts; each key keeps its best.
-    snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)``.
-    objective: ``per_key`` (each key its own poisons and cosine) or ``joint``.
-    exclude_params: parameters left out of the cosine: a leaf is left out when any of these
-      strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
-    quantize: make the loss see the 16-bit-quantised clip (straight-through gradient).
-    init_scale: restarts start from ``u`` uniform in ``+-init_scale`` (then projected).
-    augment: the differentiable augmentation.
-  """
-
-  steps: int = 250
-  learning_rate: float = 0.1
-  milestones: tuple[int, ...] = (40, 93, 156, 218)
-  decay: float = 0.3
-  restarts: int = 1
-  snr_db: float = 55.0
-  objective: Objective = "per_key"
-  exclude_params: tuple[str, ...] = ()
-  quantize: bool = True
-  init_scale: float = 0.5
-  augment: CraftAugment = CraftAugment()
-
-  def __post_init__(self):
-    if self.steps < 1 or self.restarts < 1:
-      raise ValueError(f"CraftConfig: steps and restarts must be >= 1; got {self.steps}, "
-                       f"{self.restarts}.")
-    if self.learning_rate <= 0 or not 0 < self.decay <= 1:
-      raise ValueError("CraftConfig: learning_rate must be > 0 and decay in (0, 1].")
-    if self.objective not in ("per_key", "joint"):
-      raise ValueError(f"CraftConfig.objective must be 'per_key' or 'joint'; got "
-                       f"{self.objective!r}.")
-    if isinstance(self.augment, dict):
-      object.__setattr__(self, "augment", CraftAugment(**self.augment))
-
-  def schedule(self) -> optax.Schedule:
-    """The step-size schedule: ``learning_rate`` times ``decay`` per milestone passed."""
-    boundaries: dict[int, float] = {}
-    for m in self.milestones:
-      step = max(1, int(round(m * self.steps / REFERENCE_STEPS)))
-      boundaries[step] = boundaries.get(step, 1.0) * self.decay
-    return optax.piecewise_constant_schedule(self.learning_rate, boundaries)
-
-
-def sign_adam(learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
-  """Adam on the sign of the gradient (Witches' Brew's ``signAdam``), as an optax chain."""
-  sign = optax.GradientTransformation(
-      lambda params: optax.EmptyState(),
-      lambda updates, state, params=None: (jax.tree.map(jnp.sign, updates), state))
-  return optax.chain(sign, optax.scale_by_adam(), optax.scale_by_learning_rate(learning_rate))
-
-
-# --------------------------------------------------------------------------------------------
-# Augmentation (the constraint and the 16-bit export are in jaxtag.taggants.constraint)
-# --------------------------------------------------------------------------------------------
-
-
-def _mix_with_clean(key, waves, targets, pool, pool_targets, *, alpha, prob):
-  k_lam, k_idx, k_on = jax.random.split(key, 3)
-  n = waves.shape[0]
-  lam = jax.random.beta(k_lam, alpha, alpha, (n, 1))
-  lam = jnp.maximum(lam, 1.0 - lam)               # the poison keeps the larger weight
-  lam = jnp.where(jax.random.bernoulli(k_on, prob, (n, 1)), lam, 1.0)
-  idx = jax.random.randint(k_idx, (n,), 0, pool.shape[0])
-  return (lam * waves + (1.0 - lam) * pool[idx],
-          lam * targets + (1.0 - lam) * pool_targets[idx])
-
-
-def augment_views(key: jax.Array, waves: jax.Array, targets: jax.Array, aug: CraftAugment, *,
-                  sample_rate: int, pool: jax.Array | None = None,
-                  pool_targets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """``aug.views`` differentiable waveform-domain draws of each clip: ``(views * n, T)`` clips and
-  their soft targets (SpecAugment is applied later, on the features)."""
-  outs, tgts = [], []
-  max_shift = int(round(aug.max_shift_seconds * sample_rate))
-  for v in range(aug.views):
-    k_shift, k_gain, k_noise, k_mix = jax.random.split(jax.random.fold_in(key, v), 4)
-    w, t = waves, targets
-    if max_shift > 0:
-      w = augment_lib.time_shift(k_shift, w, max_shift=max_shift)
-    if aug.max_gain_db > 0:
-      w = augment_lib.random_gain(k_gain, w, max_db=aug.max_gain_db)
-    if aug.noise_snr_db is not None:
-      w = augment_lib.add_noise(k_noise, w, snr_db=tuple(aug.noise_snr_db))
-    if aug.mixup_alpha > 0 and pool is not None:
-      w, t = _mix_with_clean(k_mix, w, t, pool, pool_targets, alpha=aug.mixup_alpha,
-                             prob=aug.mixup_prob)
-    outs.append(w)
-    tgts.append(t)
-  return jnp.concatenate(outs), jnp.concatenate(tgts)
-
-
-# --------------------------------------------------------------------------------------------
-# The crafting step
-# --------------------------------------------------------------------------------------------
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class CraftState:
-  """Everything a craft needs to resume (a pytree; checkpointed as is).
-
-  Attributes:
-    u: float32 ``(G, n, T)`` perturbations of the current restart in budget units (G groups:
-      the keys, or 1 for the joint objective).
-    opt_state: sign-Adam state of ``u``.
-    step: global step ``restart * steps + step_in_restart``.
-    best_u: the best perturbation per group over the finished restarts.
-    best_loss: float32 ``(G,)`` their losses (inf before the first restart ends).
-    restart_losses: float32 ``(restarts, G)`` each finished restart's losses (NaN before).
-  """
-
-  u: jax.Array
-  opt_state: Any
-  step: jax.Array
-  best_u: jax.Array
-  best_loss: jax.Array
-  restart_losses: jax.Array
-
-
-class CraftInputs(NamedTuple):
-  """The poisons and targets of one craft, grouped ``(G, n, ...)``; see :func:`craft`."""
-
-  x: jax.Array          # (G, n, T) clean poison clips
-  targets: jax.Array    # (G, n, C) one-hot true labels
-  weights: jax.Array    # (G, n) 1 for real poisons, 0 for padding
-  scale: jax.Array      # (G, n) RMS budget per clip
-  key_grads: Any        # pytree with leading axis G
-
-
-def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.Array:
-  """``delta`` of ``u``: scaled by the budget and, with ``config.quantize``, 16-bit quantised with a
-  straight-through gradient."""
-  delta = u * inputs.scale[..., None]
-  if config.quantize:
-    delta_q = quantize_perturbation(inputs.x, delta, config.snr_db)
-    delta = delta + jax.lax.stop_gradient(delta_q - delta)
-  return delta
-
-
-def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, params,
-               batch_stats, config: CraftConfig, keep, sample_rate, pool, pool_targets,
-               augment: bool = True, ensemble: bool = False):
-  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group.
-
-  With ``ensemble``, ``params``, ``batch_stats`` and ``g_key`` carry a leading member axis and the
-  loss is the mean over members (every member sees the same augmented clips).
-  """
-  inputs = CraftInputs(x, targets, weights, scale, None)
-  waves = x + perturbation(u, inputs, config)
-  aug = config.augment
-  if augment:
-    waves, tgts = augment_views(key, waves, targets, aug, sample_rate=sample_rate, pool=pool,
-                                pool_targets=pool_targets)
-    w = jnp.tile(weights, aug.views)
-  else:
-    tgts, w = targets, weights
-
-  def poison_loss(p, stats):
-    feats = clf.features(p, stats, waves)
-    if augment and aug.uses_features:
-      feats = augment_lib.spec_augment(
-          jax.random.fold_in(key, 10_000), feats, freq_mask_width=aug.freq_mask_width,
-          num_freq_masks=aug.num_freq_masks, time_mask_width=aug.time_mask_width,
-          num_time_masks=aug.num_time_masks)
-    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats), tgts))
-
-  def member_loss(p, stats, g):
-    return 1.0 - tree_cosine(jax.grad(poison_loss)(p, stats), g, keep)
-
-  if ensemble:
-    return jnp.mean(jax.lax.map(lambda m: member_loss(*m), (params, batch_stats, g_key)))
-  return member_loss(params, batch_stats, g_key)
-
-
-def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool, pool_targets,
-               key: jax.Array, *, clf: Classifier, config: CraftConfig, keep, sample_rate: int,
-               tx: optax.GradientTransformation,
-               ensemble: bool = False) -> tuple[CraftState, jax.Array]:
-  """One sign-Adam step on every group; returns the new state and the per-group losses."""
-  step_key = jax.random.fold_in(key, state.step)
-  loss_fn = functools.partial(group_loss, clf=clf, params=params, batch_stats=batch_stats,
-                              config=config, keep=keep, sample_rate=sample_rate, pool=pool,
-                              pool_targets=pool_targets, ensemble=ensemble)
-
-  def one_group(args):
-    g, u, x, t, w, s, g_key = args
-    return jax.value_and_grad(loss_fn)(u, x, t, w, s, g_key, jax.random.fold_in(step_key, g))
-
-  groups = jnp.arange(state.u.shape[0])
-  losses, grads = jax.lax.map(one_group, (groups, state.u, inputs.x, inputs.targets,
-                                          inputs.weights, inputs.scale, inputs.key_grads))
-  updates, opt_state = tx.update(grads, state.opt_state, state.u)
-  u = project(optax.apply_updates(state.u, updates), inputs.x, inputs.scale)
-  return dataclasses.replace(state, u=u, opt_state=opt_state, step=state.step + 1), losses
-
-
-def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_rate: int,
-                    tx: optax.GradientTransformation | None = None, ensemble: bool = False):
-  """The jitted crafting step that :func:`craft` runs (state donated), and its optimiser.
-
-  One place builds it for the driver, the tests and the benchmarks, so they all time and test the
-  same computation.
-
-  Returns:
-    ``(step, tx)`` with ``step(state, inputs, params, batch_stats, pool, pool_targets, key) ->
-    (state, losses)``.
-  """
-  tx = tx or sign_adam(config.schedule())
-  step = jax.jit(functools.partial(craft_step, clf=clf, config=config, keep=keep,
-                                   sample_rate=sample_rate, tx=tx, ensemble=ensemble),
-                 donate_argnums=(0,))
-  return step, tx
-
-
-def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: Classifier,
-                config: CraftConfig, keep, sample_rate: int,
-                ensemble: bool = False) -> jax.Array:
-  """Per-group alignment losses without augmentation (how restarts are compared)."""
-  loss_fn = functools.partial(group_loss, clf=clf, params=params, batch_stats=batch_stats,
-                              config=config, keep=keep, sample_rate=sample_rate, pool=None,
-                              pool_targets=None, augment=False, ensemble=ensemble)
-  return jax.lax.map(lambda a: loss_fn(*a, None),
-                     (u, inputs.x, inputs.targets, inputs.weights, inputs.scale, inputs.key_grads))
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +94,8 @@ class CraftResult:
       adds when ``config.quantize``), zero on padding.
     losses: ``(G,)`` final alignment loss per group (no augmentation; for an ensemble the mean
       over members), best restart.
-    initial_losses: ``(G,)`` the loss of the unperturbed poisons.
+    initial_losses: ``(G,)`` the loss of the unperturbed poisons (on the surrogate as given,
+      before any retraining).
     restart_losses: ``(restarts, G)``.
     history: per step ``{"step", "restart", "loss"}`` (mean over groups of the augmented loss).
     snr_db: ``(G, n)`` achieved SNR per poison (inf for padding).
@@ -392,7 +119,8 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
           poison_labels, poison_mask, config: CraftConfig, key: jax.Array, sample_rate: int,
           pool: np.ndarray | None = None, pool_labels: np.ndarray | None = None, mesh=None,
           checkpoint_dir: str | pathlib.Path | None = None, checkpoint_every: int = 25,
-          progress: bool = True) -> CraftResult:
+          progress: bool = True, retrain: RetrainFn | None = None,
+          retrain_at: Sequence[int] = ()) -> CraftResult:
   """Crafts the taggant perturbations of every key's poisons.
 
   Args:
@@ -411,6 +139,13 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     checkpoint_dir: where to checkpoint and resume (None: no checkpoints).
     checkpoint_every: steps between checkpoints.
     progress: show a progress bar.
+    retrain: Witches' Brew's retraining: ``retrain(delta, round) -> (params, batch_stats)`` gives
+      the surrogate(s) retrained on the data as it would be published with ``delta`` (float32
+      ``(K, n, T)``, quantised, zero on padding; lists for an ensemble, same architecture). The
+      key gradients are recomputed from the new weights and crafting goes on from the current
+      perturbations and optimiser state. It should be deterministic and resumable (a resumed
+      craft calls it again with the same ``delta``, kept in ``checkpoint_dir``).
+    retrain_at: the steps before which ``retrain`` is called (needs ``config.restarts == 1``).
 
   Returns:
     A :class:`CraftResult`.
@@ -425,6 +160,15 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
                      "Selection.pad_to(mesh size).")
   if config.augment.mixup_alpha > 0 and pool is None:
     raise ValueError("CraftAugment.mixup_alpha > 0 needs a pool of clean clips (pool=...).")
+  retrain_at = tuple(int(s) for s in retrain_at)
+  if retrain_at:
+    if retrain is None:
+      raise ValueError("retrain_at is set but no retrain function was given.")
+    if config.restarts != 1:
+      raise ValueError(f"Retraining during the craft needs restarts=1; got {config.restarts}.")
+    if list(retrain_at) != sorted(set(retrain_at)) or not all(
+        0 < s < config.steps for s in retrain_at):
+      raise ValueError(f"retrain_at={retrain_at} must be increasing steps in (0, {config.steps}).")
   poison_x = np.asarray(poison_x, np.float32)
   weights = np.asarray(poison_mask, np.float32)
   targets = np.eye(clf.num_classes, dtype=np.float32)[np.asarray(poison_labels)]
@@ -441,15 +185,26 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
       raise ValueError(f"An ensemble of {len(params)} surrogates needs as many batch_stats; got "
                        f"{type(batch_stats).__name__}.")
     keep = leaf_keep(params[0], tuple(config.exclude_params))
-    params, batch_stats = stack_members(params), stack_members(batch_stats)
   else:
     keep = leaf_keep(params, tuple(config.exclude_params))
   repl = jax.sharding.NamedSharding(mesh, P())
-  params, batch_stats = jax.device_put((params, batch_stats), repl)
-  grads_fn = ensemble_key_gradients if ensemble else key_gradients
-  g_key = jax.jit(functools.partial(grads_fn, clf, objective=config.objective),
-                  out_shardings=repl)(params, batch_stats, jnp.asarray(key_waveforms),
-                                      jnp.asarray(key_labels))
+  grads_fn = jax.jit(functools.partial(
+      ensemble_key_gradients if ensemble else key_gradients, clf, objective=config.objective),
+      out_shardings=repl)
+
+  def surrogate(params, batch_stats):
+    """The weights on the mesh (stacked for an ensemble) and their key gradients."""
+    if ensemble:
+      if len(params) != members or len(batch_stats) != members:
+        raise ValueError(f"retrain returned {len(params)} surrogates for an ensemble of "
+                         f"{members}.")
+      params, batch_stats = stack_members(params), stack_members(batch_stats)
+    params, batch_stats = jax.device_put((params, batch_stats), repl)
+    return params, batch_stats, grads_fn(params, batch_stats, jnp.asarray(key_waveforms),
+                                         jnp.asarray(key_labels))
+
+  members = len(params) if ensemble else 1
+  params, batch_stats, g_key = surrogate(params, batch_stats)
   inputs = CraftInputs(
       x=_put(mesh, poison_x, P(None, axis, None)), targets=_put(mesh, targets, P(None, axis, None)),
       weights=_put(mesh, weights, P(None, axis)), scale=_put(mesh, scale, P(None, axis)),
@@ -476,10 +231,42 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
   def new_state():
     u = fresh_u(0)
     return CraftState(u=u, opt_state=tx.init(u), step=jnp.zeros((), jnp.int32),
-                      best_u=jnp.zeros_like(u), best_loss=jnp.full((groups,), jnp.inf),
-                      restart_losses=jnp.full((config.restarts, groups), jnp.nan))
+                      best_u=jnp.zeros_like(u),
+                      best_loss=jnp.full((groups,), jnp.inf, jnp.float32),
+                      restart_losses=jnp.full((config.restarts, groups), jnp.nan, jnp.float32))
 
-  state = new_state()
+  # One placement and strong dtypes for every state the step sees (perturbation-shaped leaves
+  # split like ``u``, the rest replicated), so that the jitted step compiles once: a state built
+  # outside it with other (or unspecified) shardings or weak types would make the second step
+  # compile the step again (tens of seconds once the loops are unrolled).
+  state_sharding = jax.tree.map(lambda x: u_sharding if np.ndim(x) == 3 else repl, new_state())
+
+  def commit(state):
+    return jax.device_put(state, state_sharding)
+
+  host_inputs = CraftInputs(poison_x, targets, weights, scale, None)
+
+  def retrain_round(r, u):
+    """Round ``r`` of retraining on the data crafted so far (``u``); its ``delta`` is kept in
+    ``checkpoint_dir`` so that a resumed craft retrains on exactly the same data."""
+    nonlocal params, batch_stats, inputs
+    record = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / f"retrain_{r}.npy"
+    if record is not None and record.exists():
+      delta = np.load(record)
+    else:
+      delta = np.asarray(perturbation(jnp.asarray(jax.device_get(u)), host_inputs, config))
+      delta = np.where(weights[..., None] > 0, delta, 0.0).astype(np.float32)
+      delta = delta.reshape(num_keys, n, length)
+      if record is not None:
+        from jaxtag.audio import io as audio_io
+        with audio_io.atomic_file(record, "wb") as f:
+          np.save(f, delta)
+    _log.info("Retraining the surrogate (round %d of %d) on the data crafted so far", r + 1,
+              len(retrain_at))
+    params, batch_stats, g = surrogate(*retrain(delta, r))
+    inputs = inputs._replace(key_grads=g)
+
+  state = commit(new_state())
   manager = None
   if checkpoint_dir is not None:
     manager = _checkpoint_manager(checkpoint_dir, checkpoint_every)
@@ -488,8 +275,11 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
       state = restored
       _log.info("Resuming the craft at step %d from %s", int(state.step), checkpoint_dir)
 
-  zero = jnp.zeros_like(state.u)
-  initial = np.asarray(eval_fn(zero, inputs, params, batch_stats))
+  initial = np.asarray(eval_fn(jax.device_put(jnp.zeros_like(state.u), u_sharding), inputs,
+                               params, batch_stats))
+  done = [r for r, s in enumerate(retrain_at) if s < int(state.step)]
+  if done:                                   # resumed after a retraining round: redo its last
+    retrain_round(done[-1], state.u)         # (delta read back from its record)
   total = config.restarts * config.steps
   step_key = rng_lib.stream(key, "augment")
   history: list[dict[str, float]] = []
@@ -499,7 +289,9 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     restart, within = divmod(step, config.steps)
     if within == 0 and step > 0:
       u = fresh_u(restart)
-      state = dataclasses.replace(state, u=u, opt_state=tx.init(u))
+      state = commit(dataclasses.replace(state, u=u, opt_state=tx.init(u)))
+    if step in retrain_at:
+      retrain_round(retrain_at.index(step), state.u)
     state, losses = step_fn(state, inputs, params, batch_stats, pool_dev, pool_targets, step_key)
     loss = float(jnp.mean(losses))
     history.append({"step": step, "restart": restart, "loss": loss})
@@ -509,10 +301,10 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     if within == config.steps - 1:   # end of a restart: keep each group's best
       final = eval_fn(state.u, inputs, params, batch_stats)
       better = final < state.best_loss
-      state = dataclasses.replace(
+      state = commit(dataclasses.replace(
           state, best_u=jnp.where(better[:, None, None], state.u, state.best_u),
           best_loss=jnp.where(better, final, state.best_loss),
-          restart_losses=state.restart_losses.at[restart].set(final))
+          restart_losses=state.restart_losses.at[restart].set(final)))
     if manager is not None and (int(state.step) % checkpoint_every == 0
                                 or int(state.step) == total):
       _save(manager, state)
@@ -523,7 +315,6 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     manager.close()
 
   best_u = np.asarray(jax.device_get(state.best_u))
-  host_inputs = CraftInputs(poison_x, targets, weights, scale, None)
   delta = np.asarray(perturbation(jnp.asarray(best_u), host_inputs, config))
   delta = np.where(weights[..., None] > 0, delta, 0.0).astype(np.float32)
   delta = delta.reshape(num_keys, n, length)

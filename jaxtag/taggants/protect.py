@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,6 +38,9 @@ class ProtectConfig:
     craft: the crafting settings.
     mixup_pool_size: clean training clips kept for mixup while crafting (when mixup is on).
     diagnostics: compute each poison's own gradient alignment with its key, before and after.
+    retrain_rounds: Witches' Brew's retraining: the surrogates are retrained this many times
+      on the data crafted so far, at evenly spaced steps of the craft (needs a ``retrain``
+      function, see :func:`protect_dataset`, and ``craft.restarts == 1``); 0: never.
   """
 
   budget: float = 0.01
@@ -44,6 +48,17 @@ class ProtectConfig:
   craft: craft_lib.CraftConfig = craft_lib.CraftConfig()
   mixup_pool_size: int = 256
   diagnostics: bool = True
+  retrain_rounds: int = 0
+
+  def __post_init__(self):
+    if self.retrain_rounds < 0 or self.retrain_rounds >= self.craft.steps:
+      raise ValueError(f"ProtectConfig.retrain_rounds must be in [0, craft.steps); got "
+                       f"{self.retrain_rounds}.")
+
+  def retrain_steps(self) -> tuple[int, ...]:
+    """The craft steps before which the surrogates are retrained (evenly spaced)."""
+    r, steps = self.retrain_rounds, self.craft.steps
+    return tuple(sorted({max(1, round(steps * (i + 1) / (r + 1))) for i in range(r)}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +165,9 @@ def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.n
 
 def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig,
                     key: jax.Array, mesh=None, checkpoint_dir=None, checkpoint_every: int = 25,
-                    progress: bool = True) -> tuple[AudioDataset, ProtectReport]:
+                    progress: bool = True,
+                    retrain: Callable[[AudioDataset, int], Any] | None = None,
+                    ) -> tuple[AudioDataset, ProtectReport]:
   """Returns the protected training set (poisons perturbed, labels untouched) and a report.
 
   Args:
@@ -165,9 +182,16 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     checkpoint_dir: crafting checkpoints (resume on re-run); None for none.
     checkpoint_every: steps between checkpoints.
     progress: progress bar.
+    retrain: for ``config.retrain_rounds``: ``retrain(protected_train, round)`` returns the
+      surrogate(s) (a ``TrainedModel``, or a list for an ensemble) retrained, with the original
+      recipe, on ``protected_train`` (the training set with the perturbations crafted so far).
+      Make it resumable (e.g. train into a workdir per round): a resumed craft calls it again
+      with the same data. The returned models' diagnostics are not reported; the report's
+      alignment diagnostics use the surrogates given in ``trained``.
 
   Raises:
-    ValueError: the surrogate's classes or sample rate differ from the dataset's.
+    ValueError: the surrogate's classes or sample rate differ from the dataset's, or
+      ``retrain_rounds`` is set without ``retrain``.
   """
   from jaxtag import sharding as sharding_lib
   members = [trained] if hasattr(trained, "info") else list(trained)  # TrainedModel is a tuple
@@ -182,6 +206,9 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     if info.sample_rate != train.sample_rate:
       raise ValueError(f"{name} expects {info.sample_rate} Hz; the dataset is "
                        f"{train.sample_rate} Hz.")
+  if config.retrain_rounds and retrain is None:
+    raise ValueError(f"ProtectConfig.retrain_rounds={config.retrain_rounds} needs a retrain "
+                     "function (protect_dataset(..., retrain=...)).")
   mesh = mesh or sharding_lib.make_mesh()
   surrogates = [craft_lib.classifier_from_trained(m) for m in members]
   clf = surrogates[0][0]
@@ -201,6 +228,17 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     pick = pool_rng.choice(others, size=min(config.mixup_pool_size, others.size), replace=False)
     pool, pool_labels = train.waveforms[pick], train.labels[pick]
 
+  def retrain_surrogates(delta, r):
+    """craft's retrain hook: the training set with ``delta`` applied, through ``retrain``."""
+    waves = train.waveforms.copy()
+    waves[padded.indices[padded.mask]] += delta[padded.mask]
+    new = retrain(train.with_waveforms(waves), r)
+    new = [new] if hasattr(new, "info") else list(new)
+    parts = [craft_lib.classifier_from_trained(m)[1:] for m in new]
+    if len(parts) == 1 and len(surrogates) == 1:
+      return parts[0]
+    return [p for p, _ in parts], [b for _, b in parts]
+
   start = time.perf_counter()
   if len(surrogates) == 1:
     params, batch_stats = surrogates[0][1:]
@@ -211,7 +249,9 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
       poison_x=train.waveforms[padded.indices], poison_labels=train.labels[padded.indices],
       poison_mask=padded.mask, config=config.craft, key=rng_lib.stream(key, "craft"),
       sample_rate=train.sample_rate, pool=pool, pool_labels=pool_labels, mesh=mesh,
-      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, progress=progress)
+      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, progress=progress,
+      retrain=retrain_surrogates if config.retrain_rounds else None,
+      retrain_at=config.retrain_steps())
   seconds = time.perf_counter() - start
 
   mask = padded.mask

@@ -1,0 +1,332 @@
+"""The crafting step: its settings, its differentiable augmentation and the pure, jitted step.
+
+One sign-Adam step on the perturbations of every group (key) of poisons, against one surrogate or
+a stacked ensemble; what ``jaxtag.taggants.craft.craft`` drives (with shardings, restarts,
+checkpoints and retraining) and what the benchmarks time. Every public name here is re-exported by
+:mod:`jaxtag.taggants.craft`, whose docstring describes the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtag.taggants.alignment import Classifier, Objective, cross_entropy, tree_cosine
+from jaxtag.taggants.constraint import project, quantize_perturbation
+from jaxtag.train import augment as augment_lib
+
+REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CraftAugment:
+  """Differentiable augmentation applied to the poisons while crafting.
+
+  Attributes:
+    views: how many independent augmentation draws of each poison per step (the reference: 2).
+    max_shift_seconds: circular time shift, uniform in +-this.
+    max_gain_db: gain uniform in +-this many dB.
+    noise_snr_db: ``(low, high)`` white-noise SNR range in dB, or None for no noise.
+    mixup_alpha: Beta(alpha, alpha) weight of a mixup with a clean clip (0: off); the poison keeps
+      the larger weight.
+    mixup_prob: probability that a view is mixed.
+    freq_mask_width, num_freq_masks, time_mask_width, num_time_masks: SpecAugment masks applied
+      between the model's ``features`` and ``classify`` (width 0: off).
+  """
+
+  views: int = 2
+  max_shift_seconds: float = 0.1
+  max_gain_db: float = 6.0
+  noise_snr_db: tuple[float, float] | None = None
+  mixup_alpha: float = 0.0
+  mixup_prob: float = 0.5
+  freq_mask_width: int = 0
+  num_freq_masks: int = 1
+  time_mask_width: int = 0
+  num_time_masks: int = 1
+
+  def __post_init__(self):
+    if self.views < 1:
+      raise ValueError(f"CraftAugment.views must be >= 1; got {self.views}.")
+    if self.max_shift_seconds < 0 or self.max_gain_db < 0 or self.mixup_alpha < 0:
+      raise ValueError("CraftAugment: max_shift_seconds, max_gain_db and mixup_alpha must be >= 0.")
+    if not 0.0 <= self.mixup_prob <= 1.0:
+      raise ValueError(f"CraftAugment.mixup_prob must be in [0, 1]; got {self.mixup_prob}.")
+    if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:
+      raise ValueError("CraftAugment.noise_snr_db must be (low, high) or None.")
+
+  @property
+  def uses_features(self) -> bool:
+    return (self.freq_mask_width > 0 and self.num_freq_masks > 0) or (
+        self.time_mask_width > 0 and self.num_time_masks > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CraftConfig:
+  """How to craft.
+
+  Attributes:
+    steps: optimisation steps per restart (the reference: 250).
+    learning_rate: sign-Adam step size, in units of each clip's SNR budget (``u`` above).
+    milestones: steps (for a 250-step craft; scaled to ``steps``) where the rate is multiplied by
+      ``decay``; the taggants schedule is x0.3 at 40, 93, 156 and 218.
+    decay: the factor at each milestone.
+    restarts: independent runs from fresh random starts; each key keeps its best.
+    snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)``.
+    objective: ``per_key`` (each key its own poisons and cosine) or ``joint``.
+    exclude_params: parameters left out of the cosine: a leaf is left out when any of these
+      strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
+    quantize: make the loss see the 16-bit-quantised clip (straight-through gradient).
+    init_scale: restarts start from ``u`` uniform in ``+-init_scale`` (then projected).
+    augment: the differentiable augmentation.
+    unroll: how the step's loops over groups (keys) and ensemble members are unrolled
+      (``lax.scan``'s ``unroll``): ``True`` fully, an int that many iterations per loop trip, or
+      ``None`` (default) for fully on CPU and rolled (1) on accelerators. Numerics do not depend on it.
+  """
+
+  steps: int = 250
+  learning_rate: float = 0.1
+  milestones: tuple[int, ...] = (40, 93, 156, 218)
+  decay: float = 0.3
+  restarts: int = 1
+  snr_db: float = 55.0
+  objective: Objective = "per_key"
+  exclude_params: tuple[str, ...] = ()
+  quantize: bool = True
+  init_scale: float = 0.5
+  augment: CraftAugment = CraftAugment()
+  unroll: bool | int | None = None
+
+  def __post_init__(self):
+    if self.steps < 1 or self.restarts < 1:
+      raise ValueError(f"CraftConfig: steps and restarts must be >= 1; got {self.steps}, "
+                       f"{self.restarts}.")
+    if self.learning_rate <= 0 or not 0 < self.decay <= 1:
+      raise ValueError("CraftConfig: learning_rate must be > 0 and decay in (0, 1].")
+    if self.objective not in ("per_key", "joint"):
+      raise ValueError(f"CraftConfig.objective must be 'per_key' or 'joint'; got "
+                       f"{self.objective!r}.")
+    if isinstance(self.augment, dict):
+      object.__setattr__(self, "augment", CraftAugment(**self.augment))
+    if self.unroll is not None and not isinstance(self.unroll, bool) and (
+        not isinstance(self.unroll, int) or self.unroll < 1):
+      raise ValueError(f"CraftConfig.unroll must be None, a bool or an int >= 1; got "
+                       f"{self.unroll!r}.")
+
+  def loop_unroll(self) -> bool | int:
+    """``unroll`` resolved for the default backend (``None``: fully on CPU, else 1)."""
+    if self.unroll is None:
+      return jax.default_backend() == "cpu"
+    return self.unroll
+
+  def schedule(self) -> optax.Schedule:
+    """The step-size schedule: ``learning_rate`` times ``decay`` per milestone passed."""
+    boundaries: dict[int, float] = {}
+    for m in self.milestones:
+      step = max(1, int(round(m * self.steps / REFERENCE_STEPS)))
+      boundaries[step] = boundaries.get(step, 1.0) * self.decay
+    return optax.piecewise_constant_schedule(self.learning_rate, boundaries)
+
+
+def sign_adam(learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
+  """Adam on the sign of the gradient (Witches' Brew's ``signAdam``), as an optax chain."""
+  sign = optax.GradientTransformation(
+      lambda params: optax.EmptyState(),
+      lambda updates, state, params=None: (jax.tree.map(jnp.sign, updates), state))
+  return optax.chain(sign, optax.scale_by_adam(), optax.scale_by_learning_rate(learning_rate))
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation (the constraint and the 16-bit export are in jaxtag.taggants.constraint)
+# --------------------------------------------------------------------------------------------
+
+
+def _mix_with_clean(key, waves, targets, pool, pool_targets, *, alpha, prob):
+  k_lam, k_idx, k_on = jax.random.split(key, 3)
+  n = waves.shape[0]
+  lam = jax.random.beta(k_lam, alpha, alpha, (n, 1))
+  lam = jnp.maximum(lam, 1.0 - lam)               # the poison keeps the larger weight
+  lam = jnp.where(jax.random.bernoulli(k_on, prob, (n, 1)), lam, 1.0)
+  idx = jax.random.randint(k_idx, (n,), 0, pool.shape[0])
+  return (lam * waves + (1.0 - lam) * pool[idx],
+          lam * targets + (1.0 - lam) * pool_targets[idx])
+
+
+def augment_views(key: jax.Array, waves: jax.Array, targets: jax.Array, aug: CraftAugment, *,
+                  sample_rate: int, pool: jax.Array | None = None,
+                  pool_targets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """``aug.views`` differentiable waveform-domain draws of each clip: ``(views * n, T)`` clips and
+  their soft targets (SpecAugment is applied later, on the features)."""
+  outs, tgts = [], []
+  max_shift = int(round(aug.max_shift_seconds * sample_rate))
+  for v in range(aug.views):
+    k_shift, k_gain, k_noise, k_mix = jax.random.split(jax.random.fold_in(key, v), 4)
+    w, t = waves, targets
+    if max_shift > 0:
+      w = augment_lib.time_shift(k_shift, w, max_shift=max_shift)
+    if aug.max_gain_db > 0:
+      w = augment_lib.random_gain(k_gain, w, max_db=aug.max_gain_db)
+    if aug.noise_snr_db is not None:
+      w = augment_lib.add_noise(k_noise, w, snr_db=tuple(aug.noise_snr_db))
+    if aug.mixup_alpha > 0 and pool is not None:
+      w, t = _mix_with_clean(k_mix, w, t, pool, pool_targets, alpha=aug.mixup_alpha,
+                             prob=aug.mixup_prob)
+    outs.append(w)
+    tgts.append(t)
+  return jnp.concatenate(outs), jnp.concatenate(tgts)
+
+
+# --------------------------------------------------------------------------------------------
+# The crafting step
+# --------------------------------------------------------------------------------------------
+
+
+def sequential_map(fn, xs, *, unroll: bool | int = 1):
+  """``lax.map(fn, xs)`` (one slice of ``xs``' leading axis after another) with ``lax.scan``'s
+  ``unroll``. Unrolled, XLA:CPU runs each iteration's convolutions at full speed; rolled, the
+  loop's compile time and live memory stay those of one iteration."""
+  if unroll is False:
+    unroll = 1
+  return jax.lax.scan(lambda carry, x: (carry, fn(x)), None, xs, unroll=unroll)[1]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class CraftState:
+  """Everything a craft needs to resume (a pytree; checkpointed as is).
+
+  Attributes:
+    u: float32 ``(G, n, T)`` perturbations of the current restart in budget units (G groups:
+      the keys, or 1 for the joint objective).
+    opt_state: sign-Adam state of ``u``.
+    step: global step ``restart * steps + step_in_restart``.
+    best_u: the best perturbation per group over the finished restarts.
+    best_loss: float32 ``(G,)`` their losses (inf before the first restart ends).
+    restart_losses: float32 ``(restarts, G)`` each finished restart's losses (NaN before).
+  """
+
+  u: jax.Array
+  opt_state: Any
+  step: jax.Array
+  best_u: jax.Array
+  best_loss: jax.Array
+  restart_losses: jax.Array
+
+
+class CraftInputs(NamedTuple):
+  """The poisons and targets of one craft, grouped ``(G, n, ...)``; see :func:`craft`."""
+
+  x: jax.Array          # (G, n, T) clean poison clips
+  targets: jax.Array    # (G, n, C) one-hot true labels
+  weights: jax.Array    # (G, n) 1 for real poisons, 0 for padding
+  scale: jax.Array      # (G, n) RMS budget per clip
+  key_grads: Any        # pytree with leading axis G
+
+
+def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.Array:
+  """``delta`` of ``u``: scaled by the budget and, with ``config.quantize``, 16-bit quantised with a
+  straight-through gradient."""
+  delta = u * inputs.scale[..., None]
+  if config.quantize:
+    delta_q = quantize_perturbation(inputs.x, delta, config.snr_db)
+    delta = delta + jax.lax.stop_gradient(delta_q - delta)
+  return delta
+
+
+def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, params,
+               batch_stats, config: CraftConfig, keep, sample_rate, pool, pool_targets,
+               augment: bool = True, ensemble: bool = False):
+  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group.
+
+  With ``ensemble``, ``params``, ``batch_stats`` and ``g_key`` carry a leading member axis and the
+  loss is the mean over members (every member sees the same augmented clips).
+  """
+  inputs = CraftInputs(x, targets, weights, scale, None)
+  waves = x + perturbation(u, inputs, config)
+  aug = config.augment
+  if augment:
+    waves, tgts = augment_views(key, waves, targets, aug, sample_rate=sample_rate, pool=pool,
+                                pool_targets=pool_targets)
+    w = jnp.tile(weights, aug.views)
+  else:
+    tgts, w = targets, weights
+
+  def poison_loss(p, stats):
+    feats = clf.features(p, stats, waves)
+    if augment and aug.uses_features:
+      feats = augment_lib.spec_augment(
+          jax.random.fold_in(key, 10_000), feats, freq_mask_width=aug.freq_mask_width,
+          num_freq_masks=aug.num_freq_masks, time_mask_width=aug.time_mask_width,
+          num_time_masks=aug.num_time_masks)
+    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats), tgts))
+
+  def member_loss(p, stats, g):
+    return 1.0 - tree_cosine(jax.grad(poison_loss)(p, stats), g, keep)
+
+  if ensemble:
+    return jnp.mean(sequential_map(lambda m: member_loss(*m), (params, batch_stats, g_key),
+                                   unroll=config.loop_unroll()))
+  return member_loss(params, batch_stats, g_key)
+
+
+def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool, pool_targets,
+               key: jax.Array, *, clf: Classifier, config: CraftConfig, keep, sample_rate: int,
+               tx: optax.GradientTransformation,
+               ensemble: bool = False) -> tuple[CraftState, jax.Array]:
+  """One sign-Adam step on every group; returns the new state and the per-group losses."""
+  step_key = jax.random.fold_in(key, state.step)
+  loss_fn = functools.partial(group_loss, clf=clf, params=params, batch_stats=batch_stats,
+                              config=config, keep=keep, sample_rate=sample_rate, pool=pool,
+                              pool_targets=pool_targets, ensemble=ensemble)
+
+  def one_group(args):
+    g, u, x, t, w, s, g_key = args
+    return jax.value_and_grad(loss_fn)(u, x, t, w, s, g_key, jax.random.fold_in(step_key, g))
+
+  groups = jnp.arange(state.u.shape[0])
+  losses, grads = sequential_map(one_group, (groups, state.u, inputs.x, inputs.targets,
+                                             inputs.weights, inputs.scale, inputs.key_grads),
+                                 unroll=config.loop_unroll())
+  updates, opt_state = tx.update(grads, state.opt_state, state.u)
+  u = project(optax.apply_updates(state.u, updates), inputs.x, inputs.scale)
+  return dataclasses.replace(state, u=u, opt_state=opt_state, step=state.step + 1), losses
+
+
+def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_rate: int,
+                    tx: optax.GradientTransformation | None = None, ensemble: bool = False):
+  """The jitted crafting step that :func:`craft` runs (state donated), and its optimiser.
+
+  One place builds it for the driver, the tests and the benchmarks, so they all time and test the
+  same computation.
+
+  Returns:
+    ``(step, tx)`` with ``step(state, inputs, params, batch_stats, pool, pool_targets, key) ->
+    (state, losses)``.
+  """
+  tx = tx or sign_adam(config.schedule())
+  step = jax.jit(functools.partial(craft_step, clf=clf, config=config, keep=keep,
+                                   sample_rate=sample_rate, tx=tx, ensemble=ensemble),
+                 donate_argnums=(0,))
+  return step, tx
+
+
+def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: Classifier,
+                config: CraftConfig, keep, sample_rate: int,
+                ensemble: bool = False) -> jax.Array:
+  """Per-group alignment losses without augmentation (how restarts are compared)."""
+  loss_fn = functools.partial(group_loss, clf=clf, params=params, batch_stats=batch_stats,
+                              config=config, keep=keep, sample_rate=sample_rate, pool=None,
+                              pool_targets=None, augment=False, ensemble=ensemble)
+  return sequential_map(lambda a: loss_fn(*a, None),
+                        (u, inputs.x, inputs.targets, inputs.weights, inputs.scale,
+                         inputs.key_grads), unroll=config.loop_unroll())
