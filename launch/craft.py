@@ -90,7 +90,7 @@ def protect_config(config: Any):
       budget=config.budget, selection=config.selection,
       craft=craft.CraftConfig(augment=craft.CraftAugment(**augment), **fields),
       mixup_pool_size=config.mixup_pool_size, diagnostics=config.diagnostics,
-      retrain_rounds=config.retrain_rounds)
+      retrain_rounds=config.retrain_rounds, min_budget_lsb=config.min_budget_lsb)
 
 
 def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):

@@ -132,14 +132,42 @@ def test_selection_respects_budget_labels_and_disjointness():
                         sel.indices)
 
 
-def test_grad_norm_selection_takes_the_largest_scores():
+@pytest.mark.parametrize("method", ["grad_norm", "loudest"])
+def test_ranked_selection_takes_the_largest_scores(method):
   labels = np.repeat(np.arange(4), 25)
   scores = np.random.default_rng(0).random(100)
-  sel = select.select_poisons(0, labels, np.array([2]), budget=0.05, method="grad_norm",
+  sel = select.select_poisons(0, labels, np.array([2]), budget=0.05, method=method,
                               scores=scores)
   pool = np.flatnonzero(labels == 2)
   want = pool[np.argsort(-scores[pool])[:5]]
   assert set(sel.flat_indices().tolist()) == set(want.tolist())
+
+
+def test_selection_keeps_to_the_eligible_clips():
+  labels = np.repeat(np.arange(4), 25)
+  eligible = np.random.default_rng(1).random(100) < 0.5
+  for seed in range(5):
+    sel = select.select_poisons(seed, labels, np.array([0, 2]), budget=0.1, eligible=eligible)
+    assert sel.num_poisons == 10 and np.all(eligible[sel.flat_indices()])
+  few = np.zeros(100, bool)
+  few[:3] = True                                # 3 eligible clips of class 0, 5 needed
+  with pytest.raises(ValueError, match="3 eligible training clips .22 left out"):
+    select.select_poisons(0, labels, np.array([0, 2]), budget=0.1, eligible=few)
+  with pytest.raises(ValueError, match="eligible must have"):
+    select.select_poisons(0, labels, np.array([0]), budget=0.1, eligible=eligible[:10])
+
+
+def test_poisons_must_be_loud_enough_to_survive_the_16_bit_export():
+  config = protect.ProtectConfig(craft=craft.CraftConfig(snr_db=40.0))
+  # At 40 dB the budget is rms / 100: one 16-bit step needs rms >= 100 / 32768.
+  rms = np.array([0.5, 2.0, 8.0]) * 100 / 32768
+  waves = np.sqrt(2) * rms[:, None] * np.sin(np.linspace(0, 200 * np.pi, 1600, endpoint=False))
+  assert protect.carries_perturbation(waves, config).tolist() == [False, True, True]
+  strict = dataclasses.replace(config, min_budget_lsb=4.0)
+  assert protect.carries_perturbation(waves, strict).tolist() == [False, False, True]
+  assert protect.carries_perturbation(waves, dataclasses.replace(config, min_budget_lsb=0)) is None
+  float_export = dataclasses.replace(config, craft=craft.CraftConfig(snr_db=40.0, quantize=False))
+  assert protect.carries_perturbation(waves, float_export) is None
 
 
 def test_selection_errors():
@@ -152,6 +180,8 @@ def test_selection_errors():
     select.select_poisons(0, labels, np.arange(4), budget=0.1)
   with pytest.raises(ValueError, match="scores"):
     select.select_poisons(0, labels, np.array([0]), budget=0.1, method="grad_norm")
+  with pytest.raises(ValueError, match="loudest"):
+    select.select_poisons(0, labels, np.array([0]), budget=0.1, method="quietest")
 
 
 # ------------------------------------------------------------------ crafting on a trained model

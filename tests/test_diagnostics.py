@@ -48,3 +48,23 @@ def test_script_scores_models_against_a_control(tiny_workdir, tmp_path):
                                  str(tiny_workdir), "--json", str(tmp_path / "out.json")])
   assert records[0]["paired"]["delta_log_prob"] == [0.0, 0.0, 0.0]   # a model against itself
   assert (tmp_path / "out.json").exists()
+
+
+def test_placebo_keeps_energy_and_spectrum_and_moves_only_the_poisons():
+  from benchmarks import taggant_placebo
+  from jaxtag.data.dataset import AudioDataset
+  r = np.random.default_rng(0)
+  clean = np.round(0.1 * r.standard_normal((6, 400)) * 32768) / 32768
+  delta = np.round(1e-3 * r.standard_normal((2, 400)) * 32768) / 32768
+  data = AudioDataset(clean.astype(np.float32), np.arange(6) % 2, ("a", "b"), 16000)
+  record = {"indices": np.array([1, 4]), "delta": delta.astype(np.float32)}
+  out = taggant_placebo.placebo_splits({"train": data}, record, seed=3, min_shift=40)
+  moved = out["train"].waveforms.astype(np.float64) - clean
+  assert np.all(moved[[0, 2, 3, 5]] == 0)
+  got = moved[[1, 4]]
+  np.testing.assert_allclose(np.sum(got**2, -1), np.sum(delta**2, -1), rtol=1e-5)
+  np.testing.assert_allclose(np.abs(np.fft.rfft(got)), np.abs(np.fft.rfft(delta)), atol=1e-5)
+  assert not np.allclose(got, delta)                       # the alignment is gone
+  for g, d in zip(got, delta):                              # a circular shift of >= 40 samples
+    shift = next(s for s in range(400) if np.allclose(np.roll(d, s), g, atol=1e-6))
+    assert 40 <= shift <= 360

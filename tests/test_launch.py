@@ -59,7 +59,7 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
   effect = summary["taggant_effect"]
   assert len(effect["delta_log_prob"]) == summary["keys"]["num_keys"]
   assert np.isclose(effect["mean"], np.mean(effect["delta_log_prob"]))
-  assert "taggant effect (white-box" in out
+  assert "key-label shift (white-box" in out
 
 
 def _read_train(root):

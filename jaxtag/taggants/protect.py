@@ -34,13 +34,19 @@ class ProtectConfig:
 
   Attributes:
     budget: fraction of the training set perturbed in total (the paper: 0.01).
-    selection: ``random`` or ``grad_norm`` (largest per-sample gradient norm on the surrogate).
+    selection: ``random``, ``grad_norm`` (largest per-sample gradient norm on the surrogate) or
+      ``loudest`` (largest RMS: the most perturbation at the SNR floor, furthest above the
+      16-bit grid).
     craft: the crafting settings.
     mixup_pool_size: clean training clips kept for mixup while crafting (when mixup is on).
     diagnostics: compute each poison's own gradient alignment with its key, before and after.
     retrain_rounds: Witches' Brew's retraining: the surrogates are retrained this many times
       on the data crafted so far, at evenly spaced steps of the craft (needs a ``retrain``
       function, see :func:`protect_dataset`, and ``craft.restarts == 1``); 0: never.
+    min_budget_lsb: with ``craft.quantize``, only clips whose perturbation budget (RMS at the
+      SNR floor) is at least this many 16-bit steps may be poisons: under about one step the
+      exported perturbation rounds to nothing (at 55 dB, clips quieter than about -35 dBFS RMS;
+      5 of the demo's 56 random poisons were). 0: every clip of the key's class.
   """
 
   budget: float = 0.01
@@ -49,6 +55,7 @@ class ProtectConfig:
   mixup_pool_size: int = 256
   diagnostics: bool = True
   retrain_rounds: int = 0
+  min_budget_lsb: float = 1.0
 
   def __post_init__(self):
     if self.retrain_rounds < 0 or self.retrain_rounds >= self.craft.steps:
@@ -151,6 +158,16 @@ def _alignment(clf, params, batch_stats, waves, labels, key_grads, keys_of, keep
   return out
 
 
+def carries_perturbation(waveforms: np.ndarray, config: ProtectConfig) -> np.ndarray | None:
+  """Which clips are loud enough for their SNR budget to survive the 16-bit export
+  (``config.min_budget_lsb``); None when every clip qualifies by construction."""
+  if not config.craft.quantize or config.min_budget_lsb <= 0:
+    return None
+  rms = np.sqrt(np.mean(np.square(waveforms, dtype=np.float64), axis=-1))
+  budget_lsb = rms * 10 ** (-config.craft.snr_db / 20) * craft_lib.PCM16_SCALE
+  return budget_lsb >= config.min_budget_lsb
+
+
 def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.ndarray, *,
                      batch_size: int = 64) -> np.ndarray:
   """Per-sample gradient norms of the clips of ``classes`` (NaN elsewhere)."""
@@ -217,9 +234,12 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
   if config.selection == "grad_norm":
     scores = np.mean([grad_norm_scores(c, p, b, train, np.unique(key_labels))
                       for c, p, b in surrogates], axis=0)
+  elif config.selection == "loudest":
+    scores = np.sqrt(np.mean(np.square(train.waveforms, dtype=np.float64), axis=-1))
   seed = int(jax.random.randint(rng_lib.stream(key, "select"), (), 0, 2**31 - 1))
   selection = select_lib.select_poisons(seed, train.labels, key_labels, budget=config.budget,
-                                        method=config.selection, scores=scores)
+                                        method=config.selection, scores=scores,
+                                        eligible=carries_perturbation(train.waveforms, config))
   padded = selection.pad_to(mesh.shape[mesh.axis_names[0]])
   pool = pool_labels = None
   if config.craft.augment.mixup_alpha > 0:

@@ -5,7 +5,8 @@ protected dataset stays clean-label (every clip keeps its true label). The budge
 the whole training set, split over the keys as evenly as possible.
 
 Selection is host-side numpy (it runs once, on integer labels); the per-sample gradient norms that
-the ``grad_norm`` method ranks by come from :func:`jaxtag.taggants.protect.per_sample_grad_norms`.
+the ``grad_norm`` method ranks by come from :func:`jaxtag.taggants.protect.per_sample_grad_norms`,
+the clip levels that ``loudest`` ranks by from :func:`jaxtag.taggants.protect.protect_dataset`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-Method = Literal["random", "grad_norm"]
+Method = Literal["random", "grad_norm", "loudest"]
+METHODS = ("random", "grad_norm", "loudest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,8 @@ def poisons_per_key(budget: float, num_train: int, num_keys: int) -> np.ndarray:
 
 def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labels: np.ndarray, *,
                    budget: float, method: Method = "random",
-                   scores: np.ndarray | None = None) -> Selection:
+                   scores: np.ndarray | None = None,
+                   eligible: np.ndarray | None = None) -> Selection:
   """Chooses each key's poisons among the training clips of the key's label.
 
   Keys that share a label (more keys than classes) get disjoint poisons.
@@ -82,9 +85,13 @@ def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labe
     labels: int ``(N,)`` training labels.
     key_labels: int ``(K,)`` target label of each key.
     budget: fraction of the training set that is perturbed in total (the paper: 0.01).
-    method: ``random``, or ``grad_norm`` (the clips with the largest ``scores``, e.g. per-sample
-      gradient norms on the surrogate: the clips the model still learns from most).
-    scores: float ``(N,)``, required for ``grad_norm``.
+    method: ``random``; or the clips with the largest ``scores``: ``grad_norm`` (per-sample
+      gradient norms on the surrogate: the clips the model still learns from most) or
+      ``loudest`` (clip RMS: the largest perturbation at a given SNR, the furthest above the
+      16-bit grid).
+    scores: float ``(N,)``, required for ``grad_norm`` and ``loudest``.
+    eligible: bool ``(N,)``, the clips that may be poisons (None: all); e.g. those loud enough
+      for their SNR budget to survive the 16-bit export.
 
   Returns:
     A :class:`Selection`.
@@ -94,12 +101,17 @@ def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labe
   """
   labels = np.asarray(labels)
   key_labels = np.asarray(key_labels, np.int32)
-  if method not in ("random", "grad_norm"):
-    raise ValueError(f"method must be 'random' or 'grad_norm'; got {method!r}.")
-  if method == "grad_norm":
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+  if method != "random":
     if scores is None or np.shape(scores) != labels.shape:
-      raise ValueError("method='grad_norm' needs scores of shape (N,) = labels.shape.")
+      raise ValueError(f"method={method!r} needs scores of shape (N,) = labels.shape.")
     scores = np.asarray(scores, np.float64)
+  if eligible is None:
+    eligible = np.ones(labels.shape, bool)
+  elif np.shape(eligible) != labels.shape:
+    raise ValueError(f"eligible must have the labels' shape {labels.shape}; got "
+                     f"{np.shape(eligible)}.")
   rng = np.random.default_rng(seed)
   counts = poisons_per_key(budget, labels.size, key_labels.size)
   n_max = int(counts.max())
@@ -107,11 +119,13 @@ def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labe
   mask = np.zeros((key_labels.size, n_max), bool)
   for label in np.unique(key_labels):
     keys_here = np.flatnonzero(key_labels == label)
-    pool = np.flatnonzero(labels == label)
+    pool = np.flatnonzero((labels == label) & np.asarray(eligible, bool))
     need = int(counts[keys_here].sum())
     if pool.size < need:
-      raise ValueError(f"class {int(label)} has {pool.size} training clips but its "
-                       f"{keys_here.size} key(s) need {need} poisons; lower the budget.")
+      left_out = int(np.sum(labels == label)) - pool.size
+      raise ValueError(f"class {int(label)} has {pool.size} eligible training clips "
+                       f"({left_out} left out as ineligible) but its {keys_here.size} key(s) "
+                       f"need {need} poisons; lower the budget.")
     if method == "random":
       chosen = rng.choice(pool, size=need, replace=False)
     else:

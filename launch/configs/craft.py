@@ -46,7 +46,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.key_file = ml_collections.FieldReference(None, field_type=str)    # from make_keys
   config.output_dir = ml_collections.FieldReference(None, field_type=str)  # default <workdir>/protected
   config.budget = 0.01              # fraction of the training set perturbed
-  config.selection = "random"       # random | grad_norm
+  config.selection = "random"       # random | grad_norm | loudest
+  # poisons need an SNR budget of >= this many 16-bit steps RMS (quieter clips export ~nothing)
+  config.min_budget_lsb = 1.0
   config.mixup_pool_size = 256
   config.diagnostics = True         # per-poison gradient alignment before/after
   # Witches' Brew retraining: retrain the surrogates this many times during the craft (evenly
