@@ -67,13 +67,7 @@ def main(argv=None) -> pathlib.Path:
   craft_dir = pathlib.Path(args.craft)
   config = json.loads((craft_dir / "config.json").read_text())
   source = sources.DataSource(**config["data"])
-  splits = {}
-  for split in ("train", "validation", "test"):
-    try:
-      splits[split] = sources.load_split(source, split, progress=False)
-    except sources.DatasetError:
-      if split == "train":
-        raise
+  splits = sources.load_splits(source, progress=False)
   with np.load(craft_dir / craft_launch.PERTURBATIONS) as record:
     record = {k: record[k] for k in ("indices", "delta")}
   min_shift = int(round(args.min_shift * splits["train"].sample_rate))

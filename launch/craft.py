@@ -123,19 +123,6 @@ def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):
   return retrain
 
 
-def _load_splits(source):
-  from jaxtag.data import sources
-
-  splits = {}
-  for split in ("train", "validation", "test"):
-    try:
-      splits[split] = sources.load_split(source, split, progress=False)
-    except sources.DatasetError:
-      if split == "train":
-        raise
-  return splits
-
-
 def export_dataset(source, splits: dict, destination: pathlib.Path) -> None:
   """Writes ``splits`` in ``source``'s folder layout, replacing ``destination`` atomically."""
   from jaxtag.data import esc50, sources, speechcommands, tfds
@@ -223,7 +210,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
   preflight(config, workdir)
   source = sources.DataSource(**config.data.to_dict())
-  splits = _load_splits(source)
+  splits = sources.load_splits(source, progress=False)
   clean = splits["train"]
   secret, manifest = keys_lib.load_keys(config.key_file, expected_class_names=clean.class_names)
   trained = [train.restore_for_inference(d) for d in surrogate_dirs(config)]

@@ -50,18 +50,6 @@ def spec_from_config(spec_config: Any, dataset) -> Any:
                              clip_samples=dataset.num_samples)
 
 
-def _load_splits(source, progress):
-  from jaxtag.data import sources
-  splits = {}
-  for split in ("train", "validation", "test"):
-    try:
-      splits[split] = sources.load_split(source, split, progress=progress)
-    except sources.DatasetError:
-      if split == "train":
-        raise
-  return splits
-
-
 def _export(source, splits, output: pathlib.Path, overwrite: bool) -> dict[str, int]:
   """Writes the splits in the source's layout (ESC-50, else SpeechCommands with its noise)."""
   from jaxtag.data import esc50, sources, speechcommands
@@ -86,7 +74,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
   check_locations(config, workdir)
   source = sources.DataSource(**config.data.to_dict())
-  splits = _load_splits(source, config.progress)
+  splits = sources.load_splits(source, progress=config.progress)
   train = splits["train"]
   spec = spec_from_config(config.spec, train)
   key = rng.stream(app.root_key(config), "poscuda")

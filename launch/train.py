@@ -40,18 +40,11 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   from jaxtag.data import sources
 
   source = sources.DataSource(**config.data.to_dict())
-  splits = {}
-  for split in ("train", "validation", "test"):
-    try:
-      splits[split] = sources.load_split(source, split, progress=config.progress)
-    except sources.DatasetError:
-      if split == "train":
-        raise
-      splits[split] = None  # e.g. ESC-50 has no validation split.
+  splits = sources.load_splits(source, progress=config.progress)   # ESC-50: no validation
   mesh = sharding.make_mesh(config.num_devices or None)
   result = train.train(
-      train_config(config), train_data=splits["train"], validation_data=splits["validation"],
-      test_data=splits["test"], key=app.root_key(config), workdir=workdir, mesh=mesh,
+      train_config(config), train_data=splits["train"], validation_data=splits.get("validation"),
+      test_data=splits.get("test"), key=app.root_key(config), workdir=workdir, mesh=mesh,
       progress=config.progress, transfer_guard=app.transfer_guard_level())
   summary = {
       "workdir": str(workdir), "model": config.model, "steps": int(jax.device_get(result.state.step)),

@@ -233,3 +233,17 @@ def test_silent_and_clipped_clips_are_kept_flagged_and_logged(tmp_path, caplog):
   text = caplog.text
   assert "1 of 3 clips are silent" in text and "yes/a_nohash_0.wav" in text
   assert "1 of 3 clips are clipped" in text and "yes/b_nohash_0.wav" in text
+
+
+def test_load_splits_returns_the_splits_a_source_has(tmp_path):
+  from jaxtag.data import sources
+  ds = _esc_dataset(np.random.default_rng(6), sr=16000)
+  esc50.export_esc50(ds, tmp_path)
+  splits = sources.load_splits(sources.DataSource(kind="esc50", root=str(tmp_path)),
+                               progress=False)
+  assert sorted(splits) == ["test", "train"]                 # ESC-50 has no validation split
+  assert set(splits["test"].metadata["fold"]) == {5}
+  assert len(splits["train"]) + len(splits["test"]) == len(ds)
+  with pytest.raises(sources.DatasetError):                  # no train split: an error
+    sources.load_splits(sources.DataSource(kind="esc50", root=str(tmp_path / "missing")),
+                        progress=False)

@@ -80,6 +80,19 @@ def class_names(source: DataSource, *, progress: bool = True) -> tuple[str, ...]
                                   sample_rate=source.sample_rate).class_names)
 
 
+def load_splits(source: DataSource, *, progress: bool = True) -> dict[str, AudioDataset]:
+  """Every split ``source`` has: ``train`` (required: its :class:`DatasetError` propagates), then
+  ``validation`` and ``test`` where they exist (ESC-50 has no validation split)."""
+  splits = {}
+  for split in ("train", "validation", "test"):
+    try:
+      splits[split] = load_split(source, split, progress=progress)
+    except DatasetError:
+      if split == "train":
+        raise
+  return splits
+
+
 def load_split(source: DataSource, split: str, *, progress: bool = True) -> AudioDataset:
   """Loads one split (``train``, ``validation`` or ``test``) of ``source``.
 
