@@ -28,7 +28,7 @@ def test_config_loads_and_documents_its_command(name):
     keys.KeySpec(**config.key_spec.to_dict())
 
 
-@pytest.mark.parametrize("preset", ["tiny", "default"])
+@pytest.mark.parametrize("preset", ["tiny", "default", "large"])
 def test_corpus_config_argument_selects_preset(preset):
   module = importlib.import_module("launch.configs.corpus")
   assert module.get_config(preset).data.preset == preset

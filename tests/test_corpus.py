@@ -1,5 +1,6 @@
 """Tests of the embedded espeak-ng corpus: the ctypes engine, determinism, layout and caching."""
 
+import dataclasses
 import hashlib
 import pathlib
 import shutil
@@ -140,6 +141,10 @@ def test_config_rejects_bad_fields(overrides):
 def test_presets_and_default_dir(monkeypatch, tmp_path):
   assert corpus.CorpusConfig.preset("tiny", seed=3) == corpus.CorpusConfig.tiny(seed=3)
   assert corpus.CorpusConfig.preset("default") == corpus.CorpusConfig()
+  large = corpus.CorpusConfig.preset("large", seed=2)
+  # Same words and recipe as the default, five times the speakers (28,000 training clips).
+  assert large == dataclasses.replace(corpus.CorpusConfig(seed=2), num_speakers=1000)
+  assert large.fingerprint() != corpus.CorpusConfig(seed=2).fingerprint()
   with pytest.raises(DatasetError, match="preset"):
     corpus.CorpusConfig.preset("huge")
   monkeypatch.setenv("JAXTAG_DATA", str(tmp_path))

@@ -99,6 +99,31 @@ def test_protected_dataset_holds_exactly_the_crafted_taggants(demo_run):
   assert summary["craft"]["snr_db_min"] == pytest.approx(snr.min(), abs=1e-3)
 
 
+def test_craft_export_check_catches_a_one_step_change(demo_run, monkeypatch):
+  """The launcher's read-back check (chunked, so its memory does not grow with the dataset) finds
+  a single 16-bit step of difference anywhere, including across chunk boundaries."""
+  from jaxtag.data import sources
+  from launch import craft
+  workdir, _, _ = demo_run
+  summary = json.loads((workdir / "demo_summary.json").read_text())
+  protected_root = pathlib.Path(summary["craft"]["protected_dataset"])
+  clean, protected = _read_train(summary["data"]["root"]), _read_train(protected_root)
+  source = sources.DataSource(kind="speech_commands", root=str(protected_root))
+  monkeypatch.setattr(craft, "_CHECK_CHUNK", 3)
+  record = np.load(workdir / "craft" / "perturbations.npz")
+  check = craft.check_export(source, protected_root, clean, protected)
+  assert check == {"max_abs_error": 0.0, "error_in_lsb": 0.0,
+                   "clips_changed": int(np.any(record["delta"] != 0, axis=1).sum())}
+  # The last clip that is not a poison: with 3-clip chunks, in one of the later chunks.
+  clip = max(set(range(len(clean))) - set(record["indices"].tolist()))
+  tampered = protected.waveforms.copy()
+  tampered[clip, 100] += 1.0 / 32768
+  check = craft.check_export(source, protected_root, clean, protected.with_waveforms(tampered))
+  assert check["error_in_lsb"] == pytest.approx(1.0)
+  # The written files themselves were not touched, so no extra clip counts as changed.
+  assert check["clips_changed"] == int(np.any(record["delta"] != 0, axis=1).sum())
+
+
 def test_key_file_is_secret_intact_and_outside_dataset(demo_run):
   from jaxtag import keys
   workdir, _, _ = demo_run

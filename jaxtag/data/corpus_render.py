@@ -148,13 +148,20 @@ class CorpusConfig:
     return cls(**{**fields, **overrides})
 
   @classmethod
+  def large(cls, **overrides) -> CorpusConfig:
+    """The 35 words x 1,000 speakers (800/100/100): 28,000 training clips, so a 1% taggant
+    budget gives 28 poisons per key at K = 10 instead of the default's 5-6."""
+    return cls(**{**dict(num_speakers=1000), **overrides})
+
+  @classmethod
   def preset(cls, name: str, **overrides) -> CorpusConfig:
-    """``tiny``, ``small`` or ``default``, with field overrides (e.g. ``seed=3``)."""
+    """``tiny``, ``small``, ``default`` or ``large``, with field overrides (e.g. ``seed=3``)."""
     if name == "default":
       return cls(**overrides)
-    if name in ("tiny", "small"):
+    if name in ("tiny", "small", "large"):
       return getattr(cls, name)(**overrides)
-    raise DatasetError(f"Unknown corpus preset {name!r}; use 'tiny', 'small' or 'default'.")
+    raise DatasetError(
+        f"Unknown corpus preset {name!r}; use 'tiny', 'small', 'default' or 'large'.")
 
   def to_json(self) -> dict:
     """The config as JSON-able data (tuples become lists)."""
