@@ -145,6 +145,7 @@ def test_presets_and_default_dir(monkeypatch, tmp_path):
   # Same words and recipe as the default, five times the speakers (28,000 training clips).
   assert large == dataclasses.replace(corpus.CorpusConfig(seed=2), num_speakers=1000)
   assert large.fingerprint() != corpus.CorpusConfig(seed=2).fingerprint()
+  assert corpus.CorpusConfig.preset("xl").num_speakers == 3000   # 84,000 training clips
   with pytest.raises(DatasetError, match="preset"):
     corpus.CorpusConfig.preset("huge")
   monkeypatch.setenv("JAXTAG_DATA", str(tmp_path))

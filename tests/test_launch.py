@@ -99,21 +99,27 @@ def test_protected_dataset_holds_exactly_the_crafted_taggants(demo_run):
   assert summary["craft"]["snr_db_min"] == pytest.approx(snr.min(), abs=1e-3)
 
 
-def test_craft_export_check_catches_a_one_step_change(demo_run, monkeypatch):
-  """The launcher's read-back check (chunked, so its memory does not grow with the dataset) finds
-  a single 16-bit step of difference anywhere, including across chunk boundaries."""
+@pytest.mark.parametrize("by_file", [True, False])
+def test_craft_export_check_catches_a_one_step_change(demo_run, monkeypatch, by_file):
+  """The launcher's read-back check, chunked so that its memory does not grow with the dataset
+  (file by file where clips have paths, else from the loaded split), finds a single 16-bit step
+  of difference anywhere, and refuses a written split with other files than the input."""
+  import dataclasses
+
   from jaxtag.data import sources
   from launch import craft
   workdir, _, _ = demo_run
   summary = json.loads((workdir / "demo_summary.json").read_text())
   protected_root = pathlib.Path(summary["craft"]["protected_dataset"])
   clean, protected = _read_train(summary["data"]["root"]), _read_train(protected_root)
+  if not by_file:
+    clean, protected = (dataclasses.replace(d, paths=None) for d in (clean, protected))
   source = sources.DataSource(kind="speech_commands", root=str(protected_root))
   monkeypatch.setattr(craft, "_CHECK_CHUNK", 3)
   record = np.load(workdir / "craft" / "perturbations.npz")
+  num_changed = int(np.any(record["delta"] != 0, axis=1).sum())
   check = craft.check_export(source, protected_root, clean, protected)
-  assert check == {"max_abs_error": 0.0, "error_in_lsb": 0.0,
-                   "clips_changed": int(np.any(record["delta"] != 0, axis=1).sum())}
+  assert check == {"max_abs_error": 0.0, "error_in_lsb": 0.0, "clips_changed": num_changed}
   # The last clip that is not a poison: with 3-clip chunks, in one of the later chunks.
   clip = max(set(range(len(clean))) - set(record["indices"].tolist()))
   tampered = protected.waveforms.copy()
@@ -121,7 +127,11 @@ def test_craft_export_check_catches_a_one_step_change(demo_run, monkeypatch):
   check = craft.check_export(source, protected_root, clean, protected.with_waveforms(tampered))
   assert check["error_in_lsb"] == pytest.approx(1.0)
   # The written files themselves were not touched, so no extra clip counts as changed.
-  assert check["clips_changed"] == int(np.any(record["delta"] != 0, axis=1).sum())
+  assert check["clips_changed"] == num_changed
+  if by_file:
+    renamed = dataclasses.replace(clean, paths=clean.paths[:-1] + ("yes/other_nohash_9.wav",))
+    with pytest.raises(RuntimeError, match="other files than the input"):
+      craft.check_export(source, protected_root, renamed, protected)
 
 
 def test_key_file_is_secret_intact_and_outside_dataset(demo_run):

@@ -154,14 +154,21 @@ class CorpusConfig:
     return cls(**{**dict(num_speakers=1000), **overrides})
 
   @classmethod
+  def xl(cls, **overrides) -> CorpusConfig:
+    """SpeechCommands v2 scale: the 35 words x 3,000 speakers (2,400/300/300), 84,000 training
+    clips (v2 has 84,843), 105,000 in all (about 3.4 GB of WAV, 5 minutes to synthesise on 2
+    cores): a 1% budget gives 84 poisons per key at K = 10."""
+    return cls(**{**dict(num_speakers=3000), **overrides})
+
+  @classmethod
   def preset(cls, name: str, **overrides) -> CorpusConfig:
-    """``tiny``, ``small``, ``default`` or ``large``, with field overrides (e.g. ``seed=3``)."""
+    """``tiny``, ``small``, ``default``, ``large`` or ``xl``, with field overrides (e.g. ``seed=3``)."""
     if name == "default":
       return cls(**overrides)
-    if name in ("tiny", "small", "large"):
+    if name in ("tiny", "small", "large", "xl"):
       return getattr(cls, name)(**overrides)
     raise DatasetError(
-        f"Unknown corpus preset {name!r}; use 'tiny', 'small', 'default' or 'large'.")
+        f"Unknown corpus preset {name!r}; use 'tiny', 'small', 'default', 'large' or 'xl'.")
 
   def to_json(self) -> dict:
     """The config as JSON-able data (tuples become lists)."""

@@ -8,7 +8,7 @@ def data_config(kind: str = "corpus", preset: str = "default") -> ml_collections
   return ml_collections.ConfigDict(dict(
       kind=kind,            # corpus | speech_commands | esc50 | tfds
       root=ml_collections.FieldReference(None, field_type=str),  # dataset folder / corpus cache
-      preset=preset,        # corpus size: tiny | small | default | large
+      preset=preset,        # corpus size: tiny | small | default | large | xl
       corpus_seed=0,        # seed of the corpus synthesis
       name=ml_collections.FieldReference(None, field_type=str),  # TFDS name
       data_dir=ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir

@@ -3,7 +3,7 @@ r"""Synthesise (or find in the cache) the embedded espeak-ng corpus and print it
   .venv/bin/python -m launch.make_corpus --config=launch/configs/corpus.py:default \
       --workdir=workdirs/corpus
 
-The argument is the size preset: tiny | small | default | large.
+The argument is the size preset: tiny | small | default | large | xl.
 """
 
 import ml_collections
