@@ -157,7 +157,7 @@ class CorpusConfig:
   def xl(cls, **overrides) -> CorpusConfig:
     """SpeechCommands v2 scale: the 35 words x 3,000 speakers (2,400/300/300), 84,000 training
     clips (v2 has 84,843), 105,000 in all (3.3 GB of WAV; synthesis runs at about 380 clips/s
-    on 2 idle cores, so about 5 minutes): a 1% budget gives 84 poisons per key at K = 10."""
+    on 2 idle cores, 12.5 CPU-minutes in all): a 1% budget gives 84 poisons per key at K = 10."""
     return cls(**{**dict(num_speakers=3000), **overrides})
 
   @classmethod
