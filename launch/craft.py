@@ -148,8 +148,9 @@ def export_dataset(source, splits: dict, destination: pathlib.Path) -> None:
 
 def _read_back(source, destination: pathlib.Path, clean):
   """Yields ``(rows, waveforms)``: the written train split in ``clean``'s order, a chunk of
-  clips at a time. Folder layouts are read file by file, so at most one chunk is in memory (for
-  SpeechCommands' 85k clips a whole-split copy is 5.4 GB); TFDS output is loaded whole."""
+  clips at a time. SpeechCommands-layout output (the corpus's too) is read file by file, so at
+  most one chunk of it is in memory (for SpeechCommands' 85k clips a whole-split copy is 5.4 GB);
+  ESC-50 and TFDS output are loaded whole, then compared a chunk at a time."""
   import dataclasses
 
   import numpy as np
