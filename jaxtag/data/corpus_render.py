@@ -162,7 +162,7 @@ class CorpusConfig:
 
   @classmethod
   def preset(cls, name: str, **overrides) -> CorpusConfig:
-    """``tiny``, ``small``, ``default``, ``large`` or ``xl``, with field overrides (e.g. ``seed=3``)."""
+    """``tiny``, ``small``, ``default``, ``large`` or ``xl``, with field overrides (``seed=3``)."""
     if name == "default":
       return cls(**overrides)
     if name in ("tiny", "small", "large", "xl"):

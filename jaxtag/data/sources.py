@@ -26,7 +26,8 @@ class DataSource:
       or ``tfds`` (a TFDS dataset by name, read from ``data_dir`` without downloading).
     root: folder of a ``speech_commands``/``esc50`` dataset; for ``corpus`` an optional cache
       folder (default: :func:`jaxtag.data.corpus.default_corpus_dir`).
-    preset: corpus size preset (``tiny``, ``small``, ``default``, ``large``, ``xl``), for ``corpus`` only.
+    preset: corpus size preset (``tiny``, ``small``, ``default``, ``large``, ``xl``), for
+      ``corpus`` only.
     corpus_seed: seed of the corpus synthesis (host-side data generation), for ``corpus`` only.
     name: TFDS dataset name, for ``tfds`` only.
     data_dir: TFDS data directory, for ``tfds`` only.
