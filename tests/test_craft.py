@@ -170,6 +170,13 @@ def test_poisons_must_be_loud_enough_to_survive_the_16_bit_export():
   assert protect.carries_perturbation(waves, float_export) is None
 
 
+def test_clip_rms_in_chunks_equals_the_whole_array_formula():
+  waves = np.random.default_rng(0).normal(0, 0.1, (7, 300)).astype(np.float32)
+  whole = np.sqrt(np.mean(np.square(waves, dtype=np.float64), axis=-1))
+  for chunk in (1, 3, 7, 100):     # chunks that divide N, leave a remainder, or exceed it
+    np.testing.assert_array_equal(protect.clip_rms(waves, chunk=chunk), whole)
+
+
 def test_selection_errors():
   labels = np.repeat(np.arange(4), 5)
   with pytest.raises(ValueError, match="budget"):

@@ -158,13 +158,22 @@ def _alignment(clf, params, batch_stats, waves, labels, key_grads, keys_of, keep
   return out
 
 
+def clip_rms(waveforms: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
+  """float64 RMS of each clip ``(N, T) -> (N,)``, a chunk of clips at a time (a float64 copy of
+  a whole SpeechCommands-scale training set would be 10.8 GB)."""
+  rms = np.empty(len(waveforms), np.float64)
+  for start in range(0, len(waveforms), chunk):
+    x = np.asarray(waveforms[start:start + chunk], np.float64)
+    rms[start:start + chunk] = np.sqrt(np.mean(np.square(x), axis=-1))
+  return rms
+
+
 def carries_perturbation(waveforms: np.ndarray, config: ProtectConfig) -> np.ndarray | None:
   """Which clips are loud enough for their SNR budget to survive the 16-bit export
   (``config.min_budget_lsb``); None when every clip qualifies by construction."""
   if not config.craft.quantize or config.min_budget_lsb <= 0:
     return None
-  rms = np.sqrt(np.mean(np.square(waveforms, dtype=np.float64), axis=-1))
-  budget_lsb = rms * 10 ** (-config.craft.snr_db / 20) * craft_lib.PCM16_SCALE
+  budget_lsb = clip_rms(waveforms) * 10 ** (-config.craft.snr_db / 20) * craft_lib.PCM16_SCALE
   return budget_lsb >= config.min_budget_lsb
 
 
@@ -235,7 +244,7 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     scores = np.mean([grad_norm_scores(c, p, b, train, np.unique(key_labels))
                       for c, p, b in surrogates], axis=0)
   elif config.selection == "loudest":
-    scores = np.sqrt(np.mean(np.square(train.waveforms, dtype=np.float64), axis=-1))
+    scores = clip_rms(train.waveforms)
   seed = int(jax.random.randint(rng_lib.stream(key, "select"), (), 0, 2**31 - 1))
   selection = select_lib.select_poisons(seed, train.labels, key_labels, budget=config.budget,
                                         method=config.selection, scores=scores,
