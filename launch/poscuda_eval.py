@@ -125,11 +125,26 @@ def protect_variants(config: Any, train_split, test_split, key) -> dict[str, dic
                                          sample_rate=train_split.sample_rate)
     snr = np.asarray(metrics.snr_db(train_split.waveforms, protected))
     out[name] = {
-        "spec": spec, "train": train_split.with_waveforms(protected),
+        "spec": spec, "secret": secret, "train": train_split.with_waveforms(protected),
         "test": poscuda.protect_dataset(test_split, secret),
         "snr_db": {"min": float(snr.min()), "p5": float(np.percentile(snr, 5)),
                    "median": float(np.median(snr))}}
   return out
+
+
+def mixed(secret, part: str):
+  """The paper's mixing check: each class gets the next class's filter or patch position."""
+  import numpy as np
+
+  from jaxtag import poscuda
+  filters, positions = np.asarray(secret.filters), np.asarray(secret.positions)
+  if part == "filters":
+    filters = np.roll(filters, 1, axis=0)
+  elif part == "positions":
+    positions = np.roll(positions, 1, axis=0)
+  else:
+    raise ValueError(f"mixed: part must be 'filters' or 'positions', got {part!r}.")
+  return poscuda.PoscudaFilters(filters=filters, positions=positions, spec=secret.spec)
 
 
 def evaluate_model(name: str, config: Any, data: dict, variants: dict, workdir: pathlib.Path,
@@ -155,6 +170,10 @@ def evaluate_model(name: str, config: Any, data: dict, variants: dict, workdir: 
     model = Predictor(run_dir, config.eval_batch_size)
     record["test"] = model.accuracy(data["test"].waveforms, data["test"].labels)
     record["filtered_test"] = model.accuracy(d["test"].waveforms, d["test"].labels)
+    if d["spec"].use_positions:  # Which half of the secret does the model read?
+      record["mixed_test"] = {part: model.accuracy(
+          poscuda.protect_dataset(data["test"], mixed(d["secret"], part)).waveforms,
+          data["test"].labels) for part in ("filters", "positions")}
     record["frechet"] = poscuda.frechet_distance(clean_emb, clean(d["train"].waveforms[idx])[1])
     row["runs"][variant] = record
   return row
@@ -233,6 +252,15 @@ def format_report(report: dict[str, Any]) -> str:
   lines += [""] + _table(report, (
       "Test accuracy (%) on the class-filtered test set (the variant's filters applied to the "
       f"test clips; 'Clean' column: the clean model on {shown}):"), filtered)
+  mixes = [(row["model"], v, r["mixed_test"]) for row in report["rows"].values()
+           for v, r in row["runs"].items() if "mixed_test" in r]
+  if mixes:
+    lines += ["", ("Which half of the secret the protected models read (test clips filtered "
+                   "with each class given the next class's filter, or its patch position; "
+                   "compare with the class-filtered test):")]
+    for model, v, m in mixes:
+      lines.append(f"  {_arch(model):22s} {v:10s} filters mixed {_pct(m['filters'])}%  "
+                   f"positions mixed {_pct(m['positions'])}%")
   lines += ["", EMBEDDING_NOTE, "", "Quality of the protected train clips (SNR, dB):"]
   for v, q in report["variants"].items():
     lines.append(f"  {v:12s} min {q['snr_db']['min']:7.2f}  p5 {q['snr_db']['p5']:7.2f}  median "

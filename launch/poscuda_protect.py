@@ -44,10 +44,22 @@ def check_locations(config: Any, workdir: pathlib.Path) -> None:
 
 
 def spec_from_config(spec_config: Any, dataset) -> Any:
-  """The typed PoscudaSpec for ``dataset`` (its sample rate and clip length)."""
+  """The typed PoscudaSpec for ``dataset``: its sample rate and clip length, and with
+  ``positions="active"`` the window of patch starts where its clips carry sound."""
+  import dataclasses
+
   from jaxtag import poscuda
-  return poscuda.PoscudaSpec(**spec_config.to_dict(), sample_rate=dataset.sample_rate,
+  fields = spec_config.to_dict()
+  positions = fields.pop("positions", "anywhere")
+  level = fields.pop("active_level", 0.5)
+  if positions not in ("active", "anywhere"):
+    raise ValueError(f"spec.positions must be 'active' or 'anywhere', got {positions!r}.")
+  spec = poscuda.PoscudaSpec(**fields, sample_rate=dataset.sample_rate,
                              clip_samples=dataset.num_samples)
+  if positions == "active" and spec.use_positions:
+    window = poscuda.active_window(dataset.waveforms, spec.patch, level=level)
+    spec = dataclasses.replace(spec, position_window=window)
+  return spec
 
 
 def _export(source, splits, output: pathlib.Path, overwrite: bool) -> dict[str, int]:

@@ -77,6 +77,40 @@ def test_raw_taps_are_uniform_zero_to_b_and_positions_keep_the_patch_inside():
   assert pos.min() < 500 and pos.max() > 3000            # spread over the clip, not one spot
 
 
+def test_position_window_bounds_the_draws_and_survives_a_json_round_trip():
+  spec = poscuda.PoscudaSpec(clip_samples=4000, position_window=[1000, 1200])
+  assert spec.position_window == (1000, 1200) and spec.starts == (1000, 1200)
+  assert poscuda.PoscudaSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+  pos = np.asarray(poscuda.make_filters(jax.random.key(3), spec, 200).positions)
+  assert pos.min() >= 1000 and pos.max() <= 1200
+  assert pos.min() < 1020 and pos.max() > 1180           # the whole window is used
+  assert poscuda.PoscudaSpec(clip_samples=4000).starts == (0, 4000 - 240)
+  for bad in [(0, 3761), (-1, 10), (20, 10), (1.5, 10), (1, 2, 3)]:
+    with pytest.raises(ValueError, match="position_window"):
+      poscuda.PoscudaSpec(clip_samples=4000, position_window=bad)
+
+
+def test_active_window_finds_where_the_clips_carry_sound():
+  r = np.random.default_rng(0)
+  clips = 1e-4 * r.standard_normal((40, 4000))
+  onsets = r.integers(1500, 2001, size=40)               # a 500-sample "word" starting at 1500-2000
+  for clip, onset in zip(clips, onsets):
+    clip[onset:onset + 500] += 0.3 * r.standard_normal(500)
+  first, last = poscuda.active_window(clips.astype(np.float32), 240, level=0.5, chunk=7)
+  # Starts whose patch overlaps the words in most clips: inside [1500 - 240, 2500], not the edges.
+  assert 1300 <= first <= 1800 and 1900 <= last <= 2400, (first, last)
+  narrow = poscuda.active_window(clips, 240, level=0.9)
+  assert first <= narrow[0] <= narrow[1] <= last         # a higher level keeps fewer starts
+  assert poscuda.active_window(clips, 240, level=1.0)[0] == poscuda.active_window(
+      clips, 240, level=1.0)[1]
+  with pytest.raises(ValueError, match="silent"):
+    poscuda.active_window(np.zeros((3, 4000)), 240)
+  with pytest.raises(ValueError, match="level"):
+    poscuda.active_window(clips, 240, level=0.0)
+  with pytest.raises(ValueError, match="patch"):
+    poscuda.active_window(clips, 5000)
+
+
 def test_blur_only_scales_the_draws_and_positions_ignore_it(secret):
   low = poscuda.make_filters(jax.random.key(0), poscuda.PoscudaSpec(blur=0.01, clip_samples=4000), C)
   np.testing.assert_allclose(np.asarray(secret.filters), 30 * np.asarray(low.filters), rtol=1e-5)
@@ -296,6 +330,37 @@ def test_readable_secret_file_warns_at_the_callers_line(secret_file):
 # --- launchers on the tiny corpus -------------------------------------------------------------
 
 
+def test_secret_file_keeps_the_position_window_and_refuses_positions_outside_it(tmp_path):
+  spec = poscuda.PoscudaSpec(clip_samples=4000, position_window=(1000, 1100))
+  secret = poscuda.make_filters(jax.random.key(0), spec, C)
+  path = poscuda.save_filters(tmp_path / "w.npz", secret, class_names=NAMES,
+                              provenance=poscuda.filter_provenance(jax.random.key(0)))
+  loaded, manifest = poscuda.load_filters(path)
+  assert loaded.spec == spec
+  poscuda.regenerate_and_check(loaded, manifest)
+  outside = poscuda.PoscudaFilters(filters=np.asarray(secret.filters),
+                                   positions=np.full((C,), 2000, np.int32), spec=spec)
+  poscuda.save_filters(tmp_path / "bad.npz", outside, class_names=NAMES, provenance={})
+  with pytest.raises(keys_lib.KeyFileError, match=r"outside \[1000, 1100\]"):
+    poscuda.load_filters(tmp_path / "bad.npz")
+
+
+def test_launcher_spec_positions_active_uses_the_datas_window():
+  from jaxtag.data import sources
+  from launch import poscuda_protect
+  from launch.configs import poscuda_protect as protect_config
+  config = protect_config.get_config("tiny")
+  train = sources.load_split(sources.DataSource(**config.data.to_dict()), "train", progress=False)
+  assert poscuda_protect.spec_from_config(config.spec, train).position_window is None
+  config.spec.positions = "active"
+  config.spec.active_level = 0.7
+  spec = poscuda_protect.spec_from_config(config.spec, train)
+  assert spec.position_window == poscuda.active_window(train.waveforms, spec.patch, level=0.7)
+  config.spec.positions = "middle"
+  with pytest.raises(ValueError, match="spec.positions"):
+    poscuda_protect.spec_from_config(config.spec, train)
+
+
 def test_protect_launcher_writes_the_layout_and_the_secret(tmp_path):
   from jaxtag.data import sources, speechcommands
   from launch import poscuda_protect
@@ -347,11 +412,14 @@ def test_eval_launcher_runs_on_the_tiny_config_and_reuses_runs(tmp_path):
     if name != "clean":
       assert 0.0 <= run["filtered_test"] <= 1.0 and run["frechet"] >= 0.0
   assert set(runs["clean"]["filtered_test"]) == {"pos_b0.3"}
+  assert set(runs["pos_b0.3"]["mixed_test"]) == {"filters", "positions"}
+  assert all(0.0 <= v <= 1.0 for v in runs["pos_b0.3"]["mixed_test"].values())
   q = report["variants"]["pos_b0.3"]["snr_db"]
   assert q["min"] <= q["p5"] <= q["median"]
   assert "blur" in report["attack"]["modes"]
   text = (workdir / "poscuda_eval.txt").read_text()
   assert "| PosCUDA b=0.3 |" in text and "PANN" in text and "learnability" in text
+  assert "positions mixed" in text
   assert json.loads((workdir / "poscuda_eval.json").read_text())["rows"]["m5"]["runs"] == runs
   again = poscuda_eval.run_stage(config, workdir)   # finished runs are reused, not retrained
   assert again["rows"] == report["rows"]
@@ -359,6 +427,25 @@ def test_eval_launcher_runs_on_the_tiny_config_and_reuses_runs(tmp_path):
   config.recipes.m5.num_epochs = 2                  # a stale run is never silently reused
   with pytest.raises(ValueError, match="another recipe"):
     poscuda_eval.run_stage(config, workdir)
+
+
+def test_eval_mixing_gives_each_class_the_next_class_filter_or_position(secret):
+  from launch import poscuda_eval
+  x, y = _clips()
+  f, pos = np.asarray(secret.filters), np.asarray(secret.positions)
+  by_filter = poscuda_eval.mixed(secret, "filters")
+  by_position = poscuda_eval.mixed(secret, "positions")
+  np.testing.assert_array_equal(by_filter.positions, pos)
+  np.testing.assert_array_equal(by_filter.filters[1:], f[:-1])
+  np.testing.assert_array_equal(by_position.filters, f)
+  np.testing.assert_array_equal(by_position.positions[0], pos[-1])
+  out = np.asarray(poscuda.apply_poscuda(x, y, by_position))
+  for i in range(len(x)):          # the class's own filter, at the previous class's position
+    start = int(pos[(y[i] - 1) % C])
+    np.testing.assert_array_equal(out[i], np.asarray(poscuda.filter_patch(x[i], f[y[i]], start,
+                                                                          SPEC.patch)))
+  with pytest.raises(ValueError, match="part"):
+    poscuda_eval.mixed(secret, "taps")
 
 
 def test_eval_config_variants_parse_and_reject_typos():
