@@ -29,7 +29,10 @@ def train_config(config: Any):
       augment=train.AugmentConfig(**augment), label_smoothing=config.label_smoothing,
       log_every_steps=config.log_every_steps,
       checkpoint_every_steps=config.checkpoint_every_steps, max_to_keep=config.max_to_keep,
-      eval_every_epochs=config.eval_every_epochs, init_from=config.get("init_from") or None)
+      eval_every_epochs=config.eval_every_epochs, init_from=config.get("init_from") or None,
+      distill_from=config.get("distill_from") or None,
+      distill_weight=config.get("distill_weight", 0.5),
+      distill_temperature=config.get("distill_temperature", 1.0))
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """jaxtag.train: losses, schedules, sharded steps (8 devices == 1), compile-once, AOT, resume, accuracy."""
 
+import dataclasses
 import functools
 import json
 
@@ -288,3 +289,37 @@ def test_warm_start_takes_the_backbone_and_reinitialises_a_head_of_other_shape(t
              if jnp.issubdtype(x.dtype, jnp.floating))
   with pytest.raises(ValueError, match="holds a 'cnn' model"):
     loop.warm_start(fresh, tx, tiny_workdir, "m5")
+
+
+def test_distillation_teaches_the_teachers_labels_not_the_datas(tmp_path):
+  """Offline distillation: with distill_weight=1 the student learns what the teacher predicts,
+  even when every label in its train split is wrong (shifted by one class)."""
+  from jaxtag.data.dataset import DatasetError
+  from jaxtag.train import loop
+  data, test = tones(192, 0), tones(96, 2, split="test")
+  config = _config(num_epochs=6, batch_size=16, eval_batch_size=48, checkpoint_every_steps=0,
+                   log_every_steps=12, optim=train.OptimConfig(learning_rate=1e-2, warmup_steps=6),
+                   augment=train.AugmentConfig(max_gain_db=6.0))
+  kw = dict(test_data=test, key=jax.random.key(0), mesh=sharding.make_mesh(2), progress=False)
+  teacher = train.train(config, train_data=data, workdir=tmp_path / "teacher", **kw)
+  assert teacher.metrics["test/accuracy"] >= 0.95
+  soft = loop.teacher_targets(tmp_path / "teacher", data, batch_size=50)
+  np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+  trained = train.restore_for_inference(tmp_path / "teacher")
+  logits, _, _ = trained.apply_fn()(trained.params, trained.batch_stats, data.waveforms)
+  np.testing.assert_allclose(soft, jax.nn.softmax(logits), rtol=1e-4, atol=1e-6)
+  warm = loop.teacher_targets(tmp_path / "teacher", data, temperature=4.0)
+  entropy = lambda p: -np.sum(p * np.log(p + 1e-12), axis=1).mean()
+  assert entropy(warm) > entropy(soft) + 0.1                          # T > 1 softens
+  wrong = AudioDataset(data.waveforms, (data.labels + 1) % len(CLASSES), CLASSES, SR)
+  student = train.train(dataclasses.replace(config, distill_from=str(tmp_path / "teacher"),
+                                            distill_weight=1.0),
+                        train_data=wrong, workdir=tmp_path / "student", **kw)
+  assert student.metrics["test/accuracy"] >= 0.9, student.metrics    # the teacher's labels
+  control = train.train(config, train_data=wrong, workdir=tmp_path / "control", **kw)
+  assert control.metrics["test/accuracy"] <= 0.1, control.metrics    # the shifted labels
+  other = AudioDataset(data.waveforms, data.labels, ("w", "x", "y", "z"), SR)
+  with pytest.raises(DatasetError, match="trained on classes"):
+    loop.teacher_targets(tmp_path / "teacher", other)
+  with pytest.raises(ValueError, match="distill_weight"):
+    _config(distill_weight=0.0)

@@ -61,6 +61,11 @@ class TrainConfig:
     init_from: a finished training workdir of the same model whose weights start this run
       (fine-tuning a shared backbone); leaves whose shape differs (the head, when the classes
       differ) keep their fresh initialisation. None: train from scratch.
+    distill_from: a finished training workdir (any model, the same classes, rate and clip
+      length) whose predictions on the train split become soft targets (offline knowledge
+      distillation, e.g. a CNN teacher for a ViT student); None: no teacher.
+    distill_weight: w, the teacher's share of the targets: ``(1 - w) one_hot + w teacher``.
+    distill_temperature: T, the teacher's probabilities are ``softmax(logits / T)``.
   """
 
   model: str = "ast_tiny"
@@ -76,6 +81,9 @@ class TrainConfig:
   max_to_keep: int = 2
   eval_every_epochs: int = 1
   init_from: str | None = None
+  distill_from: str | None = None
+  distill_weight: float = 0.5
+  distill_temperature: float = 1.0
 
   def __post_init__(self):
     for name in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
@@ -86,6 +94,11 @@ class TrainConfig:
       raise ValueError("TrainConfig.checkpoint_every_steps must be >= 0 (0: once per epoch).")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"TrainConfig.label_smoothing must lie in [0, 1); got {self.label_smoothing}.")
+    if not 0.0 < self.distill_weight <= 1.0:
+      raise ValueError(f"TrainConfig.distill_weight must lie in (0, 1]; got {self.distill_weight}.")
+    if not self.distill_temperature > 0.0:
+      raise ValueError(f"TrainConfig.distill_temperature must be > 0; got "
+                       f"{self.distill_temperature}.")
 
 
 @dataclasses.dataclass
@@ -191,6 +204,10 @@ def _check_data(config: TrainConfig, train_data: AudioDataset, others: list[Audi
                          "names, sample rate or clip length; load both from one source.")
 
 
+def _add_soft_targets(soft: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {**batch, "soft_target": soft[batch["index"]]}
+
+
 def _average(records: list[dict[str, jax.Array]]) -> dict[str, float]:
   host = jax.device_get(records)
   return {k: float(np.mean([r[k] for r in host])) for k in host[0]}
@@ -225,6 +242,53 @@ def warm_start(state: state_lib.TrainState, tx, init_from: str | os.PathLike,
                  ", ".join(kept))
   return state.replace(params=params, batch_stats=stats, opt_state=jax.jit(
       tx.init, out_shardings=jax.tree.map(lambda x: x.sharding, state.opt_state))(params))
+
+
+def teacher_targets(teacher_dir: str | os.PathLike, dataset: AudioDataset, *,
+                    temperature: float = 1.0, batch_size: int = 128) -> np.ndarray:
+  """A finished run's probabilities ``softmax(logits / T)`` for every clip of ``dataset``.
+
+  Eval mode, no augmentation, in fixed-size padded batches (one compilation). The soft targets
+  of offline distillation (``TrainConfig.distill_from``).
+
+  Args:
+    teacher_dir: the teacher's training workdir.
+    dataset: the clips (usually the student's train split).
+    temperature: T > 0; above 1 softens the teacher's probabilities.
+    batch_size: clips per forward pass.
+
+  Returns:
+    float32 ``(len(dataset), num_classes)``, rows summing to 1.
+
+  Raises:
+    DatasetError: a teacher trained on other classes, another sample rate or clip length.
+  """
+  teacher = ckpt.restore_for_inference(teacher_dir)
+  info = teacher.info
+  if tuple(info.class_names) != tuple(dataset.class_names):
+    raise DatasetError(f"distill_from {str(teacher_dir)!r}: the teacher was trained on classes "
+                       f"{list(info.class_names)[:5]}..., the data has "
+                       f"{list(dataset.class_names)[:5]}...; use a teacher of the same dataset.")
+  if (info.sample_rate, info.clip_samples) != (dataset.sample_rate, dataset.num_samples):
+    raise DatasetError(f"distill_from {str(teacher_dir)!r}: the teacher takes "
+                       f"{info.clip_samples} samples at {info.sample_rate} Hz, the data "
+                       f"{dataset.num_samples} at {dataset.sample_rate} Hz.")
+  apply_fn = teacher.apply_fn()
+
+  @jax.jit
+  def probabilities(params, batch_stats, waveforms):
+    logits, _, _ = apply_fn(params, batch_stats, waveforms, train=False)
+    return jax.nn.softmax(logits.astype(np.float32) / temperature, axis=-1)
+
+  n = len(dataset)
+  batch_size = max(1, min(batch_size, n))
+  out = np.empty((n, dataset.num_classes), np.float32)
+  for start in range(0, n, batch_size):
+    chunk = dataset.waveforms[start:start + batch_size]
+    padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
+    out[start:start + len(chunk)] = np.asarray(
+        probabilities(teacher.params, teacher.batch_stats, padded))[:len(chunk)]
+  return out
 
 
 def train(config: TrainConfig, *, train_data: AudioDataset, key: jax.Array,
@@ -282,19 +346,29 @@ def train(config: TrainConfig, *, train_data: AudioDataset, key: jax.Array,
       logging.info("Resuming %s from step %d of %d.", workdir, start, total)
     writer.rewind(start)
 
+    transform, soft_classes = None, 0
+    if config.distill_from:
+      soft = teacher_targets(config.distill_from, train_data,
+                             temperature=config.distill_temperature,
+                             batch_size=config.eval_batch_size)
+      soft_classes = soft.shape[1]
+      transform = functools.partial(_add_soft_targets, soft)
     sig = state_lib.step_signature(mesh, abstract_state, batch_size=config.batch_size,
                                    eval_batch_size=config.eval_batch_size,
-                                   num_samples=train_data.num_samples)
+                                   num_samples=train_data.num_samples,
+                                   soft_target_classes=soft_classes)
     train_fn = state_lib.jit_train_step(functools.partial(
         steps.train_step, parts=parts, tx=tx, schedule=schedule, augment=config.augment,
-        sample_rate=train_data.sample_rate, label_smoothing=config.label_smoothing), sig)
+        sample_rate=train_data.sample_rate, label_smoothing=config.label_smoothing,
+        distill_weight=config.distill_weight), sig)
     eval_fn = state_lib.jit_eval_step(functools.partial(steps.eval_step, parts=parts), sig)
     run_eval = functools.partial(evaluate, eval_fn, batch_size=config.eval_batch_size, mesh=mesh)
     train_key = jax.device_put(rng.stream(key, "train"), sharding.replicated(mesh))
 
     end = total if stop_at_step is None else min(total, stop_at_step)
     batches = pipeline.batches(train_data, batch_size=config.batch_size,
-                               seed=rng.stream(key, "data"), mesh=mesh, start_step=start)
+                               seed=rng.stream(key, "data"), mesh=mesh, start_step=start,
+                               transform=transform)
     bar = tqdm.tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
                     desc=f"train {config.model}", dynamic_ncols=True)
     pending: list[dict[str, jax.Array]] = []

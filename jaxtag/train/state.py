@@ -134,15 +134,18 @@ def create_train_state(spec: ModelSpec, tx: optax.GradientTransformation, key: j
   return state, ModelParts(box[0], other, spec.num_classes)
 
 
-def host_batch_spec(batch_size: int, num_samples: int, *, mask: bool = False
-                    ) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of a global batch: the train pipeline's keys, or ``mask`` instead of ``index``."""
+def host_batch_spec(batch_size: int, num_samples: int, *, mask: bool = False,
+                    soft_target_classes: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a global batch: the train pipeline's keys, or ``mask`` instead of ``index``;
+  with ``soft_target_classes``, a ``soft_target`` (a teacher's probabilities) per clip too."""
   spec = {"audio": jax.ShapeDtypeStruct((batch_size, num_samples), jnp.float32),
           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
   if mask:
     spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
   else:
     spec["index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    if soft_target_classes:
+      spec["soft_target"] = jax.ShapeDtypeStruct((batch_size, soft_target_classes), jnp.float32)
   return spec
 
 
@@ -169,7 +172,7 @@ class StepSignature:
 
 
 def step_signature(mesh, abstract_state: TrainState, *, batch_size: int, eval_batch_size: int,
-                   num_samples: int) -> StepSignature:
+                   num_samples: int, soft_target_classes: int = 0) -> StepSignature:
   """What the compiled train and eval steps take, with their shardings.
 
   Args:
@@ -178,6 +181,7 @@ def step_signature(mesh, abstract_state: TrainState, *, batch_size: int, eval_ba
     batch_size: global train batch size (a multiple of the mesh's data axis size).
     eval_batch_size: global eval batch size (likewise).
     num_samples: samples per clip.
+    soft_target_classes: if > 0, train batches carry ``soft_target`` (distillation).
 
   Returns:
     A :class:`StepSignature`.
@@ -191,7 +195,8 @@ def step_signature(mesh, abstract_state: TrainState, *, batch_size: int, eval_ba
   key = jax.eval_shape(lambda: jax.random.key(0))
   return StepSignature(
       mesh=mesh, state=abstract_state,
-      train_batch=with_sharding(host_batch_spec(batch_size, num_samples), data),
+      train_batch=with_sharding(host_batch_spec(
+          batch_size, num_samples, soft_target_classes=soft_target_classes), data),
       eval_batch=with_sharding(host_batch_spec(eval_batch_size, num_samples, mask=True), data),
       key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
 

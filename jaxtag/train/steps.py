@@ -87,12 +87,14 @@ def forward(parts: ModelParts, params: nnx.State, batch_stats: nnx.State, wavefo
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
                parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
                augment: augment_lib.AugmentConfig, sample_rate: int,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               label_smoothing: float = 0.0, distill_weight: float = 0.0
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (global) batch.
 
   Args:
     state: the current state.
-    batch: ``{"audio": (B, T) float32, "label": (B,) int32, ...}``.
+    batch: ``{"audio": (B, T) float32, "label": (B,) int32, ...}``, optionally
+      ``"soft_target": (B, C)``, a teacher's probabilities for each clip (distillation).
     key: the train stream; this step's key is ``fold_in(key, state.step)`` (the same as
       ``jaxtag.rng.step_key``), so a resumed run draws the same augmentation and dropout.
     parts: the model's static parts.
@@ -101,6 +103,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     augment: waveform and feature augmentation.
     sample_rate: sample rate of ``batch["audio"]``.
     label_smoothing: label smoothing of the cross-entropy.
+    distill_weight: ``w``; with a ``soft_target`` in the batch the targets are
+      ``(1 - w) one_hot(label) + w soft_target`` (before mixup, which then mixes them).
 
   Returns:
     ``(new state, {"train/loss", "train/accuracy", "train/lr", "train/grad_norm"})``; accuracy
@@ -109,6 +113,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
   k_wave, k_model = jax.random.split(jax.random.fold_in(key, state.step))
   labels = batch["label"]
   targets = jax.nn.one_hot(labels, parts.num_classes, dtype=jnp.float32)
+  if "soft_target" in batch:
+    targets = (1.0 - distill_weight) * targets + distill_weight * batch["soft_target"]
   waveforms, targets = augment_lib.augment_waveforms(
       k_wave, batch["audio"], targets, augment, sample_rate=sample_rate)
 

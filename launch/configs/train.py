@@ -76,6 +76,12 @@ def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
   # A finished train workdir of the same model to fine-tune from (a shared "public" backbone);
   # the head is re-initialised when the classes differ. None: from scratch.
   config.init_from = ml_collections.FieldReference(None, field_type=str)
+  # Offline knowledge distillation: a finished train workdir (e.g. the `cnn` surrogate) whose
+  # probabilities softmax(logits / T) on the train split are mixed into the targets with
+  # weight w. None: no teacher.
+  config.distill_from = ml_collections.FieldReference(None, field_type=str)
+  config.distill_weight = 0.5
+  config.distill_temperature = 1.0
   config.num_devices = 0              # 0: every device (all hosts)
   config.progress = True
   config.optim = optim_config(learning_rate=2e-3, weight_decay=0.05)
