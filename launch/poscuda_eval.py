@@ -125,7 +125,7 @@ def protect_variants(config: Any, train_split, test_split, key) -> dict[str, dic
                                          sample_rate=train_split.sample_rate)
     snr = np.asarray(metrics.snr_db(train_split.waveforms, protected))
     out[name] = {
-        "spec": spec, "secret": secret, "train": train_split.with_waveforms(protected),
+        "secret": secret, "train": train_split.with_waveforms(protected),
         "test": poscuda.protect_dataset(test_split, secret),
         "snr_db": {"min": float(snr.min()), "p5": float(np.percentile(snr, 5)),
                    "median": float(np.median(snr))}}
@@ -170,7 +170,7 @@ def evaluate_model(name: str, config: Any, data: dict, variants: dict, workdir: 
     model = Predictor(run_dir, config.eval_batch_size)
     record["test"] = model.accuracy(data["test"].waveforms, data["test"].labels)
     record["filtered_test"] = model.accuracy(d["test"].waveforms, d["test"].labels)
-    if d["spec"].use_positions:  # Which half of the secret does the model read?
+    if d["secret"].spec.use_positions:  # Which half of the secret does the model read?
       record["mixed_test"] = {part: model.accuracy(
           poscuda.protect_dataset(data["test"], mixed(d["secret"], part)).waveforms,
           data["test"].labels) for part in ("filters", "positions")}
@@ -189,7 +189,7 @@ def attack(config: Any, data: dict, variants: dict, workdir: pathlib.Path, root_
   recipe = config.recipes[name]
   clean_acc = rows[name]["runs"]["clean"]["test"]
   protected_acc = rows[name]["runs"][variant]["test"]
-  spec = variants[variant]["spec"]
+  spec = variants[variant]["secret"].spec
   out = {"model": name, "variant": variant, "clean_trained_test": clean_acc,
          "protected_trained_test": protected_acc, "modes": {}}
   protected = variants[variant]["train"]
@@ -321,7 +321,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "dataset": f"{source.kind}:{source.preset}" if source.kind == "corpus" else source.kind,
       "num_classes": data["train"].num_classes, "train_clips": len(data["train"]),
       "test_clips": len(data["test"]), "jax": jax.__version__, "embedding_note": EMBEDDING_NOTE,
-      "variants": {v: {"spec": d["spec"].to_dict(), "snr_db": d["snr_db"]}
+      "variants": {v: {"spec": d["secret"].spec.to_dict(), "snr_db": d["snr_db"]}
                    for v, d in variants.items()},
       "rows": rows,
   }
