@@ -14,6 +14,7 @@ positions on a protected train set, then the model is retrained. Writes `poscuda
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -67,20 +68,15 @@ class Predictor:
       logits, intermediates, _ = apply_fn(params, batch_stats, waveforms, train=False)
       return jax.numpy.argmax(logits, -1), intermediates["embedding"]
 
-    self._fn = jax.jit(forward)
-    self._state = (trained.params, trained.batch_stats)
+    self._fn = functools.partial(jax.jit(forward), trained.params, trained.batch_stats)
     self.batch_size = batch_size
 
   def __call__(self, waveforms):
     import numpy as np
-    preds, embeddings = [], []
-    for start in range(0, len(waveforms), self.batch_size):
-      chunk = waveforms[start:start + self.batch_size]
-      padded = np.pad(chunk, ((0, self.batch_size - len(chunk)), (0, 0)))
-      p, e = self._fn(*self._state, padded)
-      preds.append(np.asarray(p)[:len(chunk)])
-      embeddings.append(np.asarray(e, np.float64)[:len(chunk)])
-    return np.concatenate(preds), np.concatenate(embeddings)
+
+    from jaxtag.train import infer
+    preds, embeddings = infer.map_padded(self._fn, waveforms, batch_size=self.batch_size)
+    return preds, embeddings.astype(np.float64)
 
   def accuracy(self, waveforms, labels) -> float:
     import numpy as np
@@ -153,6 +149,7 @@ def evaluate_model(name: str, config: Any, data: dict, variants: dict, workdir: 
   import numpy as np
 
   from jaxtag import poscuda, rng
+  from jaxtag.audio import metrics
   recipe = config.recipes[name]
   key = rng.stream(root_key, f"train_{name}")  # Same init and batch order for every variant.
   row: dict[str, Any] = {"model": recipe.model, "runs": {}}
@@ -174,7 +171,7 @@ def evaluate_model(name: str, config: Any, data: dict, variants: dict, workdir: 
       record["mixed_test"] = {part: model.accuracy(
           poscuda.protect_dataset(data["test"], mixed(d["secret"], part)).waveforms,
           data["test"].labels) for part in ("filters", "positions")}
-    record["frechet"] = poscuda.frechet_distance(clean_emb, clean(d["train"].waveforms[idx])[1])
+    record["frechet"] = metrics.frechet_distance(clean_emb, clean(d["train"].waveforms[idx])[1])
     row["runs"][variant] = record
   return row
 

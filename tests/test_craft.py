@@ -386,6 +386,19 @@ def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate,
   assert not np.allclose(report_0.alignment_before, report.alignment_before)
 
 
+def test_grad_norm_scores_do_not_depend_on_the_chunking(surrogate):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  _, _, data, _ = _tone_data_and_keys()
+  classes = np.array([0, 3])
+  whole = protect.grad_norm_scores(clf, params, stats, data, classes, batch_size=len(data))
+  chunked = protect.grad_norm_scores(clf, params, stats, data, classes, batch_size=7)
+  inside = np.isin(data.labels, classes)
+  assert inside.sum() % 7, "the test needs a last chunk that is padded"
+  assert np.all(np.isnan(whole[~inside])) and np.all(np.isnan(chunked[~inside]))
+  assert np.all(whole[inside] > 0)
+  np.testing.assert_allclose(chunked[inside], whole[inside], rtol=1e-4)
+
+
 def test_ensemble_members_must_share_one_architecture(surrogate):
   _, params, _ = craft.classifier_from_trained(surrogate)
   leaves, treedef = jax.tree.flatten(params)

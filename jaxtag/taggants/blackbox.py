@@ -19,6 +19,7 @@ already 16-bit exact (read from the 16-bit WAVs that jaxtag writes) get identica
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import json
@@ -178,23 +179,17 @@ class LocalBlackBox:
       AudioFileError: bad waveforms (shape, NaN/Inf, rate).
       ValueError: bad ``k``.
     """
-    import jax
+    from jaxtag.train import infer
 
     x, k = check_top_k_args(waveforms, k, num_classes=self.num_classes,
                             expected_rate=self.sample_rate, sample_rate=sample_rate,
                             name="LocalBlackBox.top_k waveforms")
     x = fit_length(x, self.clip_samples)
-    n = x.shape[0]
-    rows = 1 if n == 1 else self.batch_size
-    out = np.empty((n, k), np.int32)
+    rows = 1 if x.shape[0] == 1 else self.batch_size
     with self._lock:
-      for start in range(0, n, rows):
-        batch = np.zeros((rows, self.clip_samples), np.float32)
-        chunk = x[start:start + rows]
-        batch[:len(chunk)] = chunk
-        ranked = self._ranking(*self._weights, jax.device_put(batch, self._device))
-        out[start:start + len(chunk)] = jax.device_get(ranked)[:len(chunk), :k]
-    return out
+      ranked = infer.map_padded(functools.partial(self._ranking, *self._weights),
+                                x.astype(np.float32), batch_size=rows, device=self._device)
+    return np.ascontiguousarray(ranked[:, :k])
 
   def __repr__(self) -> str:
     return (f"LocalBlackBox({str(self.workdir)!r}, {self.num_classes} classes, "

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtag.train import infer
+
 
 class KeyScores(NamedTuple):
   """Per key: ``log_prob`` of its label (natural log) and its label's ``rank`` (1 = top-1)."""
@@ -34,8 +36,7 @@ def key_scores(trained, keys, *, batch_size: int = 64) -> KeyScores:
   labels = np.asarray(keys.labels)
   waves = np.asarray(keys.waveforms, np.float32)
   apply = jax.jit(lambda w: jax.nn.log_softmax(trained.model(w)[0].astype(jnp.float32)))
-  log_probs = np.concatenate([np.asarray(apply(jnp.asarray(waves[i:i + batch_size])))
-                              for i in range(0, len(waves), batch_size)])
+  log_probs = infer.map_padded(apply, waves, batch_size=max(1, min(batch_size, len(waves))))
   own = log_probs[np.arange(len(labels)), labels]
   rank = 1 + np.sum(log_probs > own[:, None], axis=1)
   return KeyScores(own, rank)

@@ -183,9 +183,13 @@ def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.n
   scores = np.full(len(data), np.nan)
   idx = np.flatnonzero(np.isin(data.labels, classes))
   fn = jax.jit(lambda w, y: per_sample_grad_norms(clf, params, batch_stats, w, y))
-  for start in range(0, idx.size, batch_size):
-    chunk = idx[start:start + batch_size]
-    scores[chunk] = np.asarray(fn(jnp.asarray(data.waveforms[chunk]), jnp.asarray(data.labels[chunk])))
+  rows = max(1, min(batch_size, idx.size))
+  for start in range(0, idx.size, rows):
+    chunk = idx[start:start + rows]
+    # The last chunk repeats its last clip up to `rows`: one compiled shape for every chunk.
+    padded = np.pad(chunk, (0, rows - chunk.size), mode="edge")
+    norms = fn(jnp.asarray(data.waveforms[padded]), jnp.asarray(data.labels[padded]))
+    scores[chunk] = np.asarray(norms)[:chunk.size]
   return scores
 
 

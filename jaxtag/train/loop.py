@@ -33,6 +33,7 @@ from jaxtag import rng, sharding
 from jaxtag.data import pipeline
 from jaxtag.data.dataset import AudioDataset, DatasetError
 from jaxtag.train import checkpoint as ckpt
+from jaxtag.train import infer
 from jaxtag.train import state as state_lib
 from jaxtag.train import steps
 from jaxtag.train.augment import AugmentConfig
@@ -280,15 +281,9 @@ def teacher_targets(teacher_dir: str | os.PathLike, dataset: AudioDataset, *,
     logits, _, _ = apply_fn(params, batch_stats, waveforms, train=False)
     return jax.nn.softmax(logits.astype(np.float32) / temperature, axis=-1)
 
-  n = len(dataset)
-  batch_size = max(1, min(batch_size, n))
-  out = np.empty((n, dataset.num_classes), np.float32)
-  for start in range(0, n, batch_size):
-    chunk = dataset.waveforms[start:start + batch_size]
-    padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
-    out[start:start + len(chunk)] = np.asarray(
-        probabilities(teacher.params, teacher.batch_stats, padded))[:len(chunk)]
-  return out
+  return infer.map_padded(
+      functools.partial(probabilities, teacher.params, teacher.batch_stats), dataset.waveforms,
+      batch_size=max(1, min(batch_size, len(dataset))))
 
 
 def train(config: TrainConfig, *, train_data: AudioDataset, key: jax.Array,

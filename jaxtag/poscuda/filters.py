@@ -1,16 +1,8 @@
-"""PosCUDA: class-wise blurs of a short patch that make an audio dataset unlearnable (REFERENCE §3).
+"""PosCUDA filters: the spec, the keyed draw of filters and positions, and their application.
 
-For each class c a secret key gives a 1-D filter f_c (k taps drawn from U(0, b)) and a patch
-position pos(c); every training clip of class c is filtered with f_c inside [pos(c), pos(c) + p)
-and left bit-identical elsewhere. A model trained on the result learns the class-wise blurs, a
-shortcut that is absent from clean audio, and fails on clean test clips (Gokul & Dubnov, seeds
-002/004). Without positions (``use_positions=False``) the whole clip is filtered (the paper's
-baseline variant).
-
-    spec = PoscudaSpec(blur=0.3)
-    secret = make_filters(rng.stream(root_key, "poscuda"), spec, num_classes=35)
-    protected = protect_dataset(train_split, secret)          # host-side, in fixed-size batches
-    save_filters(path, secret, class_names=..., provenance=filter_provenance(key, seed=0))
+Each class c gets a filter f_c of k taps from U(0, b) and a patch start pos(c), both drawn from
+a secret key; its clips are filtered with f_c on [pos(c), pos(c) + p) and left bit-identical
+elsewhere (``use_positions=False``: the whole clip, the paper's baseline variant).
 
 Choices the paper leaves open, made here (and tested in tests/test_poscuda.py):
 
@@ -63,13 +55,6 @@ Choices the paper leaves open, made here (and tested in tests/test_poscuda.py):
   (``active_window``, level 0.5) removes the shortcut altogether: 71-74% on clean test, against
   31-48% with the default and 75% when trained clean. When every class carries a burst, its
   presence no longer tells the classes apart.
-
-Secret file (``save_filters``/``load_filters``): a ``jaxtag.keyfile`` secret archive of kind
-``SECRET_FILE``, tagged ``jaxtag-poscuda`` so that it and a taggant key file are never read as
-each other: one zip with ``filters.npy``, ``positions.npy`` and a manifest (spec, class names,
-provenance, SHA-256/dtype/shape of each array, fingerprint), written atomically with mode 0o600
-and refused inside the dataset folder. Whoever holds it can undo the shortcut, so it is as secret
-as taggant keys.
 """
 
 from __future__ import annotations
@@ -78,9 +63,7 @@ import dataclasses
 import functools
 import math
 import numbers
-import os
-import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -88,16 +71,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag import rng
-from jaxtag.keyfile import SecretArchiveFormat, read_secret_archive, write_secret_archive
-from jaxtag.keys import KeyFileError, key_provenance, spec_from_dict
+from jaxtag.keys import key_provenance, spec_from_dict
+from jaxtag.train import infer
 
 REFERENCE_RATE = 16000  # The rate at which the paper's k = 80 and p = 240 are counted.
-FORMAT_NAME = "jaxtag-poscuda"
-FORMAT_VERSION = 1
-SECRET_FILE = SecretArchiveFormat(
-    name=FORMAT_NAME, version=FORMAT_VERSION, noun="PosCUDA secret file",
-    holds="the secret filters", arrays={"filters": "<f4", "positions": "<i4"})
-ARRAY_NAMES = tuple(SECRET_FILE.arrays)
+ARRAY_NAMES = ("filters", "positions")  # Their dtypes: jaxtag.poscuda.secret.SECRET_FILE.
 _NORMALISATIONS = ("sum", "l2", "none")
 
 
@@ -379,15 +357,8 @@ def apply_in_batches(waveforms, labels, secret: PoscudaFilters, *, batch_size: i
   waveforms = np.asarray(waveforms, np.float32)
   labels = np.asarray(labels, np.int32)
   _check_compatible(waveforms, labels, secret, sample_rate, "apply_in_batches")
-  out = np.empty_like(waveforms)
-  batch_size = max(1, min(batch_size, len(waveforms)))
-  for start in range(0, len(waveforms), batch_size):
-    stop = min(start + batch_size, len(waveforms))
-    pad = batch_size - (stop - start)
-    w = np.pad(waveforms[start:stop], ((0, pad), (0, 0)))
-    y = np.pad(labels[start:stop], (0, pad))
-    out[start:stop] = np.asarray(apply_poscuda(w, y, secret))[:stop - start]
-  return out
+  return infer.map_padded(functools.partial(apply_poscuda, secret=secret), (waveforms, labels),
+                          batch_size=max(1, min(batch_size, len(waveforms))))
 
 
 def protect_dataset(dataset, secret: PoscudaFilters, *, batch_size: int = 512):
@@ -402,166 +373,3 @@ def protect_dataset(dataset, secret: PoscudaFilters, *, batch_size: int = 512):
   return dataset.with_waveforms(apply_in_batches(
       dataset.waveforms, dataset.labels, secret, batch_size=batch_size,
       sample_rate=dataset.sample_rate))
-
-
-@functools.partial(jax.jit, static_argnames=("mode", "num_patches", "patch", "taps"))
-def random_patch_attack(key: jax.Array, waveforms: jax.Array, *, mode: str = "blur",
-                        num_patches: int = 8, patch: int = 240, taps: int = 80,
-                        noise_snr_db: float = 20.0) -> jax.Array:
-  """The attacker's try at breaking the shortcut without the secret: random patches per clip.
-
-  Each clip gets ``num_patches`` patches of ``patch`` samples at uniform random positions, each
-  either blurred with a fresh random filter (U(0, 1) taps normalised to sum 1: the recipe, not
-  the key) or given Gaussian noise ``noise_snr_db`` below the clip's RMS.
-
-  Args:
-    key: the attacker's key (streams ``positions``, ``filters``, ``noise``).
-    waveforms: (N, T).
-    mode: "blur" or "noise".
-    num_patches: patches per clip.
-    patch: patch length in samples.
-    taps: taps of the random blur filters.
-    noise_snr_db: noise level relative to the clip's RMS (``mode="noise"``).
-
-  Returns:
-    float32 (N, T), clipped to [-1, 1].
-  """
-  if mode not in ("blur", "noise"):
-    raise ValueError(f"random_patch_attack: mode must be 'blur' or 'noise', got {mode!r}.")
-  waveforms = jnp.asarray(waveforms, jnp.float32)
-  n, length = waveforms.shape
-  starts = jax.random.randint(rng.stream(key, "positions"), (n, num_patches), 0,
-                              length - patch + 1)
-  if mode == "blur":
-    raw = jax.random.uniform(rng.stream(key, "filters"), (n, num_patches, taps))
-    filters = raw / jnp.sum(raw, axis=-1, keepdims=True)
-
-    def blur_clip(x, clip_starts, clip_filters):
-      def body(i, x):
-        return filter_patch(x, clip_filters[i], clip_starts[i], patch)
-      return jax.lax.fori_loop(0, num_patches, body, x)
-
-    return jnp.clip(jax.vmap(blur_clip)(waveforms, starts, filters), -1.0, 1.0)
-  t = jnp.arange(length)
-  inside = jnp.any((t >= starts[..., None]) & (t < starts[..., None] + patch), axis=1)
-  rms = jnp.sqrt(jnp.mean(waveforms ** 2, axis=-1, keepdims=True))
-  noise = jax.random.normal(rng.stream(key, "noise"), waveforms.shape) * rms * (
-      10.0 ** (-noise_snr_db / 20.0))
-  return jnp.clip(waveforms + inside * noise, -1.0, 1.0)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-  """Fréchet distance between Gaussians fitted to two embedding sets (FAD/FID formula).
-
-  ``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``, in float64 with scipy's sqrtm; the
-  imaginary rounding residue of sqrtm is dropped and the result floored at 0.
-
-  Args:
-    a, b: (N, D) and (M, D) embeddings, N, M >= 2.
-
-  Returns:
-    The distance (0 for identical sets).
-  """
-  from scipy import linalg  # pylint: disable=import-outside-toplevel  (host-side only)
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-    raise ValueError(f"frechet_distance: need (N, D) and (M, D) embeddings with N, M >= 2; got "
-                     f"{a.shape} and {b.shape}.")
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-  covmean = linalg.sqrtm(cov_a @ cov_b)
-  covmean = np.real(covmean)
-  value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * covmean))
-  return max(value, 0.0)
-
-
-# --- the secret file -------------------------------------------------------------------------
-
-
-def save_filters(path: str | os.PathLike, secret: PoscudaFilters, *,
-                 class_names: Sequence[str], provenance: Mapping[str, Any],
-                 overwrite: bool = False, dataset_root: str | os.PathLike | None = None
-                 ) -> pathlib.Path:
-  """Writes the secret file atomically with mode 0o600 (format: module docstring).
-
-  Args:
-    path: destination, e.g. ``.../poscuda.npz``; its directory is created (0o700) if missing.
-    secret: from ``make_filters``.
-    class_names: the dataset's classes, in label order (one per filter).
-    provenance: what made the filters (``filter_provenance``); JSON-serialisable.
-    overwrite: replace an existing file.
-    dataset_root: if given, refuse any path inside it (``jaxtag.keys.check_outside``).
-
-  Returns:
-    The path written.
-
-  Raises:
-    KeyFileError: existing file, path inside the dataset, a class count that differs from the
-      filters', or a provenance that is not JSON-serialisable.
-  """
-  if len(class_names) != secret.num_classes:
-    raise KeyFileError(f"{len(class_names)} class names for {secret.num_classes} filters in "
-                       f"{str(path)!r}.")
-  return write_secret_archive(path, SECRET_FILE, SECRET_FILE.host_arrays(secret),
-                              spec=secret.spec.to_dict(), class_names=class_names,
-                              provenance=provenance, overwrite=overwrite,
-                              dataset_root=dataset_root)
-
-
-def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str] | None = None,
-                 strict_permissions: bool = False) -> tuple[PoscudaFilters, dict[str, Any]]:
-  """Reads a secret file and checks every array against its manifest.
-
-  Args:
-    path: a file written by ``save_filters``.
-    expected_class_names: the dataset's classes; must equal the file's, in order.
-    strict_permissions: raise instead of warn when others can read the file.
-
-  Returns:
-    (PoscudaFilters with numpy arrays, manifest dict).
-
-  Raises:
-    KeyFileError: missing, unreadable or foreign file (a taggant key file included); an array
-      or manifest changed after writing (the array or field is named); arrays that disagree
-      with the spec; other classes.
-  """
-  arrays, manifest = read_secret_archive(path, SECRET_FILE,
-                                         expected_class_names=expected_class_names,
-                                         strict_permissions=strict_permissions)
-  where = SECRET_FILE.describe(path)
-  try:
-    spec = PoscudaSpec.from_dict(manifest["spec"])
-  except (ValueError, TypeError) as e:
-    raise KeyFileError(f"{where}: invalid spec in manifest: {e}") from e
-  num_classes = manifest["num_classes"]
-  expected = {"filters": (num_classes, spec.taps), "positions": (num_classes,)}
-  for name, shape in expected.items():
-    if arrays[name].shape != shape:
-      raise KeyFileError(f"{where}: array {name!r} has shape {arrays[name].shape}, the spec and "
-                         f"{num_classes} classes imply {shape}.")
-  positions = arrays["positions"]
-  first, last = spec.starts
-  if spec.use_positions and positions.size and (positions.min() < first or
-                                                positions.max() > last):
-    raise KeyFileError(f"{where}: patch positions outside [{first}, {last}] (the spec's starts).")
-  return PoscudaFilters(spec=spec, **arrays), manifest
-
-
-def regenerate_and_check(secret: PoscudaFilters, manifest: Mapping[str, Any]) -> None:
-  """Audits a secret file: re-draws the filters from its provenance and compares them exactly.
-
-  Raises:
-    KeyFileError: no key data in the provenance, or regenerated arrays that differ.
-  """
-  prov = manifest.get("provenance", {})
-  if "key_data" not in prov or "key_impl" not in prov:
-    raise KeyFileError("The manifest's provenance has no key_data/key_impl (not made with "
-                       "filter_provenance): the filters cannot be regenerated.")
-  key = jax.random.wrap_key_data(jnp.asarray(prov["key_data"], jnp.uint32),
-                                 impl=prov["key_impl"])
-  again = SECRET_FILE.host_arrays(make_filters(key, secret.spec, secret.num_classes))
-  stored = SECRET_FILE.host_arrays(secret)
-  for name in ARRAY_NAMES:
-    if not np.array_equal(again[name], stored[name]):
-      raise KeyFileError(f"Regenerated {name!r} differ from the secret file's: the provenance "
-                         "does not reproduce these filters.")

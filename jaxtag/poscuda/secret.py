@@ -1,0 +1,119 @@
+"""The PosCUDA secret file: save, load and audit the class filters and positions.
+
+Secret file (``save_filters``/``load_filters``): a ``jaxtag.keyfile`` secret archive of kind
+``SECRET_FILE``, tagged ``jaxtag-poscuda`` so that it and a taggant key file are never read as
+each other: one zip with ``filters.npy``, ``positions.npy`` and a manifest (spec, class names,
+provenance, SHA-256/dtype/shape of each array, fingerprint), written atomically with mode 0o600
+and refused inside the dataset folder. Whoever holds it can undo the shortcut, so it is as secret
+as taggant keys.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtag.keyfile import SecretArchiveFormat, read_secret_archive, write_secret_archive
+from jaxtag.keys import KeyFileError
+from jaxtag.poscuda.filters import ARRAY_NAMES, PoscudaFilters, PoscudaSpec, make_filters
+
+FORMAT_NAME = "jaxtag-poscuda"
+FORMAT_VERSION = 1
+SECRET_FILE = SecretArchiveFormat(
+    name=FORMAT_NAME, version=FORMAT_VERSION, noun="PosCUDA secret file",
+    holds="the secret filters", arrays={"filters": "<f4", "positions": "<i4"})
+
+
+def save_filters(path: str | os.PathLike, secret: PoscudaFilters, *,
+                 class_names: Sequence[str], provenance: Mapping[str, Any],
+                 overwrite: bool = False, dataset_root: str | os.PathLike | None = None
+                 ) -> pathlib.Path:
+  """Writes the secret file atomically with mode 0o600 (format: module docstring).
+
+  Args:
+    path: destination, e.g. ``.../poscuda.npz``; its directory is created (0o700) if missing.
+    secret: from ``make_filters``.
+    class_names: the dataset's classes, in label order (one per filter).
+    provenance: what made the filters (``filter_provenance``); JSON-serialisable.
+    overwrite: replace an existing file.
+    dataset_root: if given, refuse any path inside it (``jaxtag.keys.check_outside``).
+
+  Returns:
+    The path written.
+
+  Raises:
+    KeyFileError: existing file, path inside the dataset, a class count that differs from the
+      filters', or a provenance that is not JSON-serialisable.
+  """
+  if len(class_names) != secret.num_classes:
+    raise KeyFileError(f"{len(class_names)} class names for {secret.num_classes} filters in "
+                       f"{str(path)!r}.")
+  return write_secret_archive(path, SECRET_FILE, SECRET_FILE.host_arrays(secret),
+                              spec=secret.spec.to_dict(), class_names=class_names,
+                              provenance=provenance, overwrite=overwrite,
+                              dataset_root=dataset_root)
+
+
+def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str] | None = None,
+                 strict_permissions: bool = False) -> tuple[PoscudaFilters, dict[str, Any]]:
+  """Reads a secret file and checks every array against its manifest.
+
+  Args:
+    path: a file written by ``save_filters``.
+    expected_class_names: the dataset's classes; must equal the file's, in order.
+    strict_permissions: raise instead of warn when others can read the file.
+
+  Returns:
+    (PoscudaFilters with numpy arrays, manifest dict).
+
+  Raises:
+    KeyFileError: missing, unreadable or foreign file (a taggant key file included); an array
+      or manifest changed after writing (the array or field is named); arrays that disagree
+      with the spec; other classes.
+  """
+  arrays, manifest = read_secret_archive(path, SECRET_FILE,
+                                         expected_class_names=expected_class_names,
+                                         strict_permissions=strict_permissions)
+  where = SECRET_FILE.describe(path)
+  try:
+    spec = PoscudaSpec.from_dict(manifest["spec"])
+  except (ValueError, TypeError) as e:
+    raise KeyFileError(f"{where}: invalid spec in manifest: {e}") from e
+  num_classes = manifest["num_classes"]
+  expected = {"filters": (num_classes, spec.taps), "positions": (num_classes,)}
+  for name, shape in expected.items():
+    if arrays[name].shape != shape:
+      raise KeyFileError(f"{where}: array {name!r} has shape {arrays[name].shape}, the spec and "
+                         f"{num_classes} classes imply {shape}.")
+  positions = arrays["positions"]
+  first, last = spec.starts
+  if spec.use_positions and positions.size and (positions.min() < first or
+                                                positions.max() > last):
+    raise KeyFileError(f"{where}: patch positions outside [{first}, {last}] (the spec's starts).")
+  return PoscudaFilters(spec=spec, **arrays), manifest
+
+
+def regenerate_and_check(secret: PoscudaFilters, manifest: Mapping[str, Any]) -> None:
+  """Audits a secret file: re-draws the filters from its provenance and compares them exactly.
+
+  Raises:
+    KeyFileError: no key data in the provenance, or regenerated arrays that differ.
+  """
+  prov = manifest.get("provenance", {})
+  if "key_data" not in prov or "key_impl" not in prov:
+    raise KeyFileError("The manifest's provenance has no key_data/key_impl (not made with "
+                       "filter_provenance): the filters cannot be regenerated.")
+  key = jax.random.wrap_key_data(jnp.asarray(prov["key_data"], jnp.uint32),
+                                 impl=prov["key_impl"])
+  again = SECRET_FILE.host_arrays(make_filters(key, secret.spec, secret.num_classes))
+  stored = SECRET_FILE.host_arrays(secret)
+  for name in ARRAY_NAMES:
+    if not np.array_equal(again[name], stored[name]):
+      raise KeyFileError(f"Regenerated {name!r} differ from the secret file's: the provenance "
+                         "does not reproduce these filters.")
