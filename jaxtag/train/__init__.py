@@ -1,8 +1,10 @@
 """Training: typed configs, pure train/eval steps, keyed augmentation, the loop, checkpoints.
 
     from jaxtag import train
+    from jaxtag.train import infer
     result = train.train(train.TrainConfig(model="cnn"), train_data=ds, key=key, workdir=wd)
     trained = train.restore_for_inference(wd)   # model, params, class names, sample rate
+    logits = infer.map_padded(jitted_fn, waveforms, batch_size=128)   # one compilation for N clips
 
 Orbax and tqdm are imported only when a checkpoint is written or a loop runs, and the loop
 itself (with the grain input pipeline behind it) only when one of its names is first used, so
