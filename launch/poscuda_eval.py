@@ -8,8 +8,9 @@ For every model (M5 on raw audio, LSTM on MFCC, Transformer on log-mel) and ever
 the clean test split and on the test split with the variant's class filters applied. Quality:
 SNR of the protected train clips and the Fréchet distance between embeddings of clean and
 protected clips, taken from each clean-trained model. Attacker: random blurs or noise at random
-positions on a protected train set, then the model is retrained. Writes `poscuda_eval.json` and
-`poscuda_eval.txt` (atomically); a rerun reuses finished runs.
+positions on a protected train set, then the model is retrained. Writes `poscuda_eval.json`,
+`poscuda_eval.txt` and `poscuda_eval.png` (the tables as bars), atomically; a rerun reuses
+finished runs.
 """
 
 from __future__ import annotations
@@ -277,6 +278,49 @@ def format_report(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def plot_report(report: dict[str, Any], path: pathlib.Path) -> None:
+  """Table 1 as bars: each model's accuracy by training set, on clean and class-filtered test.
+
+  Written atomically; matplotlib's Agg renderer, no display.
+  """
+  import io
+
+  import numpy as np
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  from jaxtag.audio import io as audio_io
+  sets = ["clean"] + list(report["variants"])
+  shown = ([v for v in sets if v.startswith("pos")] or [None])[-1]
+  rows = list(report["rows"].values())
+  fig = Figure(figsize=(min(14, max(8, 1 + 0.8 * len(rows) * len(sets))), 4.2),
+               layout="constrained")
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2, sharey=True)
+  width = 0.8 / len(sets)
+  x = np.arange(len(rows))
+  for ax, key, title in ((axes[0], "test", "clean test set"),
+                         (axes[1], "filtered_test", "class-filtered test set")):
+    for i, name in enumerate(sets):
+      values = []
+      for row in rows:
+        value = row["runs"][name][key]
+        values.append(100 * (value.get(shown, np.nan) if isinstance(value, dict) else value))
+      ax.bar(x + (i - (len(sets) - 1) / 2) * width, values, width, label=name)
+    ax.axhline(100 / report["num_classes"], color="black", linestyle=":", label="chance")
+    ax.set_xticks(x, [_arch(row["model"]) for row in rows])
+    ax.set_title(title)
+    ax.set_ylim(0, 100)
+  axes[0].set_ylabel("accuracy (%) by training set")
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="trained on")
+  fig.suptitle(f"PosCUDA on {report['dataset']} ({report['num_classes']} classes; the clean "
+               f"model's filtered test uses {shown})")
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  audio_io.write_bytes_atomic(path, buf.getvalue())
+
+
 def check_config(config: Any, workdir: pathlib.Path | None = None) -> None:
   """Fails before any training on names that do not match (models, recipes, attack)."""
   del workdir
@@ -327,6 +371,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   report["wall_seconds"] = round(time.perf_counter() - start, 1)
   app.write_json(workdir / "poscuda_eval.json", report)
   audio_io.write_text_atomic(workdir / "poscuda_eval.txt", format_report(report))
+  plot_report(report, workdir / "poscuda_eval.png")
   return report
 
 

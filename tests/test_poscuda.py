@@ -422,6 +422,10 @@ def test_eval_launcher_runs_on_the_tiny_config_and_reuses_runs(tmp_path):
   assert "| PosCUDA b=0.3 |" in text and "PANN" in text and "learnability" in text
   assert "positions mixed" in text
   assert json.loads((workdir / "poscuda_eval.json").read_text())["rows"]["m5"]["runs"] == runs
+  from matplotlib import image
+  png = image.imread(workdir / "poscuda_eval.png")
+  assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 500
+  assert png[..., :3].std() > 0.05, "the plot is blank"
   again = poscuda_eval.run_stage(config, workdir)   # finished runs are reused, not retrained
   assert again["rows"] == report["rows"]
   assert again["wall_seconds"] < report["wall_seconds"]

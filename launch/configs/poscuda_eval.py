@@ -10,8 +10,9 @@ Trains each model on the clean train split and on every protected variant (`vari
 split and on the test split with the class filters applied, measures SNR and a Fréchet distance
 between embeddings of clean and protected train clips (from the clean-trained models: jaxtag
 trains them itself, pretrained PANN weights cannot be downloaded), and retrains M5 on the
-protected set after an attacker's random patches. Writes `poscuda_eval.json` and
-`poscuda_eval.txt`. Finished runs under `<workdir>/runs/` are reused when rerun.
+protected set after an attacker's random patches. Writes `poscuda_eval.json`,
+`poscuda_eval.txt` and `poscuda_eval.png` (the tables as bars). Finished runs under
+`<workdir>/runs/` are reused when rerun.
 `tiny`: the tiny corpus and tiny models, one epoch each (seconds; for tests).
 
 Recipes (measured on the 2-core CPU VM, see benchmarks/RESULTS.md): no augmentation, AdamW with
