@@ -65,11 +65,9 @@ def transfer_guard_level() -> str:
 
 def dump_config(config: Any, workdir: pathlib.Path) -> None:
   """Writes the resolved config next to the stage's outputs (atomically)."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  tmp = workdir / ".config.json.tmp"
-  tmp.write_text(text + "\n")
-  os.replace(tmp, workdir / "config.json")
+  from jaxtag.audio import io as audio_io
+  audio_io.write_text_atomic(workdir / "config.json",
+                             config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def root_key(config: Any):
@@ -99,11 +97,9 @@ def plain(value: Any) -> Any:
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name("." + path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-  os.replace(tmp, path)
+  """Writes JSON atomically (a unique temporary file beside ``path``, then ``os.replace``)."""
+  from jaxtag.audio import io as audio_io
+  audio_io.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
