@@ -111,7 +111,6 @@ def protect_variants(config: Any, train_split, test_split, key) -> dict[str, dic
   import numpy as np
 
   from jaxtag import poscuda
-  from jaxtag.audio import metrics
   from launch import poscuda_protect
   base = poscuda_protect.spec_from_config(config.spec, train_split)
   out = {}
@@ -120,7 +119,7 @@ def protect_variants(config: Any, train_split, test_split, key) -> dict[str, dic
     secret = poscuda.make_filters(key, spec, train_split.num_classes)
     protected = poscuda.apply_in_batches(train_split.waveforms, train_split.labels, secret,
                                          sample_rate=train_split.sample_rate)
-    snr = np.asarray(metrics.snr_db(train_split.waveforms, protected))
+    snr = poscuda.snr_in_batches(train_split.waveforms, protected)
     out[name] = {
         "secret": secret, "train": train_split.with_waveforms(protected),
         "test": poscuda.protect_dataset(test_split, secret),

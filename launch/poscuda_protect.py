@@ -77,11 +77,9 @@ def _export(source, splits, output: pathlib.Path, overwrite: bool) -> dict[str, 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Draws the filters, protects the train split, writes dataset and secret; returns a summary."""
-  import jax
   import numpy as np
 
   from jaxtag import poscuda, rng
-  from jaxtag.audio import metrics
   from jaxtag.data import sources
 
   check_locations(config, workdir)
@@ -100,7 +98,8 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                        overwrite=config.overwrite, dataset_root=_output_root(config))
   splits["train"] = poscuda.protect_dataset(train, secret, batch_size=config.batch_size)
   counts = _export(source, splits, _output_root(config), config.overwrite)
-  snr = np.asarray(jax.device_get(metrics.snr_db(train.waveforms, splits["train"].waveforms)))
+  snr = poscuda.snr_in_batches(train.waveforms, splits["train"].waveforms,
+                               batch_size=config.batch_size)
   return {
       "output_root": str(_output_root(config)), "secret_file": str(secret_path),
       "clips": counts, "spec": spec.to_dict(), "taps": spec.taps, "patch": spec.patch,

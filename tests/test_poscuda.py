@@ -215,6 +215,16 @@ def test_attack_is_random_patches_only():
   assert np.all(((noisy != x).sum(1) > 240) & ((noisy != x).sum(1) <= 720))
 
 
+def test_snr_in_batches_equals_the_whole_split_snr(secret):
+  x, y = _clips(11)
+  protected = poscuda.apply_in_batches(x, y, secret, batch_size=4)
+  whole = np.asarray(metrics.snr_db(x, protected))
+  chunked = poscuda.snr_in_batches(x, protected, batch_size=4)   # 4 + 4 + 3 (padded) clips
+  assert chunked.shape == (11,) and np.all(np.isfinite(chunked))
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+  assert np.all(chunked < 60)   # every clip was changed
+
+
 def test_frechet_distance_golden():
   r = np.random.default_rng(0)
   a = r.standard_normal((400, 5)) @ r.standard_normal((5, 5))

@@ -15,8 +15,8 @@ shortcut that is absent from clean audio, and fails on clean test clips (Gokul &
 Modules:
   filters  the spec, the keyed draw of filters and positions (``make_filters``,
            ``active_window``), and their application (``apply_poscuda`` under jit + vmap,
-           ``apply_in_batches``, ``protect_dataset``); its docstring records the choices the
-           paper leaves open and the measurements behind them.
+           ``apply_in_batches``, ``protect_dataset``, ``snr_in_batches``); its docstring
+           records the choices the paper leaves open and the measurements behind them.
   secret   the secret file: ``save_filters``, ``load_filters``, ``regenerate_and_check``.
   attack   ``random_patch_attack``: the attacker's random blurs or noise, without the secret.
 
@@ -26,13 +26,13 @@ The quality metrics (SNR, Fréchet distance) are in ``jaxtag.audio.metrics``.
 from jaxtag.poscuda.attack import random_patch_attack
 from jaxtag.poscuda.filters import (REFERENCE_RATE, PoscudaFilters, PoscudaSpec, active_window,
                                     apply_in_batches, apply_poscuda, filter_patch,
-                                    filter_provenance, make_filters, protect_dataset)
-from jaxtag.poscuda.secret import (SECRET_FILE, load_filters, regenerate_and_check,
-                                   save_filters)
+                                    filter_provenance, make_filters, protect_dataset,
+                                    snr_in_batches)
+from jaxtag.poscuda.secret import SECRET_FILE, load_filters, regenerate_and_check, save_filters
 
 __all__ = [
     "REFERENCE_RATE", "SECRET_FILE", "PoscudaFilters", "PoscudaSpec", "active_window",
     "apply_in_batches", "apply_poscuda", "filter_patch", "filter_provenance", "load_filters",
     "make_filters", "protect_dataset", "random_patch_attack", "regenerate_and_check",
-    "save_filters",
+    "save_filters", "snr_in_batches",
 ]

@@ -11,7 +11,8 @@ Padding rows must not change the other rows' outputs: true in eval mode (BatchNo
 running statistics, nothing else mixes rows).
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
