@@ -362,6 +362,9 @@ def apply_in_batches(waveforms, labels, secret: PoscudaFilters, *, batch_size: i
                           batch_size=max(1, min(batch_size, len(waveforms))))
 
 
+_snr_db = jax.jit(metrics.snr_db)
+
+
 def snr_in_batches(clean, protected, *, batch_size: int = 512) -> np.ndarray:
   """Per-clip SNR (dB) of the protection, ``jaxtag.audio.metrics.snr_db``, in fixed-size batches.
 
@@ -379,9 +382,6 @@ def snr_in_batches(clean, protected, *, batch_size: int = 512) -> np.ndarray:
   protected = np.asarray(protected, np.float32)
   return infer.map_padded(_snr_db, (clean, protected),
                           batch_size=max(1, min(batch_size, len(clean))))
-
-
-_snr_db = jax.jit(metrics.snr_db)
 
 
 def protect_dataset(dataset, secret: PoscudaFilters, *, batch_size: int = 512):
