@@ -233,10 +233,15 @@ def _table(report: dict[str, Any], title: str, cell) -> list[str]:
   return [title, lines[0], "-+-".join("-" * w for w in widths), *lines[1:]]
 
 
+def _clean_models_filter(report: dict[str, Any]) -> str | None:
+  """The variant whose filters the clean model's filtered test uses in the report (last PosCUDA)."""
+  pos = [v for v in report["variants"] if v.startswith("pos")]
+  return pos[-1] if pos else None
+
+
 def format_report(report: dict[str, Any]) -> str:
   """The paper's Table 1 layout (accuracy in %), the class-filtered test, quality and attack."""
-  pos = [v for v in report["variants"] if v.startswith("pos")]
-  shown = pos[-1] if pos else None  # The variant whose filtered test the clean model gets.
+  shown = _clean_models_filter(report)
 
   def filtered(run, variant):
     return _pct(run["filtered_test"] if variant else run["filtered_test"].get(shown))
@@ -290,7 +295,7 @@ def plot_report(report: dict[str, Any], path: pathlib.Path) -> None:
 
   from jaxtag.audio import io as audio_io
   sets = ["clean"] + list(report["variants"])
-  shown = ([v for v in sets if v.startswith("pos")] or [None])[-1]
+  shown = _clean_models_filter(report)
   rows = list(report["rows"].values())
   fig = Figure(figsize=(min(14, max(8, 1 + 0.8 * len(rows) * len(sets))), 4.2),
                layout="constrained")
