@@ -178,8 +178,10 @@ def jax_state(problem: Problem, tx, config: craft.CraftConfig) -> craft.CraftSta
                           restart_losses=jnp.full((config.restarts, 1), jnp.nan))
 
 
-def jax_step(model: nnx.Module, problem: Problem, *, precision: str = "fp32", seed: int = 0):
-  """jaxtag's crafting step compiled for ``problem``.
+def jax_step(model: nnx.Module, problem: Problem, *, precision: str = "fp32", seed: int = 0,
+             phase=harness.no_phase):
+  """jaxtag's crafting step compiled for ``problem``; ``phase(name)`` wraps each part (key
+  gradient, lowering, compiling) for progress reports.
 
   Returns:
     ``(harness.Compiled, call)``: ``call()`` runs one step on a state it carries between calls
@@ -189,10 +191,12 @@ def jax_step(model: nnx.Module, problem: Problem, *, precision: str = "fp32", se
   clf, params, batch_stats = feature_classifier(model)
   step, tx = craft.make_craft_step(clf, config, sample_rate=SAMPLE_RATE)
   with jax.default_matmul_precision(_JAX_MATMUL[precision]):
-    inputs = jax_inputs(clf, params, batch_stats, problem)
+    with phase("key gradient (compile + run)"):
+      inputs = jax.block_until_ready(jax_inputs(clf, params, batch_stats, problem))
     holder = [jax_state(problem, tx, config)]
     key = jax.random.key(seed)
-    compiled = harness.compile_jax(step, holder[0], inputs, params, batch_stats, None, None, key)
+    compiled = harness.compile_jax(step, holder[0], inputs, params, batch_stats, None, None, key,
+                                   phase=phase)
 
   def call():
     holder[0], losses = compiled.executable(holder[0], inputs, params, batch_stats, None, None,
@@ -226,15 +230,17 @@ class Case(NamedTuple):
 
 
 def prepare_jax(size: str, precision: str, batch: int, *, device, env, seed: int = 0,
-                model: nnx.Module | None = None) -> Case:
+                model: nnx.Module | None = None, phase=harness.no_phase) -> Case:
   """jaxtag's step compiled and run once; ``model`` (float32 compute) is reused unless
-  ``precision`` is bf16."""
+  ``precision`` is bf16. ``phase(name)`` wraps each part for progress reports."""
   with jax.default_device(device):
     if model is None or precision == "bf16":
-      model = jax_model(size, precision, seed=seed)
+      with phase(f"building AST-{size}"):
+        model = jax_model(size, precision, seed=seed)
     compiled, call = jax_step(model, make_problem(batch, seed=seed), precision=precision,
-                              seed=seed)
-    first_loss = float(np.asarray(call())[0])  # the first step is also the first warm-up call
+                              seed=seed, phase=phase)
+    with phase("first step"):   # the first step is also the first warm-up call
+      first_loss = float(np.asarray(call())[0])
   memory = harness.xla_memory(compiled.executable)
 
   def finish(timing: harness.Timing) -> dict:

@@ -56,19 +56,22 @@ def parse_model(text: str) -> tuple[str, dict]:
 
 
 def run_one(model: str, batch: int, *, mesh, env, repeats: int, warmup: int, iters: int,
-            seed: int = 0) -> dict:
-  """One record: the compiled train step of ``model`` on a global ``batch``."""
+            seed: int = 0, phase=harness.no_phase) -> dict:
+  """One record: the compiled train step of ``model`` on a global ``batch``; ``phase(name)``
+  wraps each part (state, lowering, compiling, timing) for progress reports."""
   name, overrides = parse_model(model)
   spec = state_lib.ModelSpec(name, NUM_CLASSES, overrides)
   tx, schedule = make_optimizer(OptimConfig(), 10_000)
   abstract, _ = state_lib.abstract_train_state(spec, tx, mesh)
-  state, parts = state_lib.create_train_state(spec, tx, jax.random.key(seed), mesh)
+  with phase(f"creating the {name} train state"):
+    state, parts = state_lib.create_train_state(spec, tx, jax.random.key(seed), mesh)
+    jax.block_until_ready(state)
   sig = state_lib.step_signature(mesh, abstract, batch_size=batch, eval_batch_size=batch,
                                  num_samples=SAMPLE_RATE)
   step = state_lib.jit_train_step(functools.partial(
       steps.train_step, parts=parts, tx=tx, schedule=schedule, augment=AugmentConfig(),
       sample_rate=SAMPLE_RATE), sig)
-  compiled = harness.compile_jax(step, sig.state, sig.train_batch, sig.key)
+  compiled = harness.compile_jax(step, sig.state, sig.train_batch, sig.key, phase=phase)
   rng = np.random.default_rng(seed)
   host = {"audio": (0.1 * rng.standard_normal((batch, SAMPLE_RATE))).astype(np.float32),
           "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
@@ -81,7 +84,8 @@ def run_one(model: str, batch: int, *, mesh, env, repeats: int, warmup: int, ite
     holder[0], metrics = compiled.executable(holder[0], data, key)
     return metrics
 
-  timing = harness.time_calls(call, repeats=repeats, warmup=warmup, iters=iters)
+  with phase(f"timing {warmup} + {repeats} x {iters} steps"):
+    timing = harness.time_calls(call, repeats=repeats, warmup=warmup, iters=iters)
   memory = harness.xla_memory(compiled.executable)
   device = mesh.devices.flat[0]
   params = int(sum(np.size(x) for x in jax.tree.leaves(holder[0].params)))

@@ -22,6 +22,7 @@ Nothing here imports torch: the PyTorch side of a comparison passes its own sync
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -189,15 +190,25 @@ class Compiled(NamedTuple):
   compile_s: float
 
 
-def compile_jax(jitted, *args, **kwargs) -> Compiled:
+def no_phase(name: str) -> contextlib.AbstractContextManager:
+  """The default ``phase`` of the benchmarks' building blocks: reports nothing."""
+  del name
+  return contextlib.nullcontext()
+
+
+def compile_jax(jitted, *args, phase: Callable[[str], Any] = no_phase, **kwargs) -> Compiled:
   """Lowers and compiles ``jitted`` (a ``jax.jit`` function) for these arguments, timing both.
 
   Trace-time settings (``jax.default_matmul_precision``, ...) apply when called inside them.
+  ``phase(name)`` is a context manager entered around each of the two (``"lowering"``,
+  ``"compiling"``), e.g. ``benchmarks.gpu_check``'s progress lines.
   """
   start = time.perf_counter()
-  lowered = jitted.lower(*args, **kwargs)
+  with phase("lowering"):
+    lowered = jitted.lower(*args, **kwargs)
   lowered_at = time.perf_counter()
-  executable = lowered.compile()
+  with phase("compiling"):
+    executable = lowered.compile()
   return Compiled(executable, lowered_at - start, time.perf_counter() - lowered_at)
 
 
