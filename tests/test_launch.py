@@ -1,7 +1,6 @@
 """End to end: the launchers chained on the tiny corpus, with the artifacts and invariants checked."""
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -18,15 +17,6 @@ def _run(module, *args, env):
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
   return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-  base = tmp_path_factory.mktemp("demo")
-  env = dict(os.environ, JAXTAG_DATA=str(base / "data"), XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  workdir = base / "work"
-  out = _run("launch.demo", "--config=launch/configs/demo.py:tiny", f"--workdir={workdir}", env=env)
-  return workdir, out, env
 
 
 STAGES = {"corpus", "keys", "surrogate", "craft", "suspect", "benign", "verify"}
