@@ -20,8 +20,6 @@ from typing import Any
 
 from launch import app, craft, make_corpus, make_keys, train, verify
 
-STAGES = ("corpus", "keys", "surrogate", "craft", "suspect", "benign", "verify")
-
 
 def _top_level_config(config: Any, workdir: pathlib.Path, *names: str):
   """The demo's top-level fields ``names`` as a stage config (the fields of that stage's own
