@@ -206,6 +206,55 @@ def read_secret_archive(path: str | os.PathLike, fmt: SecretArchiveFormat, *,
   return arrays, manifest
 
 
+def read_matching_archive(path: str | os.PathLike, fmt: SecretArchiveFormat, *,
+                          spec: Mapping[str, Any], class_names: Sequence[str],
+                          provenance: Mapping[str, Any]
+                          ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads an existing secret archive that must have been made by the same recipe.
+
+  For re-running a stage that writes a secret: the file is reused, never rewritten, when its
+  manifest records this ``spec``, these ``class_names`` (in order) and this ``provenance``
+  (what generated the secret: the same provenance and spec give the same arrays), and refused
+  otherwise. The file is only read.
+
+  Args:
+    path: the existing archive.
+    fmt: its kind.
+    spec, class_names, provenance: what this run would write (as for ``write_secret_archive``).
+
+  Returns:
+    ({array name: numpy array}, manifest), as ``read_secret_archive``.
+
+  Raises:
+    KeyFileError: an unreadable or modified file (``read_secret_archive``), or one made with
+      another spec, classes or provenance; the message names the file, the fields that differ
+      (provenance values are not shown: they are as secret as the arrays) and the fix.
+  """
+  arrays, manifest = read_secret_archive(path, fmt)
+  want = _json_plain({"spec": dict(spec), "class_names": [str(c) for c in class_names],
+                      "provenance": dict(provenance)})
+  mismatched = [f"spec.{k}" for k in sorted(set(manifest["spec"]) | set(want["spec"]))
+                if manifest["spec"].get(k, "<missing>") != want["spec"].get(k, "<missing>")]
+  if manifest["class_names"] != want["class_names"]:
+    mismatched.append(f"class_names (file {manifest['class_names']}, this run "
+                      f"{want['class_names']})")
+  old_prov = manifest["provenance"]
+  mismatched += [f"provenance.{k}" for k in sorted(set(old_prov) | set(want["provenance"]))
+                 if old_prov.get(k, "<missing>") != want["provenance"].get(k, "<missing>")]
+  if mismatched:
+    raise KeyFileError(
+        f"{fmt.describe(path)} already exists and was made differently from this run: "
+        f"{'; '.join(mismatched)} differ. It is never overwritten ({fmt.holds} may already "
+        "protect a published dataset): use a new workdir, or, only if this file was never "
+        "published or used, delete it and re-run.")
+  return arrays, manifest
+
+
+def _json_plain(obj):
+  """``obj`` as it reads back from the manifest's JSON (tuples become lists, and so on)."""
+  return json.loads(json.dumps(obj, sort_keys=True, allow_nan=False))
+
+
 def _array_record(array):
   return {"sha256": hashlib.sha256(array.tobytes()).hexdigest(), "dtype": array.dtype.str,
           "shape": list(array.shape)}
@@ -347,6 +396,47 @@ def load_keys(path: str | os.PathLike, *, expected_class_names: Sequence[str] | 
                                          strict_permissions=strict_permissions)
   spec = _check_key_arrays(manifest, arrays, KEY_FILE.describe(path))
   return Keys(spec=spec, **arrays), manifest
+
+
+def make_or_reuse_keys(path: str | os.PathLike, key: jax.Array, spec: KeySpec, *,
+                       class_names: Sequence[str], provenance: Mapping[str, Any],
+                       dataset_root: str | os.PathLike | None = None
+                       ) -> tuple[Keys, dict[str, Any], bool]:
+  """The keys of ``key`` and ``spec`` in the key file at ``path``: written if it is missing,
+  else reused as it is (never rewritten) when it was made with this spec, these classes and
+  this provenance (``read_matching_archive``).
+
+  A re-run of the stage that made the key file thus gets the same keys back, and a run with
+  another seed, spec or dataset is refused instead of replacing a secret that a published
+  dataset may depend on.
+
+  Args:
+    path: the key file.
+    key: the PRNG key that draws the keys (used only when the file is missing).
+    spec: the key spec.
+    class_names: the dataset's classes, in label order.
+    provenance: what generated the keys (``key_provenance``); compared with the file's.
+    dataset_root: if given, refuse a path inside it (``check_outside``).
+
+  Returns:
+    (keys, manifest, reused): ``reused`` is True when the file existed.
+
+  Raises:
+    KeyFileError: an existing file made differently (the message names the fields and the
+      fix), a corrupt or modified file, or a path inside the dataset.
+  """
+  path = pathlib.Path(path)
+  if dataset_root is not None:
+    check_outside(path, dataset_root)
+  if path.exists():
+    arrays, manifest = read_matching_archive(path, KEY_FILE, spec=spec.to_dict(),
+                                             class_names=class_names, provenance=provenance)
+    return Keys(spec=_check_key_arrays(manifest, arrays, KEY_FILE.describe(path)),
+                **arrays), manifest, True
+  save_keys(path, make_keys(key, spec, len(class_names)), class_names=class_names,
+            provenance=provenance)
+  keys, manifest = load_keys(path)   # What later stages will read, checked once here.
+  return keys, manifest, False
 
 
 def _check_key_arrays(manifest, arrays, where):

@@ -331,8 +331,8 @@ def key_provenance(key: jax.Array, **extra: Any) -> dict[str, Any]:
 
 # The key-file functions live in jaxtag.keyfile; they are re-exported here lazily so that
 # `from jaxtag import keys; keys.save_keys(...)` works without a circular import.
-_KEYFILE_NAMES = ("check_outside", "save_keys", "load_keys", "regenerate_and_check",
-                  "export_keys_wav")
+_KEYFILE_NAMES = ("check_outside", "save_keys", "load_keys", "make_or_reuse_keys",
+                  "regenerate_and_check", "export_keys_wav")
 
 
 def __getattr__(name):

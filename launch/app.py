@@ -63,11 +63,101 @@ def transfer_guard_level() -> str:
   return _TRANSFER_GUARD.value if flags.FLAGS.is_parsed() else "allow"
 
 
+CONFIG_JSON = "config.json"
+# Fields that change how a stage reports, never what it computes: they may differ on a re-run.
+_COSMETIC_FIELDS = frozenset({"progress"})
+
+
+class ConfigChangedError(ValueError):
+  """A workdir re-run with another config than the one that made it."""
+
+
+def _as_json(config: Any) -> Any:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+  """Dotted names of the fields that differ between two JSON objects (cosmetic ones skipped)."""
+  if not (isinstance(old, dict) and isinstance(new, dict)):
+    return [] if old == new else [prefix or "<config>"]
+  out = []
+  for name in sorted(set(old) | set(new)):
+    if name in _COSMETIC_FIELDS:
+      continue
+    path = f"{prefix}.{name}" if prefix else name
+    if name not in old or name not in new:
+      out.append(path)
+    else:
+      out += _differences(old[name], new[name], path)
+  return out
+
+
+def check_same_config(config: Any, workdir: pathlib.Path) -> bool:
+  """Refuses a workdir whose recorded config differs from ``config``.
+
+  A re-run continues (or reuses) what the workdir holds; with another config it would mix two
+  recipes in one set of checkpoints and artifacts.
+
+  Returns:
+    Whether the workdir already recorded this config (False: a fresh workdir).
+
+  Raises:
+    ConfigChangedError: naming the differing fields and the fix.
+  """
+  path = workdir / CONFIG_JSON
+  if not path.is_file():
+    return False
+  try:
+    old = json.loads(path.read_text())
+  except ValueError:
+    return False  # Not ours to trust (written atomically, so never half written by us).
+  changed = _differences(old, _as_json(config))
+  if changed:
+    shown = ", ".join(changed[:12]) + (f" and {len(changed) - 12} more" if len(changed) > 12 else "")
+    raise ConfigChangedError(
+        f"{workdir} was made with another config; these fields differ from its {CONFIG_JSON}: "
+        f"{shown}. A re-run on the same workdir resumes or reuses what it holds, so it must use "
+        "the same config: pass the recorded values again, use a new --workdir, or delete the "
+        "workdir to redo the stage from scratch.")
+  return True
+
+
 def dump_config(config: Any, workdir: pathlib.Path) -> None:
-  """Writes the resolved config next to the stage's outputs (atomically)."""
+  """Writes the resolved config next to the stage's outputs (atomically), after checking that
+  the workdir holds no run of another config (``check_same_config``)."""
   from jaxtag.audio import io as audio_io
-  audio_io.write_text_atomic(workdir / "config.json",
+  check_same_config(config, workdir)
+  audio_io.write_text_atomic(workdir / CONFIG_JSON,
                              config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def finished(config: Any, workdir: pathlib.Path, marker: str,
+             requires: tuple[str, ...] = ()) -> dict[str, Any] | None:
+  """The stored summary of a finished stage, to reuse instead of redoing the stage.
+
+  A stage writes its summary ``marker`` (atomically) after every other output, so the marker is
+  the proof that the stage finished. It is reused only when the workdir's recorded config
+  equals ``config``, so a stage run from Python without a recorded config always runs.
+
+  Args:
+    config: the stage's config.
+    workdir: the stage's workdir.
+    marker: the summary JSON, relative to ``workdir``.
+    requires: other outputs (relative to ``workdir``, or absolute) that must still exist.
+
+  Returns:
+    The stored summary with ``reused=True``, or None when the stage has to run.
+
+  Raises:
+    ConfigChangedError: the workdir was made with another config.
+  """
+  path = workdir / marker
+  if not path.is_file() or not check_same_config(config, workdir):
+    return None
+  if not all((workdir / p).exists() for p in requires):
+    return None
+  logging.info("%s finished before (%s): reusing it.", workdir, marker)
+  return {**json.loads(path.read_text()), "reused": True}
 
 
 def root_key(config: Any):

@@ -13,7 +13,6 @@ whose training finished (and resumes an interrupted one from its checkpoint).
 from __future__ import annotations
 
 import copy
-import json
 import pathlib
 from typing import Any
 
@@ -22,19 +21,16 @@ from launch import train as train_launcher
 from launch import verify as verify_launcher
 
 
-def _finished(model_dir: pathlib.Path) -> bool:
-  # launch/train.py writes train_summary.json only after the final weights and model.json.
-  return (model_dir / "train_summary.json").is_file() and (model_dir / "model.json").is_file()
-
-
 def train_benign_model(config: Any, index: int, workdir: pathlib.Path) -> dict[str, Any]:
-  """Trains model ``index`` (seed ``first_seed + index``) unless it already finished."""
+  """Trains model ``index`` (seed ``first_seed + index``) unless it already finished with this
+  recipe (a model of another recipe in its folder is refused: ``app.ConfigChangedError``)."""
   model_dir = workdir / f"model_{index}"
-  if _finished(model_dir):
-    return {**json.loads((model_dir / "train_summary.json").read_text()), "skipped": True}
   train_config = copy.deepcopy(config.train)
   train_config.seed = int(config.first_seed) + index
   app.dump_config(train_config, model_dir)
+  done = train_launcher.finished_summary(train_config, model_dir)
+  if done is not None:
+    return {**done, "skipped": True}
   return {**train_launcher.run_stage(train_config, model_dir), "skipped": False}
 
 

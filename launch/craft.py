@@ -17,20 +17,23 @@ Writes, atomically:
   <workdir>/perturbations.npz   the owner's record: poison indices, files, keys and the exact
                                 (16-bit) perturbation of each
   <workdir>/craft_ckpt/         crafting checkpoints (a re-run resumes)
+  <workdir>/craft_summary.json  the summary, written last: a re-run with the same config reuses
+                                the finished stage instead of crafting again
 After writing, the stage reads the train split back and checks that every poison carries exactly
-the crafted perturbation and every other clip is unchanged.
+the crafted perturbation and every other clip is unchanged. The dataset is written into a
+temporary folder beside `<output_dir>` and renamed into place once complete, so a craft killed
+while exporting never leaves a half-written dataset that a re-run would trust.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 from typing import Any
 
 from launch import app
 
 REPORT = "craft_report.json"
+SUMMARY = "craft_summary.json"   # written last: the stage finished (export read back and checked)
 PERTURBATIONS = "perturbations.npz"
 _CHECK_CHUNK = 1024  # clips compared at a time when the written dataset is read back
 
@@ -124,28 +127,6 @@ def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):
   return retrain
 
 
-def export_dataset(source, splits: dict, destination: pathlib.Path) -> None:
-  """Writes ``splits`` in ``source``'s folder layout, replacing ``destination`` atomically."""
-  from jaxtag.data import esc50, sources, speechcommands, tfds
-
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  tmp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-  shutil.rmtree(tmp, ignore_errors=True)
-  if source.kind in ("corpus", "speech_commands"):
-    noise = speechcommands.load_background_noise(sources.dataset_root(source, progress=False),
-                                                 sample_rate=source.sample_rate)
-    speechcommands.export_speech_commands(splits, tmp, background_noise=noise)
-  elif source.kind == "esc50":
-    esc50.export_esc50(list(splits.values()), tmp)
-  else:
-    tfds.export_tfds(splits, tmp, name=f"{source.name.split(':')[0]}_protected")
-  old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-  if destination.exists():
-    destination.rename(old)
-  tmp.rename(destination)
-  shutil.rmtree(old, ignore_errors=True)
-
-
 def _read_back(source, destination: pathlib.Path, clean):
   """Yields ``(rows, waveforms)``: the written train split in ``clean``'s order, a chunk of
   clips at a time. SpeechCommands-layout output (the corpus's too) is read file by file, so at
@@ -236,10 +217,14 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
   from jaxtag import keys as keys_lib
   from jaxtag import rng, sharding, train
-  from jaxtag.data import sources
+  from jaxtag.data import publish, sources
   from jaxtag.taggants import protect
 
   preflight(config, workdir)
+  destination = output_dir(config, workdir)
+  done = app.finished(config, workdir, SUMMARY, requires=(str(destination),))
+  if done is not None:
+    return done
   source = sources.DataSource(**config.data.to_dict())
   splits = sources.load_splits(source, progress=False)
   clean = splits["train"]
@@ -253,8 +238,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       checkpoint_dir=workdir / "craft_ckpt", checkpoint_every=config.checkpoint_every,
       progress=config.progress,
       retrain=retrainer(config, workdir, splits, mesh) if config.retrain_rounds else None)
-  destination = output_dir(config, workdir)
-  export_dataset(source, {**splits, "train": protected}, destination)
+  publish.export_splits(source, {**splits, "train": protected}, destination)
   check = check_export(source, destination, clean, protected)
   if check["error_in_lsb"] != 0.0 or check["clips_changed"] > report.poison_indices.size:
     raise RuntimeError(f"The written dataset at {destination} does not hold the crafted clips: "
@@ -274,7 +258,8 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
              files=np.array(full["poison_files"]),
              delta=protected.waveforms[report.poison_indices] - clean.waveforms[report.poison_indices])
   plot_report(report, workdir / "craft_report.png")
-  return summary
+  app.write_json(workdir / SUMMARY, summary)
+  return {**summary, "reused": False}
 
 
 def main(config, workdir):

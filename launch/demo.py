@@ -5,16 +5,29 @@ r"""The README's main command: runs every pipeline stage on the embedded corpus 
 
 corpus -> keys -> surrogate -> craft -> suspect (protected data) + benign (clean data) -> verify.
 Each stage writes its own sub-workdir and is the same code as its own launcher, so a stage can be
-re-run alone; re-running the demo resumes every stage (training and crafting checkpoint).
+re-run alone. Re-running the demo on the same workdir, after an interruption or a finished run,
+continues where it stopped: a finished stage is reused (its summary is written last), training
+and crafting resume from their checkpoints, the key file is reused untouched, and another config
+is refused. A `[demo] stage <name>: start` / `: done (ran|reused)` line marks each stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 from typing import Any
 
 from launch import app, craft, make_corpus, make_keys, train, verify
+
+
+def _top_level_config(config: Any, workdir: pathlib.Path, *names: str):
+  """The demo's top-level fields ``names`` as a stage config (the fields of that stage's own
+  launcher config), recorded in the stage's workdir like ``_stage_config``."""
+  import ml_collections
+  sub = ml_collections.ConfigDict({n: config[n] for n in names}).copy_and_resolve_references()
+  app.dump_config(sub, workdir)
+  return sub
 
 
 def _stage_config(config: Any, name: str, workdir: pathlib.Path, **fields):
@@ -28,49 +41,78 @@ def _stage_config(config: Any, name: str, workdir: pathlib.Path, **fields):
   return sub
 
 
+class _Stages:
+  """Times each stage, prints its start and end, and records whether it ran or was reused."""
+
+  def __init__(self):
+    self.wall: dict[str, float] = {}
+    self.status: dict[str, str] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    print(f"[demo] stage {name}: start", flush=True)
+    summaries: list[dict[str, Any]] = []
+    with app.timed(name, self.wall):
+      yield summaries.append
+    self.status[name] = "reused" if all(s.get("reused") for s in summaries) else "ran"
+    print(f"[demo] stage {name}: done ({self.status[name]}, {self.wall[name]:.1f} s)", flush=True)
+
+
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
-  timings: dict[str, float] = {}
-  with app.timed("corpus", timings):
-    data = make_corpus.run_stage(config, workdir / "corpus")
-  with app.timed("keys", timings):
-    keys = make_keys.run_stage(config, workdir / "keys")
+  stage = _Stages()
+  with stage("corpus") as done:
+    data = make_corpus.run_stage(_top_level_config(config, workdir / "corpus", "seed", "data"),
+                                 workdir / "corpus")
+    done(data)
+  with stage("keys") as done:
+    keys = make_keys.run_stage(
+        _top_level_config(config, workdir / "keys", "seed", "data", "key_spec", "export_wav"),
+        workdir / "keys")
+    done(keys)
   key_file = keys["key_file"]
   surrogate_dirs = [workdir / ("surrogate" if i == 0 else f"surrogate_{i}")
                     for i in range(config.num_surrogates)]
-  with app.timed("surrogate", timings):
+  with stage("surrogate") as done:
     surrogates = [   # an ensemble: the same recipe, other seeds
         train.run_stage(_stage_config(config, "surrogate", directory,
                                       seed=config.surrogate.seed + 1000 * i), directory)
         for i, directory in enumerate(surrogate_dirs)]
-  with app.timed("craft", timings):
+    for s in surrogates:
+      done(s)
+  with stage("craft") as done:
     crafted = craft.run_stage(
         _stage_config(config, "craft", workdir / "craft",
                       surrogate=",".join(str(d) for d in surrogate_dirs),
                       key_file=key_file, output_dir=str(workdir / "protected")),
         workdir / "craft")
+    done(crafted)
   protected_data = config.data.copy_and_resolve_references()
   protected_data.kind = "speech_commands"
   protected_data.root = crafted["protected_dataset"]
-  with app.timed("suspect", timings):
+  with stage("suspect") as done:
     suspect = train.run_stage(
         _stage_config(config, "suspect", workdir / "suspect", data=protected_data),
         workdir / "suspect")
-  with app.timed("benign", timings):
+    done(suspect)
+  with stage("benign") as done:
     benign = train.run_stage(_stage_config(config, "benign", workdir / "benign"),
                              workdir / "benign")
+    done(benign)
   verdicts = {}
-  with app.timed("verify", timings):
+  with stage("verify") as done:
     for name in ("suspect", "benign"):
       stage_dir = workdir / f"verify_{name}"
       verdicts[name] = verify.run_stage(
           _stage_config(config, "verify", stage_dir, target=str(workdir / name),
                         key_file=key_file), stage_dir)
+      done(verdicts[name])
   report = {
       "data": data, "keys": keys, "surrogates": surrogates, "craft": crafted,
       "suspect": suspect, "benign": benign,
       "verify": {k: {f: v for f, v in d.items() if f != "text"} for k, d in verdicts.items()},
       "taggant_effect": _taggant_effect(workdir, key_file),
-      "wall_time_s": {k: round(v, 2) for k, v in timings.items()},
+      "stages": stage.status,
+      "wall_time_s": {k: round(v, 2) for k, v in stage.wall.items()},
   }
   app.write_json(workdir / "demo_summary.json", report)
   return report
@@ -128,6 +170,9 @@ def main(config, workdir):
   print(f"test-accuracy cost of the protection: {100 * drop:+.1f} points (benign - suspect)")
   print("wall time per stage (s): " + ", ".join(
       f"{k} {v:.1f}" for k, v in report["wall_time_s"].items()))
+  for status in ("reused", "ran"):
+    names = [k for k, v in report["stages"].items() if v == status]
+    print(f"stages {status}: {', '.join(names) or 'none'}")
   print(f"summary: {workdir / 'demo_summary.json'}")
 
 

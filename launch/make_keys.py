@@ -4,6 +4,8 @@ r"""Stage: draw the secret taggant keys for a dataset's classes and write the ke
 
 The key file (`<workdir>/keys.npz`, owner-only permissions, SHA-256 manifest) must stay secret and
 is refused inside the dataset folder; `<workdir>/keys_wav/` holds the keys as WAV for listening.
+A re-run reuses the key file, untouched, when its manifest records this run's spec, seed and
+classes, and refuses it otherwise: a key file is never overwritten.
 """
 
 from __future__ import annotations
@@ -37,26 +39,29 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   class_names = sources.class_names(source)
   spec = keys.KeySpec(**config.key_spec.to_dict())
   key = rng.stream(app.root_key(config), "keys")
-  secret = keys.make_keys(key, spec, num_classes=len(class_names))
   path = workdir / KEY_FILE
   check_key_location(config, workdir)
   provenance = {"seed": int(config.seed), "stream": "keys",
                 "recipe": "jaxtag.keys.make_keys(jaxtag.rng.stream(jax.random.key(seed), 'keys'), spec, C)"}
-  keys.save_keys(path, secret, class_names=class_names, provenance=provenance)
-  if config.export_wav:
-    keys.export_keys_wav(secret, workdir / "keys_wav", class_names=class_names)
+  secret, _, reused = keys.make_or_reuse_keys(path, key, spec, class_names=class_names,
+                                              provenance=provenance)
+  wav_dir = workdir / "keys_wav"
+  exported = reused and len(list(wav_dir.glob("*.wav"))) == spec.num_keys
+  if config.export_wav and not exported:   # Atomic per file: a killed export is redone whole.
+    keys.export_keys_wav(secret, wav_dir, class_names=class_names)
   labels = np.asarray(secret.labels)
   return {
       "key_file": str(path),
       "num_keys": int(labels.size),
       "labels": [class_names[i] for i in labels],
-      "spec": spec.to_dict(),
+      "spec": spec.to_dict(), "reused": reused,
   }
 
 
 def main(config, workdir):
   summary = run_stage(config, workdir)
-  print(f"key file: {summary['key_file']} ({summary['num_keys']} keys)")
+  print(f"key file: {summary['key_file']} ({summary['num_keys']} keys"
+        f"{', reused: made by an earlier run' if summary['reused'] else ''})")
   print(f"key labels: {', '.join(summary['labels'])}")
 
 

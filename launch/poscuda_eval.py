@@ -9,8 +9,9 @@ the clean test split and on the test split with the variant's class filters appl
 SNR of the protected train clips and the Fréchet distance between embeddings of clean and
 protected clips, taken from each clean-trained model. Attacker: random blurs or noise at random
 positions on a protected train set, then the model is retrained. Writes `poscuda_eval.json`,
-`poscuda_eval.txt` and `poscuda_eval.png` (the tables as bars), atomically; a rerun reuses
-finished runs.
+`poscuda_eval.txt` and `poscuda_eval.png` (the tables as bars), atomically, the JSON last; a rerun
+reuses finished runs, and a rerun of a finished evaluation with the same config (recorded in
+`<workdir>/config.json` by the launcher) returns its report without recomputing anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from launch import app
 
 RESULT_FILE = "poscuda_result.json"
+REPORT_FILE = "poscuda_eval.json"
 EMBEDDING_NOTE = ("Fréchet distance between Gaussians fitted to embeddings of clean and protected "
                   "train clips, from each row's clean-trained model (trained by jaxtag here; the "
                   "paper's PANN weights cannot be downloaded), so it is not comparable with FAD.")
@@ -355,6 +357,9 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   from jaxtag.audio import io as audio_io
   from jaxtag.data import sources
   check_config(config)
+  done = app.finished(config, workdir, REPORT_FILE)
+  if done is not None:
+    return done
   start = time.perf_counter()
   source = sources.DataSource(**config.data.to_dict())
   data = {s: sources.load_split(source, s, progress=config.progress) for s in ("train", "test")}
@@ -373,9 +378,9 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   if config.attack.model and config.attack.modes:
     report["attack"] = attack(config, data, variants, workdir, root_key, rows)
   report["wall_seconds"] = round(time.perf_counter() - start, 1)
-  app.write_json(workdir / "poscuda_eval.json", report)
   audio_io.write_text_atomic(workdir / "poscuda_eval.txt", format_report(report))
   plot_report(report, workdir / "poscuda_eval.png")
+  app.write_json(workdir / REPORT_FILE, report)   # Last: the evaluation finished.
   return report
 
 

@@ -6,16 +6,24 @@ r"""Stage: protect a dataset's train split with PosCUDA and write it in its inpu
 The filters come from the run's `poscuda` stream. The published folder holds the protected train
 split and clean copies of the other splits (and of `_background_noise_/`); the secret file
 `<workdir>/poscuda.npz` (0o600, SHA-256 manifest) is refused inside the source or output folder.
+The dataset is written into a temporary folder and renamed into place once complete;
+`<workdir>/protect_summary.json` comes last. A re-run with the same config reuses a finished run,
+and an interrupted one reuses its secret file (when made by the same recipe) and writes the
+dataset again; `--config.overwrite` is needed only for an `output_root` this workdir did not write.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
 from launch import app
 
 SECRET_FILE = "poscuda.npz"
+SUMMARY = "protect_summary.json"   # written last: the protected dataset is complete
+# Written before the export starts: this workdir owns output_root and may replace it on a re-run.
+EXPORT_RECORD = "export_target.json"
 
 
 def _output_root(config: Any) -> pathlib.Path:
@@ -62,17 +70,18 @@ def spec_from_config(spec_config: Any, dataset) -> Any:
   return spec
 
 
-def _export(source, splits, output: pathlib.Path, overwrite: bool) -> dict[str, int]:
-  """Writes the splits in the source's layout (ESC-50, else SpeechCommands with its noise)."""
-  from jaxtag.data import esc50, sources, speechcommands
-  if source.kind == "esc50":
-    esc50.export_esc50(list(splits.values()), output, overwrite=overwrite)
-  else:
-    noise = speechcommands.load_background_noise(sources.dataset_root(source, progress=False),
-                                                 sample_rate=splits["train"].sample_rate)
-    speechcommands.export_speech_commands(splits, output, background_noise=noise,
-                                          overwrite=overwrite)
-  return {split: len(ds) for split, ds in splits.items()}
+def _claim_output(config: Any, workdir: pathlib.Path) -> pathlib.Path:
+  """The output folder, refused when it holds data that this workdir did not write (unless
+  ``config.overwrite``); records the claim so that a re-run may replace its own partial work."""
+  output = _output_root(config).absolute()
+  record = workdir / EXPORT_RECORD
+  ours = record.is_file() and json.loads(record.read_text()).get("output_root") == str(output)
+  if output.is_dir() and any(output.iterdir()) and not (ours or config.overwrite):
+    raise ValueError(f"poscuda_protect: output_root {str(output)!r} is not empty and was not "
+                     "written by this workdir; choose an empty folder or pass "
+                     "--config.overwrite=True to replace it.")
+  app.write_json(record, {"output_root": str(output)})
+  return output
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
@@ -80,36 +89,43 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   import numpy as np
 
   from jaxtag import poscuda, rng
-  from jaxtag.data import sources
+  from jaxtag.data import publish, sources
 
   check_locations(config, workdir)
+  output = _output_root(config)
+  done = app.finished(config, workdir, SUMMARY, requires=(str(output.absolute()), SECRET_FILE))
+  if done is not None:
+    return done
   source = sources.DataSource(**config.data.to_dict())
   splits = sources.load_splits(source, progress=config.progress)
   train = splits["train"]
   spec = spec_from_config(config.spec, train)
   key = rng.stream(app.root_key(config), "poscuda")
-  secret = poscuda.make_filters(key, spec, train.num_classes)
   secret_path = workdir / SECRET_FILE
   provenance = poscuda.filter_provenance(
       key, seed=int(config.seed), stream="poscuda",
       recipe="jaxtag.poscuda.make_filters(jaxtag.rng.stream(jax.random.key(seed), 'poscuda'), "
              "spec, C)")
-  poscuda.save_filters(secret_path, secret, class_names=train.class_names, provenance=provenance,
-                       overwrite=config.overwrite, dataset_root=_output_root(config))
+  output = _claim_output(config, workdir)
+  secret, _ = poscuda.make_or_reuse_filters(
+      secret_path, key, spec, class_names=train.class_names, provenance=provenance,
+      overwrite=config.overwrite, dataset_root=output)
   splits["train"] = poscuda.protect_dataset(train, secret, batch_size=config.batch_size)
-  counts = _export(source, splits, _output_root(config), config.overwrite)
+  publish.export_splits(source, splits, output)
   snr = poscuda.snr_in_batches(train.waveforms, splits["train"].waveforms,
                                batch_size=config.batch_size)
-  return {
-      "output_root": str(_output_root(config)), "secret_file": str(secret_path),
-      "clips": counts, "spec": spec.to_dict(), "taps": spec.taps, "patch": spec.patch,
+  summary = {
+      "output_root": str(output), "secret_file": str(secret_path),
+      "clips": {split: len(ds) for split, ds in splits.items()}, "spec": spec.to_dict(),
+      "taps": spec.taps, "patch": spec.patch,
       "snr_db": {"min": float(snr.min()), "median": float(np.median(snr))},
   }
+  app.write_json(workdir / SUMMARY, summary)
+  return {**summary, "reused": False}
 
 
 def main(config, workdir):
   summary = run_stage(config, workdir)
-  app.write_json(workdir / "protect_summary.json", summary)
   print(f"protected dataset: {summary['output_root']} ({summary['clips']})")
   print(f"secret file (keep it private): {summary['secret_file']}")
   print(f"SNR of the protected train clips: min {summary['snr_db']['min']:.1f} dB, median "

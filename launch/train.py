@@ -5,6 +5,9 @@ r"""Stage: train a classifier on a dataset into a workdir (resumes automatically
 
 Writes `<workdir>/checkpoints/`, `final/` (inference weights), `model.json` and
 `metrics.jsonl`; `jaxtag.train.restore_for_inference(workdir)` loads the model back.
+`train_summary.json` comes last: a re-run with the same config returns it instead of training or
+evaluating again; an interrupted run resumes from its latest checkpoint; another config on the
+same workdir is refused.
 """
 
 from __future__ import annotations
@@ -35,9 +38,23 @@ def train_config(config: Any):
       distill_temperature=config.get("distill_temperature", 1.0))
 
 
+SUMMARY = "train_summary.json"   # written after final/ and model.json: the run finished
+
+
+def finished_summary(config: Any, workdir: pathlib.Path) -> dict[str, Any] | None:
+  """The stored summary of a finished run of ``config`` in ``workdir`` (``reused=True``), or
+  None when it has to train (or resume)."""
+  return app.finished(config, workdir, SUMMARY, requires=("final", "model.json"))
+
+
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
-  """Loads the splits, trains (or resumes) into ``workdir``; returns a summary."""
+  """Loads the splits, trains (or resumes) into ``workdir``; returns a summary. A finished run
+  of the same config is reused (``reused`` in the summary)."""
   import jax
+
+  done = finished_summary(config, workdir)
+  if done is not None:
+    return done
 
   from jaxtag import sharding, train
   from jaxtag.data import sources
@@ -55,8 +72,8 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "steps_per_s": round(result.steps_run / max(result.train_seconds, 1e-9), 3),
       "num_devices": mesh.size, **{k: round(v, 6) for k, v in result.metrics.items()},
   }
-  app.write_json(workdir / "train_summary.json", summary)
-  return summary
+  app.write_json(workdir / SUMMARY, summary)
+  return {**summary, "reused": False}
 
 
 def main(config, workdir):

@@ -5,7 +5,9 @@ r"""Stage: verify a suspect model (workdir or HTTP endpoint) against the secret 
       --workdir=workdirs/verify
 
 Queries the black box once with every key and writes `<workdir>/verify_report.json`,
-`verify_report.txt` and `verify_report.png`; prints the text report.
+`verify_report.txt` and `verify_report.png`, then `verify_summary.json`; prints the text report.
+A re-run with the same config reuses the finished verification (the black box is not queried
+again; use a new workdir to verify anew).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from launch import app
 
 REPORT_STEM = "verify_report"
+SUMMARY = "verify_summary.json"   # written after the reports: the verification finished
 
 
 def verify_target(target: str, key_file: str, *, max_k: int, decision_k: int, alpha: float):
@@ -43,15 +46,21 @@ def write_report(report, workdir: pathlib.Path) -> dict[str, str]:
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
-  """Verifies ``config.target`` against ``config.key_file``; returns a summary."""
+  """Verifies ``config.target`` against ``config.key_file``; returns a summary (a finished
+  verification of the same config is reused: ``reused`` in the summary)."""
+  done = app.finished(config, workdir, SUMMARY)
+  if done is not None:
+    return done
   report = verify_target(config.target, config.key_file, max_k=config.max_k,
                          decision_k=config.decision_k, alpha=config.alpha)
   paths = write_report(report, workdir)
-  return {"target": report.target, "decision": report.decision, "p_value": report.p_value,
-          "floor": report.floor, "decision_k": report.decision_k,
-          "hits": report.decision_hits, "num_keys": report.num_keys,
-          "holm_min_p_value": report.holm_min_p_value, "report": paths,
-          "text": report.to_text()}
+  summary = {"target": report.target, "decision": report.decision, "p_value": report.p_value,
+             "floor": report.floor, "decision_k": report.decision_k,
+             "hits": report.decision_hits, "num_keys": report.num_keys,
+             "holm_min_p_value": report.holm_min_p_value, "report": paths,
+             "text": report.to_text()}
+  app.write_json(workdir / SUMMARY, summary)
+  return {**summary, "reused": False}
 
 
 def main(config, workdir):

@@ -1,6 +1,7 @@
 """Tests for jaxtag.keys: key generation, its audio, and the key file's integrity checks."""
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -345,6 +346,66 @@ def test_save_refuses_overwrite_dataset_and_bad_labels(key_file, small_keys, tmp
     keys_lib.save_keys(tmp_path / "k.npz", small_keys, class_names=CLASS_NAMES,
                        provenance={"key": object()})
   assert not (tmp_path / "k.npz").exists()
+
+
+def _reuse(path, *, seed=1, spec=SMALL_SPEC, class_names=CLASS_NAMES):
+  key = jax.random.key(seed)
+  return keys_lib.make_or_reuse_keys(path, key, spec, class_names=class_names,
+                                     provenance=keys_lib.key_provenance(key, seed=seed))
+
+
+def test_make_or_reuse_keys_writes_once_then_reuses_the_file_untouched(tmp_path, small_keys):
+  path = tmp_path / "secret" / "keys.npz"
+  made, manifest, reused = _reuse(path)
+  assert not reused and manifest["provenance"]["seed"] == 1
+  for name in keys_lib.ARRAY_NAMES:   # The file holds make_keys(key(1), ...): the fixture's keys.
+    assert np.asarray(getattr(made, name)).tobytes() == np.asarray(
+        getattr(small_keys, name)).tobytes()
+  before, stat_before = path.read_bytes(), os.stat(path)
+  again, manifest_again, reused = _reuse(path)
+  assert reused and manifest_again == manifest and again.spec == SMALL_SPEC
+  for name in keys_lib.ARRAY_NAMES:
+    assert np.asarray(getattr(again, name)).tobytes() == np.asarray(
+        getattr(made, name)).tobytes()
+  after = os.stat(path)
+  assert path.read_bytes() == before
+  assert (after.st_mtime_ns, after.st_ino) == (stat_before.st_mtime_ns, stat_before.st_ino)
+  assert sorted(p.name for p in path.parent.iterdir()) == ["keys.npz"]
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(spec=dataclasses.replace(SMALL_SPEC, num_keys=2)), "spec.num_keys"),
+    (dict(seed=2), "provenance.key_data"),
+    (dict(class_names=("yes", "no", "up", "down", "right")), "class_names"),
+])
+def test_make_or_reuse_keys_refuses_a_file_made_differently(tmp_path, change, field):
+  path = tmp_path / "keys.npz"
+  _reuse(path)
+  before, mtime = path.read_bytes(), os.stat(path).st_mtime_ns
+  with pytest.raises(keys_lib.KeyFileError) as e:
+    _reuse(path, **change)
+  message = str(e.value)
+  assert str(path) in message and field in message
+  assert "never overwritten" in message and "new workdir" in message and "delete it" in message
+  if field.startswith("provenance"):   # The provenance is as secret as the keys: never shown.
+    assert "key_data" in message and str(keys_lib.key_provenance(jax.random.key(1))[
+        "key_data"]) not in message
+    assert "provenance.seed" in message
+  assert path.read_bytes() == before and os.stat(path).st_mtime_ns == mtime
+
+
+def test_make_or_reuse_keys_refuses_a_corrupt_file_and_a_path_in_the_dataset(tmp_path):
+  path = tmp_path / "keys.npz"
+  path.write_bytes(b"not a zip")
+  path.chmod(0o600)
+  with pytest.raises(keys_lib.KeyFileError, match="not a readable"):
+    _reuse(path)
+  assert path.read_bytes() == b"not a zip"
+  with pytest.raises(keys_lib.KeyFileError, match="inside the dataset"):
+    keys_lib.make_or_reuse_keys(tmp_path / "data" / "keys.npz", jax.random.key(0), SMALL_SPEC,
+                                class_names=CLASS_NAMES, provenance={},
+                                dataset_root=tmp_path / "data")
+  assert not (tmp_path / "data").exists()
 
 
 def test_export_wav(small_keys, tmp_path):

@@ -20,15 +20,6 @@ def _run(module, *args, env):
   return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-  base = tmp_path_factory.mktemp("demo")
-  env = dict(os.environ, JAXTAG_DATA=str(base / "data"), XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  workdir = base / "work"
-  out = _run("launch.demo", "--config=launch/configs/demo.py:tiny", f"--workdir={workdir}", env=env)
-  return workdir, out, env
-
-
 STAGES = {"corpus", "keys", "surrogate", "craft", "suspect", "benign", "verify"}
 
 
@@ -170,6 +161,20 @@ def test_stages_rerun_alone_from_their_launchers(demo_run, tmp_path):
   b, _ = keys.load_keys(tmp_path / "keys" / "keys.npz")
   np.testing.assert_array_equal(np.asarray(a.waveforms), np.asarray(b.waveforms))
   np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
+  # Re-running the same command reuses the key file untouched; another seed is refused.
+  key_file = tmp_path / "keys" / "keys.npz"
+  before = (key_file.read_bytes(), key_file.stat().st_mtime_ns)
+  out = _run("launch.make_keys", "--config=launch/configs/keys.py:tiny",
+             f"--workdir={tmp_path / 'keys'}", env=env)
+  assert "reused" in out and (key_file.read_bytes(), key_file.stat().st_mtime_ns) == before
+  os.remove(tmp_path / "keys" / "config.json")   # Past the workdir's config check: the file decides.
+  proc = subprocess.run([sys.executable, "-m", "launch.make_keys",
+                         "--config=launch/configs/keys.py:tiny", "--config.seed=1",
+                         f"--workdir={tmp_path / 'keys'}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0 and "provenance.seed" in proc.stderr, proc.stderr[-2000:]
+  assert str(key_file) in proc.stderr and "never overwritten" in proc.stderr
+  assert (key_file.read_bytes(), key_file.stat().st_mtime_ns) == before
 
 
 def test_key_file_refused_inside_dataset(demo_run, tmp_path):

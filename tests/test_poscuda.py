@@ -405,6 +405,29 @@ def test_protect_launcher_writes_the_layout_and_the_secret(tmp_path):
   assert not (root / poscuda_protect.SECRET_FILE).exists()
   assert summary["snr_db"]["min"] <= summary["snr_db"]["median"]
 
+  # Re-run (as after an interruption: no recorded config): the secret file is reused untouched,
+  # the dataset written again whole; the same summary.
+  secret_file = pathlib.Path(summary["secret_file"])
+  secret_bytes, secret_mtime = secret_file.read_bytes(), secret_file.stat().st_mtime_ns
+  again = poscuda_protect.run_stage(config, workdir)
+  assert {**again, "reused": False} == summary
+  assert secret_file.read_bytes() == secret_bytes and secret_file.stat().st_mtime_ns == secret_mtime
+  assert sorted(p.name for p in root.parent.iterdir()) == ["published", "work"]  # no temp left
+  # With its config recorded (as the launcher does), a finished run is reused outright.
+  from launch import app
+  app.dump_config(config, workdir)
+  assert poscuda_protect.run_stage(config, workdir) == {**summary, "reused": True}
+  other = protect_config.get_config("tiny")
+  other.output_root, other.seed = config.output_root, 7
+  with pytest.raises(app.ConfigChangedError, match="differ .*: seed"):
+    poscuda_protect.run_stage(other, workdir)
+  (workdir / "config.json").unlink()   # Without the record, the secret file itself refuses.
+  with pytest.raises(keys_lib.KeyFileError, match="provenance.seed"):
+    poscuda_protect.run_stage(other, workdir)
+  assert secret_file.read_bytes() == secret_bytes
+  with pytest.raises(ValueError, match="not written by this workdir"):
+    poscuda_protect.run_stage(other, tmp_path / "another")
+
 
 def test_eval_launcher_runs_on_the_tiny_config_and_reuses_runs(tmp_path):
   from launch import poscuda_eval

@@ -17,7 +17,8 @@ Modules:
            ``active_window``), and their application (``apply_poscuda`` under jit + vmap,
            ``apply_in_batches``, ``protect_dataset``, ``snr_in_batches``); its docstring
            records the choices the paper leaves open and the measurements behind them.
-  secret   the secret file: ``save_filters``, ``load_filters``, ``regenerate_and_check``.
+  secret   the secret file: ``save_filters``, ``load_filters``, ``make_or_reuse_filters``,
+           ``regenerate_and_check``.
   attack   ``random_patch_attack``: the attacker's random blurs or noise, without the secret.
 
 The quality metrics (SNR, Fréchet distance) are in ``jaxtag.audio.metrics``.
@@ -28,11 +29,12 @@ from jaxtag.poscuda.filters import (REFERENCE_RATE, PoscudaFilters, PoscudaSpec,
                                     apply_in_batches, apply_poscuda, filter_patch,
                                     filter_provenance, make_filters, protect_dataset,
                                     snr_in_batches)
-from jaxtag.poscuda.secret import SECRET_FILE, load_filters, regenerate_and_check, save_filters
+from jaxtag.poscuda.secret import (SECRET_FILE, load_filters, make_or_reuse_filters,
+                                   regenerate_and_check, save_filters)
 
 __all__ = [
     "REFERENCE_RATE", "SECRET_FILE", "PoscudaFilters", "PoscudaSpec", "active_window",
     "apply_in_batches", "apply_poscuda", "filter_patch", "filter_provenance", "load_filters",
-    "make_filters", "protect_dataset", "random_patch_attack", "regenerate_and_check",
-    "save_filters", "snr_in_batches",
+    "make_filters", "make_or_reuse_filters", "protect_dataset", "random_patch_attack",
+    "regenerate_and_check", "save_filters", "snr_in_batches",
 ]

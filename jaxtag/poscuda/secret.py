@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtag.keyfile import SecretArchiveFormat, read_secret_archive, write_secret_archive
+from jaxtag.keyfile import (SecretArchiveFormat, read_matching_archive, read_secret_archive,
+                            write_secret_archive)
 from jaxtag.keys import KeyFileError
 from jaxtag.poscuda.filters import ARRAY_NAMES, PoscudaFilters, PoscudaSpec, make_filters
 
@@ -58,6 +59,32 @@ def save_filters(path: str | os.PathLike, secret: PoscudaFilters, *,
                               spec=secret.spec.to_dict(), class_names=class_names,
                               provenance=provenance, overwrite=overwrite,
                               dataset_root=dataset_root)
+
+
+def make_or_reuse_filters(path: str | os.PathLike, key: jax.Array, spec: PoscudaSpec, *,
+                          class_names: Sequence[str], provenance: Mapping[str, Any],
+                          dataset_root: str | os.PathLike | None = None,
+                          overwrite: bool = False) -> tuple[PoscudaFilters, bool]:
+  """The filters of ``key`` and ``spec`` in the secret file at ``path``: drawn and written when
+  the file is missing (or ``overwrite``), else reused as they are when the file was made with
+  this spec, these classes and this provenance (``jaxtag.keyfile.read_matching_archive``), so
+  a re-run of the protection gets its own secret back and another recipe is refused.
+
+  Returns:
+    (filters, reused).
+
+  Raises:
+    KeyFileError: an existing file made differently (fields and fix named), a modified file, or
+      a path inside ``dataset_root``.
+  """
+  if pathlib.Path(path).exists() and not overwrite:
+    read_matching_archive(path, SECRET_FILE, spec=spec.to_dict(), class_names=class_names,
+                          provenance=provenance)
+    return load_filters(path, expected_class_names=class_names)[0], True
+  secret = make_filters(key, spec, len(class_names))
+  save_filters(path, secret, class_names=class_names, provenance=provenance, overwrite=overwrite,
+               dataset_root=dataset_root)
+  return secret, False
 
 
 def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str] | None = None,
