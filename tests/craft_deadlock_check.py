@@ -8,7 +8,7 @@ same pool and waits for it; once every worker waits, nothing runs again (see BUI
 FFT deadlock"). The default ``CraftConfig.unroll`` must not produce such a step; this script
 crafts with it (or with ``--unroll``) and prints ``OK`` when every step has finished.
 
-  python tests/craft_deadlock_check.py [--unroll true|false|N] [--keys 4] [--members 2]
+  python tests/craft_deadlock_check.py [--unroll true|false|N] [--keys 8] [--members 2]
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--unroll", default=None, help="true, false or an int (default: the "
                       "CraftConfig default for this jax and backend)")
-  parser.add_argument("--keys", type=int, default=4)
+  parser.add_argument("--keys", type=int, default=8)
   parser.add_argument("--poisons", type=int, default=1, help="poisons per key")
   parser.add_argument("--members", type=int, default=2, help="surrogates in the ensemble")
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=4)
   args = parser.parse_args(argv)
 
   import jax

@@ -8,6 +8,7 @@ this test with a message instead of hanging CI. See tests/craft_deadlock_check.p
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -15,8 +16,10 @@ from jaxtag.taggants import step as step_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "tests", "craft_deadlock_check.py")
-# The check compiles in ~10 s and runs its steps in ~2 s on 2 idle cores (unrolled, jax 0.10:
-# ~25 s); a deadlocked step never finishes. The margin covers a loaded CI machine.
+# The check takes ~25 s on a loaded 2-core VM (rolled, jax 0.11.2; unrolled on jax 0.10.2: ~45 s,
+# mostly compiling); a deadlocked step never finishes. The margin covers a loaded CI machine.
+# 8 keys x 2 members unrolled (the bad configuration) deadlocked in 3 of 3 runs on jaxlib 0.11.2
+# within 4 steps, 4 keys in 1 of 2: hence the size.
 TIMEOUT_S = 240
 
 
@@ -32,10 +35,10 @@ def _one_device_env():
 
 
 def test_default_craft_step_finishes():
-  """Three crafting steps of a 2-surrogate ensemble over 4 keys with the default ``unroll``."""
+  """Four crafting steps of a 2-surrogate ensemble over 8 keys with the default ``unroll``."""
   try:
-    proc = subprocess.run([sys.executable, _SCRIPT, "--keys", "4", "--members", "2",
-                           "--steps", "3"], env=_one_device_env(), cwd=_ROOT,
+    proc = subprocess.run([sys.executable, _SCRIPT, "--keys", "8", "--members", "2",
+                           "--steps", "4"], env=_one_device_env(), cwd=_ROOT,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
   except subprocess.TimeoutExpired as e:
     out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -74,3 +77,7 @@ def test_unrolled_loop_warns_where_it_can_deadlock(monkeypatch):
     assert step_lib.CraftConfig(unroll=True).loop_unroll() is True
   with pytest.warns(UserWarning, match="deadlock"):
     assert step_lib.CraftConfig(unroll=3).loop_unroll() == 3
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert step_lib.CraftConfig(unroll=1).loop_unroll() == 1
+    assert step_lib.CraftConfig(unroll=None).loop_unroll() in (1, True)

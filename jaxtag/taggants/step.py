@@ -152,15 +152,16 @@ class CraftConfig:
     return optax.piecewise_constant_schedule(self.learning_rate, boundaries)
 
 
-# XLA:CPU FFT deadlock. From jaxlib 0.11 (openxla/xla#46347, the fix of openxla/xla#46345 /
+# XLA:CPU FFT deadlock. From jaxlib 0.11 (apparently openxla/xla#46347, the fix of openxla/xla#46345 /
 # jax-ml/jax#39081) an FFT thunk running on a worker of XLA:CPU's intra-op thread pool hands its
 # transform to ducc0 with that same pool and waits on a latch for the pieces. When independent FFTs
 # run at once on every worker (an unrolled loop over keys and ensemble members gives each iteration
 # its own log-mel FFT and the FFT of its gradient), every worker waits for a free worker and none
-# is left: the step never finishes and every thread sits idle (measured on jaxlib 0.11.0-0.12.0;
-# BUILD.md). A rolled loop runs one iteration's FFTs one after another, and single-threaded Eigen
-# (``--xla_cpu_multi_thread_eigen=false``) gives ducc0 no pool to fan out into; jaxlib 0.10 ran an
-# FFT on a pool worker single-threaded, so it cannot deadlock.
+# is left: the step never finishes and every thread sits idle. jaxlib 0.11.1 and 0.11.2 hang; a
+# few runs of 0.11.0 and 0.12.0.1 did not, which proves nothing, so every jaxlib >= 0.11 counts as
+# affected (BUILD.md). A rolled loop runs one iteration's FFTs one after another; single-threaded
+# Eigen (``--xla_cpu_multi_thread_eigen=false``) leaves ducc0 no pool to fan out into; jaxlib 0.10
+# ran an FFT on a pool worker single-threaded.
 _FFT_DEADLOCK_JAXLIB = (0, 11)
 
 
@@ -200,8 +201,10 @@ def default_unroll(backend: str, *, jaxlib_version: str | None = None,
   """``CraftConfig.unroll=None`` resolved: how the crafting loops unroll on ``backend``.
 
   Fully on CPU (XLA:CPU ran the rolled loop's convolutions 3.4x slower, benchmarks/RESULTS.md)
-  unless concurrent FFTs can deadlock there (:func:`cpu_fft_can_deadlock`); rolled (1) on
-  accelerators, where unrolling would multiply compile time and live memory by the loop length.
+  unless concurrent FFTs can deadlock there (:func:`cpu_fft_can_deadlock`: jaxlib >= 0.11 without
+  ``--xla_cpu_multi_thread_eigen=false``; with that flag the unrolled step ran 3x faster than the
+  rolled one on jaxlib 0.11.2); rolled (1) on accelerators, where unrolling would multiply compile
+  time and live memory by the loop length.
   """
   if backend != "cpu":
     return 1
