@@ -47,13 +47,18 @@ craft_args=(--config=launch/configs/craft.py:tiny --config.budget=0.25
             --config.surrogate="$W/demo/surrogate" --config.key_file="$W/demo/keys/keys.npz")
 step craft-rolled "$PY" -m launch.craft "${craft_args[@]}" --workdir="$W/craft_rolled" \
   --config.craft.unroll=1
-# Unrolled loops deadlock XLA:CPU on jaxlib >= 0.11 unless Eigen is single-threaded (BUILD.md):
-# craft unrolled with exactly the workaround that BUILD.md documents, where it is needed.
+# Unrolled: the default `unroll` (None) under the XLA_FLAGS that make it unroll. On jaxlib >= 0.11
+# that takes --xla_cpu_multi_thread_eigen=false (unrolled loops deadlock XLA:CPU there otherwise:
+# BUILD.md), exactly the workaround BUILD.md documents; the flag field takes ints only, so `true`
+# cannot be passed on the command line. The first command checks that it resolves to unrolled.
 unrolled_flags=$("$PY" -c "from jaxtag.taggants import step as s; \
 print('--xla_cpu_multi_thread_eigen=false' if s.cpu_fft_can_deadlock() else '')")
 say "unrolled craft with XLA_FLAGS='$XLA_FLAGS $unrolled_flags'"
+step craft-unrolled-default env XLA_FLAGS="$XLA_FLAGS $unrolled_flags" "$PY" -c \
+  "from jaxtag.taggants import step as s; u = s.CraftConfig().loop_unroll(); print('unroll', u); \
+assert u is True, u"
 step craft-unrolled env XLA_FLAGS="$XLA_FLAGS $unrolled_flags" "$PY" -m launch.craft \
-  "${craft_args[@]}" --workdir="$W/craft_unrolled" --config.craft.unroll=true
+  "${craft_args[@]}" --workdir="$W/craft_unrolled"
 
 step verify "$PY" -m launch.verify --config=launch/configs/verify.py --workdir="$W/verify" \
   --config.target="$W/demo/suspect" --config.key_file="$W/demo/keys/keys.npz"
