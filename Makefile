@@ -1,6 +1,7 @@
 # jaxtag: the two commands of the README, and a few helpers.
 #   make demo   set up .venv if needed, then run the pipeline end to end on the embedded corpus
 #   make test   set up .venv (with the test extras) if needed, then run the whole test suite
+#   make smoke312  set up .venv312 (Python 3.12, jax 0.11.x) if needed, then run tests/smoke.sh
 # Both are idempotent: the virtualenv is reinstalled only when setup.cfg or pyproject.toml change.
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ REFERENCE ?= auto
 
 STAMP := $(VENV)/.jaxtag-installed-$(EXTRAS)
 
-.PHONY: demo test venv bench clean-venv
+.PHONY: demo test venv bench clean-venv smoke312 venv312
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,3 +47,34 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The second interpreter: Python 3.12 with jax 0.11.x (the GPU image's line), CPU only, for the
+# smoke job (tests/smoke.sh). No python3.12 is a failure, not a skip: a CI that silently skipped
+# this job would report jax 0.11 as tested when it was not. PYTHON312=/path/to/python3.12 overrides.
+PYTHON312 ?= python3.12
+PYENV312 ?= 3.12.1
+VENV312 ?= .venv312
+JAX312 ?= jax>=0.11,<0.12
+STAMP312 := $(VENV312)/.jaxtag-installed-smoke312
+
+$(STAMP312): setup.cfg pyproject.toml
+	@if ! PYENV_VERSION=$(PYENV312) $(PYTHON312) -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2; \
+	  echo "!! make smoke312: no Python 3.12 at '$(PYTHON312)' (PYENV_VERSION=$(PYENV312)). The"  >&2; \
+	  echo "!! jax 0.11 smoke job cannot run. Install it (pyenv install 3.12.1) or pass"          >&2; \
+	  echo "!! PYTHON312=/path/to/python3.12. Failing rather than skipping."                     >&2; \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2; \
+	  exit 1; fi
+	@echo "[smoke312 $$(date -u +%H:%M:%S)] creating $(VENV312)"
+	@test -x $(VENV312)/bin/python || PYENV_VERSION=$(PYENV312) $(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(VENV312)/bin/python -m pip install --quiet -e ".[test]" "$(JAX312)"
+	@$(VENV312)/bin/python -m pip list 2>/dev/null | grep -E '^(jax|jaxlib|flax|optax|numpy) '
+	@rm -f $(VENV312)/.jaxtag-installed-*
+	@touch $@
+	@echo "[smoke312 $$(date -u +%H:%M:%S)] $(VENV312) ready"
+
+venv312: $(STAMP312)
+
+smoke312: $(STAMP312)
+	tests/smoke.sh $(VENV312)/bin/python

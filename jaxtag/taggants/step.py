@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import os
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -91,7 +94,8 @@ class CraftConfig:
     augment: the differentiable augmentation.
     unroll: how the step's loops over groups (keys) and ensemble members are unrolled
       (``lax.scan``'s ``unroll``): ``True`` fully, an int that many iterations per loop trip, or
-      ``None`` (default) for fully on CPU and rolled (1) on accelerators. Numerics do not depend on it.
+      ``None`` (default): :func:`default_unroll` for the default backend (fully on CPU with
+      jaxlib < 0.11, rolled (1) otherwise). Numerics do not depend on it.
   """
 
   steps: int = 250
@@ -124,9 +128,19 @@ class CraftConfig:
                        f"{self.unroll!r}.")
 
   def loop_unroll(self) -> bool | int:
-    """``unroll`` resolved for the default backend (``None``: fully on CPU, else 1)."""
+    """``unroll`` resolved for the default backend and jaxlib (``None``: :func:`default_unroll`).
+
+    An unrolled loop on a CPU backend that can deadlock (:func:`cpu_fft_can_deadlock`) warns.
+    """
+    backend = jax.default_backend()
     if self.unroll is None:
-      return jax.default_backend() == "cpu"
+      return default_unroll(backend)
+    if (self.unroll is True or self.unroll > 1) and backend == "cpu" and cpu_fft_can_deadlock():
+      warnings.warn(
+          f"CraftConfig.unroll={self.unroll!r} on XLA:CPU with jaxlib {jax.__version__}: "
+          "concurrent FFTs of the unrolled iterations can deadlock XLA's thread pool (BUILD.md, "
+          "'XLA:CPU FFT deadlock'); use unroll=None or 1, or set "
+          "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false before JAX starts.", stacklevel=2)
     return self.unroll
 
   def schedule(self) -> optax.Schedule:
@@ -136,6 +150,65 @@ class CraftConfig:
       step = max(1, int(round(m * self.steps / REFERENCE_STEPS)))
       boundaries[step] = boundaries.get(step, 1.0) * self.decay
     return optax.piecewise_constant_schedule(self.learning_rate, boundaries)
+
+
+# XLA:CPU FFT deadlock. From jaxlib 0.11 (apparently openxla/xla#46347, the fix of openxla/xla#46345 /
+# jax-ml/jax#39081) an FFT thunk running on a worker of XLA:CPU's intra-op thread pool hands its
+# transform to ducc0 with that same pool and waits on a latch for the pieces. When independent FFTs
+# run at once on every worker (an unrolled loop over keys and ensemble members gives each iteration
+# its own log-mel FFT and the FFT of its gradient), every worker waits for a free worker and none
+# is left: the step never finishes and every thread sits idle. jaxlib 0.11.1 and 0.11.2 hang; a
+# few runs of 0.11.0 and 0.12.0.1 did not, which proves nothing, so every jaxlib >= 0.11 counts as
+# affected (BUILD.md). A rolled loop runs one iteration's FFTs one after another; single-threaded
+# Eigen (``--xla_cpu_multi_thread_eigen=false``) leaves ducc0 no pool to fan out into; jaxlib 0.10
+# ran an FFT on a pool worker single-threaded.
+_FFT_DEADLOCK_JAXLIB = (0, 11)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+  parts = []
+  for piece in text.split(".")[:3]:
+    digits = "".join(itertools.takewhile(str.isdigit, piece))
+    if not digits:
+      break
+    parts.append(int(digits))
+  return tuple(parts)
+
+
+def cpu_fft_can_deadlock(jaxlib_version: str | None = None, xla_flags: str | None = None) -> bool:
+  """Whether concurrent FFTs can deadlock XLA:CPU here (see the note above).
+
+  Args:
+    jaxlib_version: default: the installed jaxlib's.
+    xla_flags: default: ``$XLA_FLAGS`` (read when the CPU backend starts, so it must be set before).
+
+  Returns:
+    True with jaxlib >= 0.11 unless ``--xla_cpu_multi_thread_eigen=false`` is among the flags.
+  """
+  if jaxlib_version is None:
+    import jaxlib
+    jaxlib_version = jaxlib.__version__
+  if xla_flags is None:
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+  flags = dict(f.lstrip("-").partition("=")[::2] for f in xla_flags.split())
+  if flags.get("xla_cpu_multi_thread_eigen", "").lower() in ("false", "0"):
+    return False
+  return _version_tuple(jaxlib_version) >= _FFT_DEADLOCK_JAXLIB
+
+
+def default_unroll(backend: str, *, jaxlib_version: str | None = None,
+                   xla_flags: str | None = None) -> bool | int:
+  """``CraftConfig.unroll=None`` resolved: how the crafting loops unroll on ``backend``.
+
+  Fully on CPU (XLA:CPU ran the rolled loop's convolutions 3.4x slower, benchmarks/RESULTS.md)
+  unless concurrent FFTs can deadlock there (:func:`cpu_fft_can_deadlock`: jaxlib >= 0.11 without
+  ``--xla_cpu_multi_thread_eigen=false``; with that flag the unrolled step ran 3x faster than the
+  rolled one on jaxlib 0.11.2); rolled (1) on accelerators, where unrolling would multiply compile
+  time and live memory by the loop length.
+  """
+  if backend != "cpu":
+    return 1
+  return 1 if cpu_fft_can_deadlock(jaxlib_version, xla_flags) else True
 
 
 def sign_adam(learning_rate: float | optax.Schedule) -> optax.GradientTransformation:

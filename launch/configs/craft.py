@@ -24,8 +24,10 @@ def craft_config(**overrides) -> ml_collections.ConfigDict:
   fields = dict(steps=250, learning_rate=0.1, milestones=(40, 93, 156, 218), decay=0.3,
                 restarts=1, snr_db=55.0, objective="per_key", exclude_params=(),
                 quantize=True, init_scale=0.5,
-                # loop unrolling over keys/members: None = fully on CPU (3.4x faster there),
-                # rolled on GPU/TPU; an int unrolls that many per loop trip
+                # loop unrolling over keys/members: None = step.default_unroll: fully on CPU
+                # with jaxlib < 0.11 (3.4x faster there), rolled on CPU with jaxlib >= 0.11
+                # (FFT deadlock, BUILD.md) unless XLA_FLAGS has
+                # --xla_cpu_multi_thread_eigen=false, rolled on GPU/TPU; an int unrolls that many
                 unroll=ml_collections.FieldReference(None, field_type=int))
   config = ml_collections.ConfigDict(fields)
   config.augment = augment
