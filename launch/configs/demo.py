@@ -35,7 +35,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.surrogate = train_configs.get_config(model)
   # Craft against an ensemble of surrogates (seeds +1000 apart; Witches' Brew's lever for
   # transfer): two moved the suspect's keys 1.6x further than one at the same budget
-  # (benchmarks/RESULTS.md) and fit the demo's 20 minutes since the crafting loops unroll on CPU.
+  # (benchmarks/RESULTS.md) and fit the demo's 20 minutes with jax 0.10, whose CPU unrolls the
+  # crafting loops (with jax 0.11 they stay rolled on CPU, ~3.6x slower: BUILD.md).
   config.num_surrogates = 1 if tiny else 2
   config.suspect = train_configs.get_config(("tiny" if tiny else "suspect") + ",cnn")
   if tiny:
