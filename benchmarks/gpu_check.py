@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import importlib.util
 import json
 import os
@@ -50,10 +49,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # Run as a script: make `benchmarks` and `jaxtag` importable.
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks.supervise import Log, Phases, emit_result, supervise, write_atomic  # noqa: E402
+
 # Modules jaxtag needs that the GPU image lacks (BUILD.md); their wheels travel in --wheels.
 CARRIED = ("grain", "array_record", "portpicker", "soundfile", "cffi", "pycparser",
            "ml_collections", "espeakng_loader")
@@ -102,63 +105,6 @@ CHAIN = {
     "tiny": ["--config=launch/configs/demo.py:tiny", "--config.craft.craft.steps=2",
              *(f"--config.{m}.num_epochs=1" for m in ("surrogate", "suspect", "benign"))],
 }
-RESULT_PREFIX = "RESULT "
-
-
-# --------------------------------------------------------------------------------------------
-# Progress lines (both processes)
-# --------------------------------------------------------------------------------------------
-
-
-def stamp(start: float) -> str:
-  """``[HH:MM:SS +SSS.Ss]``: the wall clock and the seconds since ``start``."""
-  now = datetime.datetime.now().strftime("%H:%M:%S")
-  return f"[{now} +{time.monotonic() - start:6.1f}s]"
-
-
-class Phases:
-  """A stage's progress: ``with phases("compiling"):`` prints the phase's start and end with its
-  seconds; a daemon thread prints ``... still <phase> (N s)`` every ``heartbeat_s``."""
-
-  def __init__(self, heartbeat_s: float):
-    self.start = time.monotonic()
-    self._current: list[tuple[str, float]] = []
-    self._lock = threading.Lock()
-    self._stop = threading.Event()
-    thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)
-    thread.start()
-
-  def say(self, text: str) -> None:
-    print(f"{stamp(self.start)} {text}", flush=True)
-
-  @contextlib.contextmanager
-  def __call__(self, name: str):
-    began = time.monotonic()
-    self.say(f"{name}...")
-    with self._lock:
-      self._current.append((name, began))
-    try:
-      yield
-    finally:
-      with self._lock:
-        self._current.pop()
-      self.say(f"{name}: done in {time.monotonic() - began:.1f} s")
-
-  def _beat(self, every: float) -> None:
-    while not self._stop.wait(every):
-      with self._lock:
-        current = list(self._current)
-      if current:
-        name, began = current[-1]
-        self.say(f"... still {name} ({time.monotonic() - began:.0f} s)")
-
-  def close(self) -> None:
-    self._stop.set()
-
-
-def emit_result(result: dict) -> None:
-  """The stage's result, as the one line the parent collects into ``summary.json``."""
-  print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,9 +113,7 @@ def emit_result(result: dict) -> None:
 
 
 def _import_benchmarks():
-  if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-  from benchmarks import harness
+  from benchmarks import harness   # jax and numpy: only in the stages' processes
   return harness
 
 
@@ -325,38 +269,6 @@ def run_stage(name: str, mode: str, out_dir: pathlib.Path, heartbeat_s: float,
 # --------------------------------------------------------------------------------------------
 
 
-class Log:
-  """Prints timestamped lines and keeps them in ``gpu_check.log``."""
-
-  def __init__(self, path: pathlib.Path):
-    self.start = time.monotonic()
-    self._file = open(path, "a", encoding="utf-8")   # noqa: SIM115 (closed in close())
-    self._lock = threading.Lock()
-
-  def line(self, text: str) -> None:
-    text = f"{stamp(self.start)} {text}"
-    with self._lock:
-      print(text, flush=True)
-      self._file.write(text + "\n")
-      self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes ``text`` through a unique temporary file beside ``path``, then renames it."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
-
-
 def install_wheels(wheels: str | None, log: Log) -> dict[str, str]:
   """Installs the carried wheels into a private folder when a needed module is missing; returns
   the environment additions (``PYTHONPATH``) for the stages."""
@@ -379,9 +291,10 @@ def install_wheels(wheels: str | None, log: Log) -> dict[str, str]:
   return {"PYTHONPATH": path}
 
 
-def supervise(stage: Stage, *, mode: str, batch: int | None, limit_s: float, out_dir: pathlib.Path, log: Log,
-              env: dict[str, str], heartbeat_s: float, cache_dir: str) -> dict:
-  """Runs one stage's process under ``limit_s``; returns its status, seconds and result."""
+def run_supervised(stage: Stage, *, mode: str, batch: int | None, limit_s: float,
+                   out_dir: pathlib.Path, log: Log, env: dict[str, str], heartbeat_s: float,
+                   cache_dir: str) -> dict:
+  """Runs ``stage`` in a new process of this script (``--stage``) under ``limit_s``."""
   cmd = [sys.executable, "-u", str(pathlib.Path(__file__).resolve()), "--stage", stage.name,
          "--out_dir", str(out_dir), "--heartbeat_s", str(heartbeat_s)]
   if mode == "tiny":
@@ -394,49 +307,7 @@ def supervise(stage: Stage, *, mode: str, batch: int | None, limit_s: float, out
   for name, value in stage.env:   # XLA_FLAGS add to the caller's; the rest replace
     joined = f"{child_env.get(name, '')} {value}".strip() if name == "XLA_FLAGS" else value
     child_env[name] = joined
-  log.line(f"=== stage {stage.name}: start (limit {limit_s:.0f} s) ===")
-  began = time.monotonic()
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1,
-                          start_new_session=True)
-  results: list[dict] = []
-  last: list[str] = []
-
-  def pump():
-    for raw in proc.stdout:
-      line = raw.rstrip("\n")
-      if line.startswith(RESULT_PREFIX):
-        results.append(json.loads(line[len(RESULT_PREFIX):]))
-      else:
-        last[:] = [line]
-        log.line(f"{stage.name} | {line}")
-
-  reader = threading.Thread(target=pump, daemon=True)
-  reader.start()
-  status = "ok"
-  try:
-    proc.wait(timeout=limit_s)
-  except subprocess.TimeoutExpired:
-    status = "timeout"
-    log.line(f"{stage.name}: past its {limit_s:.0f} s limit; dumping its threads' stacks")
-    with contextlib.suppress(ProcessLookupError):
-      os.killpg(proc.pid, signal.SIGUSR1)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-      proc.wait(timeout=2)   # time to write the stacks
-    with contextlib.suppress(ProcessLookupError):
-      os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-  reader.join(timeout=10)
-  seconds = time.monotonic() - began
-  if status == "ok" and proc.returncode != 0:
-    status = f"failed (exit {proc.returncode})"
-  result = results[-1] if results else None
-  if status == "ok" and result and "skipped" in result:
-    status = "skipped"
-  log.line(f"=== stage {stage.name}: {status} in {seconds:.1f} s ===")
-  return {"stage": stage.name, "status": status, "seconds": round(seconds, 1),
-          "limit_s": round(limit_s, 1), "result": result,
-          "last_line": None if status in ("ok", "skipped") else (last[0] if last else None)}
+  return supervise(stage.name, cmd, env=child_env, cwd=ROOT, limit_s=limit_s, log=log)
 
 
 def _table(rows: list[dict]) -> str:
@@ -473,7 +344,7 @@ def _next_stage(stage: Stage, rows: list[dict], args, *, mode: str, budget: floa
   elif stage.requires and stage.requires not in done:
     status, why = f"skipped (needs {stage.requires})", f"{stage.requires} did not finish"
   else:
-    return supervise(stage, mode=mode, batch=args.batch, limit_s=limit, out_dir=out_dir,
+    return run_supervised(stage, mode=mode, batch=args.batch, limit_s=limit, out_dir=out_dir,
                      log=log, env=env, heartbeat_s=args.heartbeat_s, cache_dir=cache_dir)
   log.line(f"=== stage {stage.name}: skipped, {why} ===")
   return {"stage": stage.name, "status": status, "seconds": 0.0, "limit_s": 0.0,
