@@ -233,14 +233,11 @@ def read_matching_archive(path: str | os.PathLike, fmt: SecretArchiveFormat, *,
   arrays, manifest = read_secret_archive(path, fmt)
   want = _json_plain({"spec": dict(spec), "class_names": [str(c) for c in class_names],
                       "provenance": dict(provenance)})
-  mismatched = [f"spec.{k}" for k in sorted(set(manifest["spec"]) | set(want["spec"]))
-                if manifest["spec"].get(k, "<missing>") != want["spec"].get(k, "<missing>")]
+  mismatched = _changed_fields("spec", manifest["spec"], want["spec"])
   if manifest["class_names"] != want["class_names"]:
     mismatched.append(f"class_names (file {manifest['class_names']}, this run "
                       f"{want['class_names']})")
-  old_prov = manifest["provenance"]
-  mismatched += [f"provenance.{k}" for k in sorted(set(old_prov) | set(want["provenance"]))
-                 if old_prov.get(k, "<missing>") != want["provenance"].get(k, "<missing>")]
+  mismatched += _changed_fields("provenance", manifest["provenance"], want["provenance"])
   if mismatched:
     raise KeyFileError(
         f"{fmt.describe(path)} already exists and was made differently from this run: "
@@ -248,6 +245,13 @@ def read_matching_archive(path: str | os.PathLike, fmt: SecretArchiveFormat, *,
         "protect a published dataset): use a new workdir, or, only if this file was never "
         "published or used, delete it and re-run.")
   return arrays, manifest
+
+
+def _changed_fields(prefix: str, recorded: Mapping[str, Any], wanted: Mapping[str, Any]
+                    ) -> list[str]:
+  """``prefix.name`` of every field that one mapping lacks or that the two hold differently."""
+  return [f"{prefix}.{k}" for k in sorted(set(recorded) | set(wanted))
+          if recorded.get(k, "<missing>") != wanted.get(k, "<missing>")]
 
 
 def _json_plain(obj):
