@@ -10,6 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -21,7 +22,10 @@ def pytest_configure(config):
   """One XLA compilation cache per test session: tests that build the same computation again
   (a second craft or training run in a resume test) load it instead of recompiling."""
   import jax
-  cache = os.environ.get("JAXTAG_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="jaxtag-xla-")
+  cache = os.environ.get("JAXTAG_TEST_XLA_CACHE")
+  if not cache:   # A cache of this session's own, removed when the session ends.
+    cache = tempfile.mkdtemp(prefix="jaxtag-xla-")
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
   os.environ["JAXTAG_TEST_XLA_CACHE"] = cache   # Launcher subprocesses share it (demo_env).
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
