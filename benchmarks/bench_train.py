@@ -56,9 +56,10 @@ def parse_model(text: str) -> tuple[str, dict]:
 
 
 def run_one(model: str, batch: int, *, mesh, env, repeats: int, warmup: int, iters: int,
-            seed: int = 0, phase=harness.no_phase) -> dict:
+            seed: int = 0, phase=harness.no_phase, report=None) -> dict:
   """One record: the compiled train step of ``model`` on a global ``batch``; ``phase(name)``
-  wraps each part (state, lowering, compiling, timing) for progress reports."""
+  wraps each part (state, lowering, compiling, timing) and ``report(line)`` hears each timed
+  step (``harness.time_calls``), for progress reports."""
   name, overrides = parse_model(model)
   spec = state_lib.ModelSpec(name, NUM_CLASSES, overrides)
   tx, schedule = make_optimizer(OptimConfig(), 10_000)
@@ -85,7 +86,8 @@ def run_one(model: str, batch: int, *, mesh, env, repeats: int, warmup: int, ite
     return metrics
 
   with phase(f"timing {warmup} + {repeats} x {iters} steps"):
-    timing = harness.time_calls(call, repeats=repeats, warmup=warmup, iters=iters)
+    timing = harness.time_calls(call, repeats=repeats, warmup=warmup, iters=iters,
+                                report=report)
   memory = harness.xla_memory(compiled.executable)
   device = mesh.devices.flat[0]
   params = int(sum(np.size(x) for x in jax.tree.leaves(holder[0].params)))

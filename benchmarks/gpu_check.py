@@ -160,7 +160,8 @@ def stage_craft_jax(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dict:
                                  env=env, phase=phases)
   with phases(f"timing {sizes['warmup']} + {sizes['repeats']} x {sizes['iters']} steps"):
     timing = harness.time_calls(case.call, sync=case.sync, repeats=sizes["repeats"],
-                                warmup=sizes["warmup"], iters=sizes["iters"])
+                                warmup=sizes["warmup"], iters=sizes["iters"],
+                                report=phases.say)
   record = case.finish(timing)
   record["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   harness.append_jsonl(out_dir / "records.jsonl", [record])
@@ -188,7 +189,8 @@ def stage_craft_torch(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dic
                                    device=device, env=env)
   with phases(f"timing {sizes['warmup']} + {sizes['repeats']} x {sizes['iters']} steps"):
     timing = harness.time_calls(case.call, sync=case.sync, repeats=sizes["repeats"],
-                                warmup=sizes["warmup"], iters=sizes["iters"])
+                                warmup=sizes["warmup"], iters=sizes["iters"],
+                                report=phases.say)
   record = case.finish(timing)
   harness.append_jsonl(out_dir / "records.jsonl", [record])
   return _brief(record)
@@ -203,7 +205,7 @@ def stage_train_jax(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dict:
   record = bench_train.run_one(
       sizes["train_model"], sizes["train_batch"], mesh=sharding.make_mesh(None),
       env=harness.environment(), repeats=sizes["repeats"], warmup=sizes["warmup"],
-      iters=sizes["iters"], phase=phases)
+      iters=sizes["iters"], phase=phases, report=phases.say)
   harness.append_jsonl(out_dir / "records.jsonl", [record])
   return _brief(record)
 

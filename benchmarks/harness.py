@@ -117,7 +117,8 @@ def block_until_ready(result: Any) -> None:
 
 def time_calls(fn: Callable[[], Any], *, repeats: int, warmup: int = 1, iters: int = 1,
                sync: Callable[[Any], None] = block_until_ready,
-               clock: Callable[[], float] = time.perf_counter) -> Timing:
+               clock: Callable[[], float] = time.perf_counter,
+               report: Callable[[str], None] | None = None) -> Timing:
   """Times ``fn()``: ``warmup`` untimed calls, then ``repeats`` repeats of ``iters`` calls.
 
   Each repeat ends with ``sync(last result)``, so asynchronous dispatch is inside the timing.
@@ -131,6 +132,8 @@ def time_calls(fn: Callable[[], Any], *, repeats: int, warmup: int = 1, iters: i
     iters: calls per repeat; the repeat's time is divided by it.
     sync: waits for a result (``jax.block_until_ready`` by default).
     clock: the timer (injectable for tests).
+    report: if given, called with a line after each synced warm-up call and each repeat
+      (``"step 3/7: 12.5 ms"``), so that a slow or stuck step shows which one it was.
 
   Returns:
     A :class:`Timing`.
@@ -138,15 +141,21 @@ def time_calls(fn: Callable[[], Any], *, repeats: int, warmup: int = 1, iters: i
   if repeats < 1 or iters < 1 or warmup < 0:
     raise ValueError(f"time_calls: repeats and iters must be >= 1 and warmup >= 0; got "
                      f"{repeats}, {iters}, {warmup}.")
-  for _ in range(warmup):
+  total = warmup + repeats
+  for i in range(warmup):
+    start = clock() if report else 0.0   # the clock is read for the timed repeats only otherwise
     sync(fn())
+    if report:
+      report(f"step {i + 1}/{total} (warm-up): {1e3 * (clock() - start):.1f} ms")
   seconds = []
-  for _ in range(repeats):
+  for i in range(repeats):
     start = clock()
     for _ in range(iters):
       result = fn()
     sync(result)
     seconds.append((clock() - start) / iters)
+    if report:
+      report(f"step {warmup + i + 1}/{total} ({iters} calls): {1e3 * seconds[-1]:.1f} ms a call")
   return Timing(tuple(seconds), iters=iters, warmup=warmup)
 
 

@@ -53,6 +53,16 @@ def test_time_calls_warmup_iters_and_sync():
     harness.time_calls(fn, repeats=0)
 
 
+def test_time_calls_reports_each_step_as_it_ends():
+  ticks = iter([0.0, 0.5, 1.0, 5.0, 10.0, 12.0])  # warm-up 0.5 s, then repeats of 4 s and 2 s
+  lines = []
+  timing = harness.time_calls(lambda: None, repeats=2, warmup=1, iters=2, sync=lambda _: None,
+                              clock=lambda: next(ticks), report=lines.append)
+  assert timing.seconds == (2.0, 1.0)
+  assert lines == ["step 1/3 (warm-up): 500.0 ms", "step 2/3 (2 calls): 2000.0 ms a call",
+                   "step 3/3 (2 calls): 1000.0 ms a call"]
+
+
 def test_time_interleaved_alternates_repeats():
   order = []
   ticks = itertools.count(0.0, 1.0)  # every clock read advances 1 s

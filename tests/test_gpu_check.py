@@ -51,6 +51,8 @@ def test_gpu_check_tiny_runs_every_stage_with_timestamps(tmp_path):
                for line in log), name
   assert any("... still" in line for line in log)
   assert any("compiling: done in" in line for line in log)
+  assert any(re.search(r"craft_jax \| .* step 3/3 \(1 calls\): [\d.]+ ms a call", line)
+             for line in log)   # each timed step reported as it ends
   # The records: jaxtag's crafting step three times (cold, from the persistent cache, autotuning
   # off), the train step; compile time apart from step time.
   records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
