@@ -17,7 +17,7 @@ Stages, each in its own process under its own time limit (the total is capped by
   chain                 the taggants chain (``launch.demo``) at a GPU-sized config
 
 Every stage prints a timestamped line when it starts and ends, and while it runs a heartbeat
-line every ``--heartbeat_s`` naming the phase it is in ("compiling, 45 s"). A stage that runs
+line every ``--heartbeat_s`` naming the phase it is in ("... still compiling (45 s)"). A stage that runs
 past its limit first gets SIGUSR1, which makes Python print every thread's stack (so the log says
 where it was: lowering, XLA compile, a device wait), then SIGKILL; the next stage still runs.
 Everything lands in ``--out_dir``: ``gpu_check.log`` (the whole output), ``records.jsonl``
@@ -31,7 +31,7 @@ Commands (from the repository root)::
   .venv/bin/python benchmarks/gpu_check.py --tiny --out_dir /tmp/gpu_check
   # the GPU lease: fetch the wheels the image lacks once, here (BUILD.md lists them)
   benchmarks/fetch_gpu_wheels.sh
-  # then one device call, carry [".whl"], timeout_s 600:
+  # then one device call, carry [".whl"], timeout_s 560 (the 480 s budget and the set-up):
   PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --wheels .whl --out_dir $OUT
 """
 
