@@ -158,14 +158,8 @@ def stage_craft_jax(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dict:
   env = harness.environment()
   case = bench_craft.prepare_jax(sizes["ast"], sizes["precision"], sizes["batch"], device=device,
                                  env=env, phase=phases)
-  with phases(f"timing {sizes['warmup']} + {sizes['repeats']} x {sizes['iters']} steps"):
-    timing = harness.time_calls(case.call, sync=case.sync, repeats=sizes["repeats"],
-                                warmup=sizes["warmup"], iters=sizes["iters"],
-                                report=phases.say)
-  record = case.finish(timing)
-  record["xla_flags"] = os.environ.get("XLA_FLAGS", "")
-  harness.append_jsonl(out_dir / "records.jsonl", [record])
-  return _brief(record)
+  return _time_and_record(case, sizes, phases, out_dir,
+                          xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def stage_craft_torch(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dict:
@@ -187,13 +181,7 @@ def stage_craft_torch(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dic
   with phases("first step"):
     case = reference.prepare_torch(hf, sizes["ast"], sizes["precision"], sizes["batch"],
                                    device=device, env=env)
-  with phases(f"timing {sizes['warmup']} + {sizes['repeats']} x {sizes['iters']} steps"):
-    timing = harness.time_calls(case.call, sync=case.sync, repeats=sizes["repeats"],
-                                warmup=sizes["warmup"], iters=sizes["iters"],
-                                report=phases.say)
-  record = case.finish(timing)
-  harness.append_jsonl(out_dir / "records.jsonl", [record])
-  return _brief(record)
+  return _time_and_record(case, sizes, phases, out_dir)
 
 
 def stage_train_jax(sizes: dict, phases: Phases, out_dir: pathlib.Path) -> dict:
@@ -233,6 +221,20 @@ def stage_chain(mode: str, phases: Phases, out_dir: pathlib.Path) -> dict:
           "decision": {k: v["decision"] for k, v in verify.items()},
           "test_accuracy": {k: summary[k].get("test/accuracy") for k in ("suspect", "benign")},
           "num_poisons": summary["craft"]["num_poisons"]}
+
+
+def _time_and_record(case, sizes: dict, phases: Phases, out_dir: pathlib.Path,
+                     **fields) -> dict:
+  """Times a prepared benchmark case (``bench_craft.Case``), appends its record (with
+  ``fields``) to ``records.jsonl`` and returns the record's brief."""
+  harness = _import_benchmarks()
+  with phases(f"timing {sizes['warmup']} + {sizes['repeats']} x {sizes['iters']} steps"):
+    timing = harness.time_calls(case.call, sync=case.sync, repeats=sizes["repeats"],
+                                warmup=sizes["warmup"], iters=sizes["iters"],
+                                report=phases.say)
+  record = {**case.finish(timing), **fields}
+  harness.append_jsonl(out_dir / "records.jsonl", [record])
+  return _brief(record)
 
 
 def _brief(record: dict) -> dict:
