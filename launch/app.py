@@ -12,8 +12,9 @@ import contextlib
 import json
 import os
 import pathlib
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from absl import app as absl_app
@@ -26,6 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for this stage's outputs (config, checkpoints, artifacts).")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "On a failure, print the full traceback instead of one line naming the error.")
 _TRANSFER_GUARD = flags.DEFINE_enum(
     "transfer_guard", "allow", ["allow", "log", "disallow"],
     "jax transfer guard for implicit host<->device transfers inside a stage's hot loop (the "
@@ -192,16 +195,38 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
   audio_io.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def failure_line(error: BaseException) -> str:
+  """One line naming a launcher failure: the error's type and message, whitespace collapsed."""
+  message = " ".join(str(error).split()) or "(no message)"
+  return f"error: {type(error).__name__}: {message} (--debug prints the traceback)"
+
+
 def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
-        preflight: Callable[[Any, pathlib.Path | None], None] | None = None) -> None:
+        preflight: Callable[[Any, pathlib.Path | None], None] | None = None,
+        owners: Mapping[str, str] | None = None) -> None:
   """Runs ``main(config, workdir)`` under absl with the shared setup.
+
+  A failure prints one line (``failure_line``) and exits with status 1; ``--debug`` re-raises it
+  with its traceback. While the stage runs, library error messages name this launcher's flags
+  (``jaxtag.errors.option``).
 
   Args:
     main: the stage, called with the locked config and the workdir.
     needs_workdir: whether ``--workdir`` is required.
     preflight: optional check run before anything is written (e.g. "the key file must not land
       inside the dataset"); it raises to stop the run.
+    owners: library owner -> config block, for ``jaxtag.errors.launcher_flags`` (default: the
+      ``DataSource`` fields live in ``config.data``).
   """
+  from jaxtag import errors
+
+  def _stage(config, workdir):
+    setup_jax()
+    if preflight is not None:
+      preflight(config, workdir)
+    if workdir is not None:
+      dump_config(config, workdir)
+    main(config, workdir)
 
   def _main(argv):
     if len(argv) > 1:
@@ -212,11 +237,15 @@ def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
     if needs_workdir and not _WORKDIR.value:
       raise absl_app.UsageError("--workdir is required.")
     workdir = pathlib.Path(_WORKDIR.value).expanduser() if _WORKDIR.value else None
-    setup_jax()
-    if preflight is not None:
-      preflight(config, workdir)
-    if workdir is not None:
-      dump_config(config, workdir)
-    main(config, workdir)
+    with errors.launcher_flags(config.to_dict(), {"DataSource": "data", **(owners or {})}):
+      if _DEBUG.value:
+        _stage(config, workdir)
+        return
+      try:
+        _stage(config, workdir)
+      except Exception as e:  # noqa: BLE001 -- every failure gets its one line.
+        logging.debug("failure", exc_info=True)
+        print(failure_line(e), file=sys.stderr, flush=True)
+        sys.exit(1)
 
   absl_app.run(_main)
