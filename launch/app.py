@@ -29,6 +29,11 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for this stage's outputs (config, checkpoints, artifacts).")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "On a failure, print the full traceback instead of one line naming the error.")
+_ALLOW_READABLE_SECRETS = flags.DEFINE_bool(
+    "allow_readable_secrets", False,
+    "Accept a key file (or PosCUDA secret file) that users other than its owner can read. By "
+    "default such a file is refused: on a shared machine the secret may already have leaked; "
+    "`chmod 600 FILE` fixes it. Pass this only on a machine without other users.")
 _TRANSFER_GUARD = flags.DEFINE_enum(
     "transfer_guard", "allow", ["allow", "log", "disallow"],
     "jax transfer guard for implicit host<->device transfers inside a stage's hot loop (the "
@@ -163,6 +168,19 @@ def finished(config: Any, workdir: pathlib.Path, marker: str,
   return {**json.loads(path.read_text()), "reused": True}
 
 
+def allow_readable_secrets() -> bool:
+  """The ``--allow_readable_secrets`` flag (False when flags were not parsed: from Python, a
+  readable secret is refused too)."""
+  return _ALLOW_READABLE_SECRETS.value if flags.FLAGS.is_parsed() else False
+
+
+def check_secret_input(path: str | os.PathLike, what: str) -> None:
+  """Refuses a secret input file that others can read, unless ``--allow_readable_secrets``."""
+  from jaxtag import secrets
+  secrets.check_private(path, allow_readable=allow_readable_secrets(), what=what,
+                        allow_flag="--allow_readable_secrets")
+
+
 def root_key(config: Any):
   """The run's root PRNG key from ``config.seed``: the only int seed in a run."""
   import jax
@@ -189,10 +207,16 @@ def plain(value: Any) -> Any:
   return value
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON atomically (a unique temporary file beside ``path``, then ``os.replace``)."""
+def write_json(path: pathlib.Path, obj: Any, *, secret: bool = False) -> None:
+  """Writes JSON atomically (a unique temporary file beside ``path``, then ``os.replace``);
+  ``secret=True`` (anything naming poisons, keys, their labels or perturbations): owner-only
+  (``jaxtag.secrets``)."""
+  from jaxtag import secrets
   from jaxtag.audio import io as audio_io
-  audio_io.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+  if secret:
+    secrets.write_json(path, obj)
+  else:
+    audio_io.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def failure_line(error: BaseException) -> str:

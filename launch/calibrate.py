@@ -72,10 +72,10 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     report = verify_launcher.verify_target(
         str(workdir / f"model_{i}"), config.key_file, max_k=config.max_k,
         decision_k=config.decision_k, alpha=config.alpha)
-    app.write_json(workdir / f"model_{i}" / "verify_report.json", report.to_json())
+    app.write_json(workdir / f"model_{i}" / "verify_report.json", report.to_json(), secret=True)
     reports.append(report)
   summary = summarise(reports, trained, config)
-  app.write_json(workdir / "calibration.json", summary)
+  app.write_json(workdir / "calibration.json", summary, secret=True)
   return summary
 
 

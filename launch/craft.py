@@ -9,7 +9,10 @@ architecture; other seeds or epochs): the alignment loss is the mean over member
 craft (Witches' Brew) on the data crafted so far, with the recipe and seed in its workdir's
 config.json (as `launch.train` wrote it), into `<workdir>/retrain_<round>/surrogate_<i>/`.
 
-Writes, atomically:
+Writes, atomically (everything in the workdir owner-only: 0700 folder, 0600 files, since it names
+the poisons, the keys' labels and the perturbations; the workdir and the key file are refused
+inside the input dataset or the output, and a key file others can read is refused unless
+`--allow_readable_secrets`):
   <output_dir>/             the protected dataset: every split, in the input's folder layout,
                             16-bit WAV (only the poisons of the train split differ from the input)
   <workdir>/craft_report.json   poisons (index, file, key), SNR, losses, alignment, per-step loss
@@ -38,15 +41,15 @@ PERTURBATIONS = "perturbations.npz"
 _CHECK_CHUNK = 1024  # clips compared at a time when the written dataset is read back
 
 
-def _write_npz(path: pathlib.Path, **arrays) -> None:
+def _write_secret_npz(path: pathlib.Path, **arrays) -> None:
   import io
 
   import numpy as np
 
-  from jaxtag.audio import io as audio_io
+  from jaxtag import secrets
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  audio_io.write_bytes_atomic(path, buf.getvalue())
+  secrets.write_bytes(path, buf.getvalue())
 
 
 def output_dir(config: Any, workdir: pathlib.Path) -> pathlib.Path:
@@ -60,8 +63,11 @@ def surrogate_dirs(config: Any) -> list[str]:
 
 
 def preflight(config: Any, workdir: pathlib.Path) -> None:
-  """Checks the inputs exist and that the key file cannot end up inside the published data."""
-  from jaxtag import keys
+  """Checks the inputs exist, that the key file is private, and that neither it nor this
+  workdir's secrets (poisons, perturbations, checkpoints) lie inside the input dataset or the
+  one to be published."""
+  from jaxtag import secrets
+  from jaxtag.data import sources
 
   for field in ("surrogate", "key_file"):
     if not config[field]:
@@ -77,7 +83,11 @@ def preflight(config: Any, workdir: pathlib.Path) -> None:
   if not pathlib.Path(config.key_file).is_file():
     raise FileNotFoundError(f"config.key_file={config.key_file} does not exist; make it with "
                             "launch.make_keys.")
-  keys.check_outside(config.key_file, output_dir(config, workdir))
+  app.check_secret_input(config.key_file, "key file")
+  datasets = (sources.dataset_root(sources.DataSource(**config.data.to_dict()), progress=False),
+              output_dir(config, workdir))
+  secrets.check_outside(config.key_file, datasets, what="key file")
+  secrets.check_outside(workdir, datasets, what="craft workdir (it holds the poisons' record)")
 
 
 def protect_config(config: Any):
@@ -185,7 +195,7 @@ def check_export(source, destination: pathlib.Path, clean, protected) -> dict[st
 
 
 def plot_report(report, path: pathlib.Path) -> None:
-  """Loss per step and SNR per poison, written atomically."""
+  """Loss per step and SNR per poison, written atomically and owner-only."""
   import io
 
   import matplotlib
@@ -193,7 +203,7 @@ def plot_report(report, path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from jaxtag.audio import io as audio_io
+  from jaxtag import secrets
 
   fig, (ax_loss, ax_snr) = plt.subplots(1, 2, figsize=(10, 3.5))
   steps = [h["step"] for h in report.history]
@@ -208,7 +218,7 @@ def plot_report(report, path: pathlib.Path) -> None:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
-  audio_io.write_bytes_atomic(path, buf.getvalue())
+  secrets.write_bytes(path, buf.getvalue())
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
@@ -216,7 +226,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   import numpy as np
 
   from jaxtag import keys as keys_lib
-  from jaxtag import rng, sharding, train
+  from jaxtag import rng, secrets, sharding, train
   from jaxtag.data import publish, sources
   from jaxtag.taggants import protect
 
@@ -225,6 +235,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   done = app.finished(config, workdir, SUMMARY, requires=(str(destination),))
   if done is not None:
     return done
+  secrets.private_dir(workdir)   # checkpoints and reports name the poisons and perturbations
   source = sources.DataSource(**config.data.to_dict())
   splits = sources.load_splits(source, progress=False)
   clean = splits["train"]
@@ -253,12 +264,12 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   full = {**summary, **report.to_json(),
           "poison_files": [paths[i] for i in report.poison_indices],
           "key_labels": [clean.class_names[i] for i in np.asarray(secret.labels)]}
-  app.write_json(workdir / REPORT, full)
-  _write_npz(workdir / PERTURBATIONS, indices=report.poison_indices, keys=report.poison_keys,
+  app.write_json(workdir / REPORT, full, secret=True)
+  _write_secret_npz(workdir / PERTURBATIONS, indices=report.poison_indices, keys=report.poison_keys,
              files=np.array(full["poison_files"]),
              delta=protected.waveforms[report.poison_indices] - clean.waveforms[report.poison_indices])
   plot_report(report, workdir / "craft_report.png")
-  app.write_json(workdir / SUMMARY, summary)
+  app.write_json(workdir / SUMMARY, summary, secret=True)
   return {**summary, "reused": False}
 
 

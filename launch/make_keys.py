@@ -32,7 +32,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Makes the keys from the run's `keys` stream and writes them; returns a summary."""
   import numpy as np
 
-  from jaxtag import keys, rng
+  from jaxtag import keys, rng, secrets
   from jaxtag.data import sources
 
   source = sources.DataSource(**config.data.to_dict())
@@ -41,6 +41,9 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   key = rng.stream(app.root_key(config), "keys")
   path = workdir / KEY_FILE
   check_key_location(config, workdir)
+  secrets.private_dir(workdir)
+  if path.exists():   # a re-run reuses it: it must still be private
+    app.check_secret_input(path, "key file")
   provenance = {"seed": int(config.seed), "stream": "keys",
                 "recipe": "jaxtag.keys.make_keys(jaxtag.rng.stream(jax.random.key(seed), 'keys'), spec, C)"}
   secret, _, reused = keys.make_or_reuse_keys(path, key, spec, class_names=class_names,

@@ -88,7 +88,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Draws the filters, protects the train split, writes dataset and secret; returns a summary."""
   import numpy as np
 
-  from jaxtag import poscuda, rng
+  from jaxtag import poscuda, rng, secrets
   from jaxtag.data import publish, sources
 
   check_locations(config, workdir)
@@ -102,6 +102,9 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   spec = spec_from_config(config.spec, train)
   key = rng.stream(app.root_key(config), "poscuda")
   secret_path = workdir / SECRET_FILE
+  secrets.private_dir(workdir)
+  if secret_path.exists():   # a re-run reuses it: it must still be private
+    app.check_secret_input(secret_path, "PosCUDA secret file")
   provenance = poscuda.filter_provenance(
       key, seed=int(config.seed), stream="poscuda",
       recipe="jaxtag.poscuda.make_filters(jaxtag.rng.stream(jax.random.key(seed), 'poscuda'), "

@@ -6,6 +6,8 @@ r"""Stage: verify a suspect model (workdir or HTTP endpoint) against the secret 
 
 Queries the black box once with every key and writes `<workdir>/verify_report.json`,
 `verify_report.txt` and `verify_report.png`, then `verify_summary.json`; prints the text report.
+The workdir is owner-only (0700) and so is every report (0600): they name the keys' labels. A key
+file that others can read is refused (`--allow_readable_secrets` accepts it).
 A re-run with the same config reuses the finished verification (the black box is not queried
 again; use a new workdir to verify anew).
 """
@@ -26,6 +28,7 @@ def verify_target(target: str, key_file: str, *, max_k: int, decision_k: int, al
   from jaxtag import keys
   from jaxtag.taggants import blackbox, verify
 
+  app.check_secret_input(key_file, "key file")
   secret, manifest = keys.load_keys(key_file)
   box = blackbox.open_blackbox(target)
   return verify.verify(box, secret, max_k=max_k, decision_k=decision_k, alpha=alpha,
@@ -34,13 +37,14 @@ def verify_target(target: str, key_file: str, *, max_k: int, decision_k: int, al
 
 
 def write_report(report, workdir: pathlib.Path) -> dict[str, str]:
-  """Writes the report as JSON, text and PNG into ``workdir``; returns their paths."""
-  from jaxtag.audio.io import write_text_atomic
+  """Writes the report as JSON, text and PNG into ``workdir``, owner-only (they name the keys'
+  labels and the suspect's answers); returns their paths."""
+  from jaxtag import secrets
   from jaxtag.taggants import verify
 
   paths = {ext: workdir / f"{REPORT_STEM}.{ext}" for ext in ("json", "txt", "png")}
-  app.write_json(paths["json"], report.to_json())
-  write_text_atomic(paths["txt"], report.to_text())
+  app.write_json(paths["json"], report.to_json(), secret=True)
+  secrets.write_text(paths["txt"], report.to_text())
   verify.plot_report(report, paths["png"])
   return {ext: str(path) for ext, path in paths.items()}
 
@@ -48,9 +52,12 @@ def write_report(report, workdir: pathlib.Path) -> dict[str, str]:
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Verifies ``config.target`` against ``config.key_file``; returns a summary (a finished
   verification of the same config is reused: ``reused`` in the summary)."""
+  from jaxtag import secrets
+
   done = app.finished(config, workdir, SUMMARY)
   if done is not None:
     return done
+  secrets.private_dir(workdir)
   report = verify_target(config.target, config.key_file, max_k=config.max_k,
                          decision_k=config.decision_k, alpha=config.alpha)
   paths = write_report(report, workdir)
@@ -59,7 +66,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
              "hits": report.decision_hits, "num_keys": report.num_keys,
              "holm_min_p_value": report.holm_min_p_value, "report": paths,
              "text": report.to_text()}
-  app.write_json(workdir / SUMMARY, summary)
+  app.write_json(workdir / SUMMARY, summary, secret=True)
   return {**summary, "reused": False}
 
 

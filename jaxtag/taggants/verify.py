@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtag import stats
-from jaxtag.audio import io as audio_io
+from jaxtag import secrets, stats
 from jaxtag.keys import KeyFileError, Keys
 from jaxtag.taggants.blackbox import BlackBox
 
@@ -282,7 +281,8 @@ def plot_report(report: VerifyReport, path: str | os.PathLike) -> None:
   """Writes a PNG: each key's rank (with the decision threshold), and p-value vs k with the floor.
 
   Keys whose label is not in the top ``max_k`` are drawn as red crosses on a row of their own.
-  Written atomically (temporary file + ``os.replace``); matplotlib's Agg renderer, no display.
+  Written atomically and owner-only (``jaxtag.secrets``: the plot shows how the suspect ranks
+  each key's label); matplotlib's Agg renderer, no display.
 
   Args:
     report: from :func:`verify`.
@@ -299,7 +299,7 @@ def plot_report(report: VerifyReport, path: str | os.PathLike) -> None:
   fig.suptitle(report.to_text().splitlines()[0])
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
-  audio_io.write_bytes_atomic(path, buf.getvalue())
+  secrets.write_bytes(path, buf.getvalue())
 
 
 def _plot_ranks(ax, report: VerifyReport) -> None:
