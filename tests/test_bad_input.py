@@ -330,7 +330,7 @@ def test_esc50_export_needs_fold(tmp_path):
     esc50.export_esc50(ds, tmp_path / "out")
 
 
-# --- options as the caller sets them ---------------------------------------------------------------
+# --- options as the caller sets them -------------------------------------------------------------
 
 def test_loader_messages_name_the_option_or_the_launcher_flag(sc_root):
   from jaxtag import errors

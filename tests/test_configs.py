@@ -42,7 +42,8 @@ def test_data_config_has_exactly_the_data_source_fields_and_defaults():
   config = common.data_config("speech_commands", preset="tiny")
   names = [f.name for f in dataclasses.fields(sources.DataSource)]
   assert sorted(config.keys()) == sorted(names)
-  assert {"mono", "on_bad_file", "on_missing_file", "on_rate_mismatch", "clip_samples"} <= set(names)
+  assert {"mono", "on_bad_file", "on_missing_file", "on_rate_mismatch", "clip_samples"} <= set(
+      names)
   defaults = sources.DataSource()
   for name in names:
     if name not in ("kind", "preset"):

@@ -136,7 +136,7 @@ def test_sigkill_rerun_equals_uninterrupted_run_and_artifacts_load(corpus_root, 
                                [w[k] for k in sorted(w) if k != "kind"], rtol=1e-4, atol=1e-5)
 
 
-# --- data options and split lists from the launcher's flags ----------------------------------------
+# --- data options and split lists from the launcher's flags --------------------------------------
 
 def _stereo_speech_commands(root: pathlib.Path) -> pathlib.Path:
   """Two classes of six one-second clips, one of them stereo; a validation list naming one clip

@@ -147,7 +147,8 @@ class CraftConfig:
       return default_unroll(backend)
     if (self.unroll is True or self.unroll > 1) and backend == "cpu" and cpu_fft_can_deadlock():
       warnings.warn(
-          f"{errors.option('unroll', owner='CraftConfig')}={self.unroll!r} on XLA:CPU with jaxlib {jax.__version__}: "
+          f"{errors.option('unroll', owner='CraftConfig')}={self.unroll!r} on XLA:CPU with jaxlib "
+          f"{jax.__version__}: "
           "concurrent FFTs of the unrolled iterations can deadlock XLA's thread pool (BUILD.md, "
           "'XLA:CPU FFT deadlock'); use unroll=None or 1, or set "
           "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false before JAX starts.", stacklevel=2)
