@@ -204,6 +204,10 @@ def test_load_splits_propagates_a_missing_listed_file_and_skips_only_on_request(
   assert sorted(splits) == ["test", "train"]
   assert "No 'validation' split" in caplog.text and "validation_list.txt" in caplog.text
   assert sources.describe_splits(splits)["validation"] == {"absent": True}
+  # An empty list (what the exporter writes for a split the dataset lacks) is no split either.
+  (sc_root / "validation_list.txt").write_text("")
+  splits = sources.load_splits(source, progress=False)
+  assert sorted(splits) == ["test", "train"] and len(splits["train"]) == 7
 
 
 def test_missing_split_list(sc_root, caplog):

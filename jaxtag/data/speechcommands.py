@@ -17,8 +17,9 @@ Bad input, and what the loader does with it:
   * a split list line naming a file that does not exist: :class:`~jaxtag.data.DatasetError`
     naming the list, the line and the file; ``on_missing_file="skip"`` leaves such clips out
     instead, logs the count and records it in ``dataset.info["skipped_missing"]``.
-  * a split whose list file is absent (no ``validation_list.txt``): that split does not exist,
-    :class:`~jaxtag.data.SplitNotFoundError` (``train`` then keeps every clip not held out).
+  * a split whose list file is absent or empty (no ``validation_list.txt``, or one without a
+    line): that split does not exist, :class:`~jaxtag.data.SplitNotFoundError` (``train`` keeps
+    every clip not held out).
   * a bad clip (unreadable, non-WAV, truncated, empty, stereo, NaN/Inf, wrong rate with
     ``on_rate_mismatch="error"``): :class:`~jaxtag.audio.io.AudioFileError` naming the file, or
     with ``on_bad_file="skip"`` the clip is left out, the count logged as a warning and recorded
@@ -189,7 +190,7 @@ def list_speech_commands(
     ``(paths, labels, class_names)``: sorted relative paths (``word/file.wav``), int32 labels.
 
   Raises:
-    SplitNotFoundError: ``validation`` or ``test`` without its list file.
+    SplitNotFoundError: ``validation`` or ``test`` without its list file, or with an empty one.
     DatasetError: missing root or class folder; a listed file that does not exist
       (``on_missing_file="error"``); an empty class folder (``on_empty_class="error"``); no class
       at all.
@@ -249,9 +250,11 @@ def _list_split(root, split: str, *, classes: Sequence[str] | None, on_empty_cla
   files_by_class = _class_files(root, classes, on_empty_class)
   class_names = list(files_by_class)
   lists = {s: _read_split_list(root, s) for s in SPLIT_LISTS}
-  if split != "train" and lists[split] is None:
+  if split != "train" and not lists[split]:
+    # An empty list is what export_speech_commands writes for a split the dataset lacks.
+    state = "not found" if lists[split] is None else "empty"
     raise SplitNotFoundError(
-        f"{os.path.join(root, SPLIT_LISTS[split])}: split list not found, so this dataset has no "
+        f"{os.path.join(root, SPLIT_LISTS[split])}: split list {state}, so this dataset has no "
         f"{split!r} split (every clip not held out by another list is a training clip).")
   for s, listed in lists.items():
     if listed is None:
@@ -307,7 +310,7 @@ def load_speech_commands(
     ``info = {"skipped_missing": ..., "skipped_bad": ...}`` (clips left out).
 
   Raises:
-    SplitNotFoundError: ``validation`` or ``test`` without its list file.
+    SplitNotFoundError: ``validation`` or ``test`` without its list file, or with an empty one.
     DatasetError: layout problems (see :func:`list_speech_commands`), or every clip bad.
     AudioFileError: a bad clip with ``on_bad_file="error"``.
   """
