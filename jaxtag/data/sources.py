@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import pathlib
 from typing import Any, Literal
 
@@ -107,8 +108,8 @@ class DataSource:
         raise DatasetError(f"{name(field)} must be one of {allowed}; got {value!r}.")
     for field in ("sample_rate", "clip_samples", "max_workers"):
       value = getattr(self, field)
-      if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                or value <= 0):
+      if value is not None and (isinstance(value, bool)
+                                or not isinstance(value, numbers.Integral) or value <= 0):
         raise DatasetError(f"{name(field)} must be a positive integer; got {value!r}.")
     if self.kind == "esc50" and self.esc50_test_fold not in (1, 2, 3, 4, 5):
       raise DatasetError(f"{name('esc50_test_fold')} must be an ESC-50 fold, 1 to 5; got "

@@ -26,6 +26,8 @@ def dataclass_config(cls, **overrides) -> ml_collections.ConfigDict:
   fields = {}
   for field in dataclasses.fields(cls):
     value = overrides.pop(field.name, field.default)
+    if value is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+      value = field.default_factory()
     if value is dataclasses.MISSING:
       raise TypeError(f"{cls.__name__}.{field.name} has no default; pass it to dataclass_config.")
     if value is None:
