@@ -220,8 +220,8 @@ def _class_files(root: str, classes: Sequence[str] | None,
       available = sorted(e.name for e in os.scandir(root) if _is_class_dir(e))
       raise DatasetError(
           f"{root}: requested class folder(s) {missing} do not exist. Available classes: "
-          f"{available}. Fix {errors_lib.option('classes', owner='DataSource')} or the dataset "
-          "root.")
+          f"{available}. Fix {errors_lib.option('classes')} (the class folders to use) or the "
+          "dataset root.")
   files_by_class = {}
   for name in class_names:
     files = _wav_files(os.path.join(root, name))
