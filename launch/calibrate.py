@@ -92,4 +92,5 @@ def main(config, workdir):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, owners={"TrainConfig": "train", "OptimConfig": "train.optim",
+                        "AugmentConfig": "train.augment", "DataSource": "train.data"})

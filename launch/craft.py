@@ -259,6 +259,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "key_file": str(config.key_file), "key_fingerprint": manifest.get("fingerprint"),
       "num_train": len(clean), "budget": config.budget,
       "num_devices": mesh.size, **report.summary(), "export_check": check,
+      "splits": sources.describe_splits(splits),
   }
   paths = clean.paths or tuple(str(i) for i in range(len(clean)))
   full = {**summary, **report.to_json(),
@@ -280,4 +281,5 @@ def main(config, workdir):
 
 
 if __name__ == "__main__":
-  app.run(main, preflight=preflight)
+  app.run(main, preflight=preflight,
+          owners={"ProtectConfig": "", "CraftConfig": "craft", "CraftAugment": "craft.augment"})

@@ -71,6 +71,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "resumed_from": result.start_step, "train_seconds": round(result.train_seconds, 2),
       "steps_per_s": round(result.steps_run / max(result.train_seconds, 1e-9), 3),
       "num_devices": mesh.size, **{k: round(v, 6) for k, v in result.metrics.items()},
+      "splits": sources.describe_splits(splits),
   }
   app.write_json(workdir / SUMMARY, summary)
   return {**summary, "reused": False}
@@ -82,5 +83,8 @@ def main(config, workdir):
     print(f"{key}: {value}")
 
 
+# Where the library's dataclasses sit in this launcher's config, so that their messages name flags.
+OWNERS = {"TrainConfig": "", "OptimConfig": "optim", "AugmentConfig": "augment"}
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, owners=OWNERS)

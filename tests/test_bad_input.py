@@ -11,7 +11,7 @@ import soundfile as sf
 from jaxtag.audio import io
 from jaxtag.audio.io import AudioFileError
 from jaxtag.data import esc50, speechcommands
-from jaxtag.data.dataset import DatasetError
+from jaxtag.data.dataset import DatasetError, SplitNotFoundError
 
 
 def _tone(n=16000, sr=16000, freq=440.0, amp=0.3):
@@ -154,14 +154,65 @@ def test_no_class_folders(tmp_path):
 
 
 def test_split_list_naming_missing_file(sc_root):
-  (sc_root / "testing_list.txt").write_text("no/bbbb2222_nohash_1.wav\nyes/gone_nohash_0.wav\n")
-  with pytest.raises(DatasetError, match="testing_list.txt.*yes/gone_nohash_0.wav"):
+  (sc_root / "testing_list.txt").write_text("no/bbbb2222_nohash_1.wav\n\nyes/gone_nohash_0.wav\n")
+  where = _name(sc_root / "testing_list.txt") + " line 3: names " + _name(
+      sc_root / "yes" / "gone_nohash_0.wav") + ", which does not exist.*on_missing_file='skip'"
+  with pytest.raises(DatasetError, match=where):
     speechcommands.load_speech_commands(sc_root, "test")
+  with pytest.raises(DatasetError, match=where):
+    speechcommands.list_speech_commands(sc_root, "test")
+
+
+def test_split_list_line_of_a_class_folder_that_does_not_exist(sc_root):
+  (sc_root / "validation_list.txt").write_text("yes/aaaa1111_nohash_0.wav\nmaybe/x_nohash_0.wav\n")
+  with pytest.raises(DatasetError, match="validation_list.txt line 2: .*maybe/x_nohash_0.wav"):
+    speechcommands.load_speech_commands(sc_root, "validation")
+  # Lines of classes the caller did not ask for are not its business.
+  ds = speechcommands.load_speech_commands(sc_root, "validation", classes=["no", "yes"])
+  assert ds.paths == ("yes/aaaa1111_nohash_0.wav",) and ds.info["skipped_missing"] == 0
+
+
+def test_missing_listed_files_skipped_are_counted_logged_and_recorded(sc_root, caplog):
+  (sc_root / "testing_list.txt").write_text(
+      "no/bbbb2222_nohash_1.wav\nyes/gone_nohash_0.wav\nno/gone_nohash_1.wav\n")
+  with caplog.at_level(logging.WARNING, logger="jaxtag.data.speechcommands"):
+    ds = speechcommands.load_speech_commands(sc_root, "test", on_missing_file="skip")
+  assert ds.paths == ("no/bbbb2222_nohash_1.wav",)
+  assert ds.info == {"skipped_missing": 2, "skipped_bad": 0}
+  assert "testing_list.txt: 2 listed file(s) do not exist" in caplog.text
+  assert "line 2: yes/gone_nohash_0.wav" in caplog.text
+  # The training split is every clip not held out: the missing lines change nothing there.
+  assert len(speechcommands.load_speech_commands(sc_root)) == 6
+
+
+def test_load_splits_propagates_a_missing_listed_file_and_skips_only_on_request(sc_root, caplog):
+  from jaxtag.data import sources
+  (sc_root / "validation_list.txt").write_text("yes/aaaa1111_nohash_0.wav\nyes/gone_nohash_0.wav\n")
+  source = sources.DataSource(kind="speech_commands", root=str(sc_root))
+  with pytest.raises(DatasetError, match="validation_list.txt line 2: .*gone_nohash_0.wav"):
+    sources.load_splits(source, progress=False)
+  skipping = sources.DataSource(kind="speech_commands", root=str(sc_root), on_missing_file="skip")
+  splits = sources.load_splits(skipping, progress=False)
+  assert sources.describe_splits(splits) == {
+      "train": {"num_clips": 6, "skipped_missing": 0, "skipped_bad": 0},
+      "validation": {"num_clips": 1, "skipped_missing": 1, "skipped_bad": 0},
+      "test": {"num_clips": 1, "skipped_missing": 0, "skipped_bad": 0}}
+  # A split the source does not have is left out, logged and recorded; never an error.
+  (sc_root / "validation_list.txt").unlink()
+  with caplog.at_level(logging.WARNING, logger="jaxtag.data.sources"):
+    splits = sources.load_splits(source, progress=False)
+  assert sorted(splits) == ["test", "train"]
+  assert "No 'validation' split" in caplog.text and "validation_list.txt" in caplog.text
+  assert sources.describe_splits(splits)["validation"] == {"absent": True}
+  # An empty list (what the exporter writes for a split the dataset lacks) is no split either.
+  (sc_root / "validation_list.txt").write_text("")
+  splits = sources.load_splits(source, progress=False)
+  assert sorted(splits) == ["test", "train"] and len(splits["train"]) == 7
 
 
 def test_missing_split_list(sc_root, caplog):
   (sc_root / "validation_list.txt").unlink()
-  with pytest.raises(DatasetError, match="validation_list.txt.*not found"):
+  with pytest.raises(SplitNotFoundError, match="validation_list.txt.*not found"):
     speechcommands.load_speech_commands(sc_root, "validation")
   with caplog.at_level(logging.WARNING, logger="jaxtag.data.speechcommands"):
     train = speechcommands.load_speech_commands(sc_root)
@@ -222,6 +273,12 @@ def test_esc50_row_naming_missing_file(esc_root, caplog):
   with caplog.at_level(logging.WARNING, logger="jaxtag.data.esc50"):
     ds = esc50.load_esc50(esc_root, folds=(1, 2), on_bad_file="skip", clip_samples=16000)
   assert len(ds) == 3 and "skipping 1 row" in caplog.text
+  assert ds.info == {"skipped_missing": 1, "skipped_bad": 0}
+  # on_missing_file decides on its own when given (DataSource always gives it).
+  with pytest.raises(DatasetError, match="on_missing_file='skip'"):
+    esc50.load_esc50(esc_root, folds=(1, 2), on_bad_file="skip", on_missing_file="error")
+  ds = esc50.load_esc50(esc_root, folds=(1, 2), on_missing_file="skip", clip_samples=16000)
+  assert len(ds) == 3 and ds.info["skipped_missing"] == 1
 
 
 @pytest.mark.parametrize("header, row, message", [
@@ -275,3 +332,53 @@ def test_esc50_export_needs_fold(tmp_path):
   ds = AudioDataset(np.zeros((2, 10)), np.array([0, 1]), ("a", "b"), 16000)
   with pytest.raises(DatasetError, match=r"metadata\['fold'\]"):
     esc50.export_esc50(ds, tmp_path / "out")
+
+
+# --- options as the caller sets them -------------------------------------------------------------
+
+def test_loader_messages_name_the_option_or_the_launcher_flag(sc_root):
+  from jaxtag import errors
+  path = sc_root / "yes" / "cccc3333_nohash_0.wav"
+  sf.write(path, np.stack([_tone(), _tone()], axis=1), 16000, subtype="FLOAT")
+  with pytest.raises(AudioFileError, match=r"2 channels.*Pass mono='mean' .*on_bad_file='skip'"):
+    speechcommands.load_speech_commands(sc_root)
+  launcher_config = {"data": {"mono": "error", "on_bad_file": "error"}}
+  with errors.launcher_flags(launcher_config, {"DataSource": "data"}):
+    with pytest.raises(AudioFileError, match=_name(path) + r".*Pass --config\.data\.mono=mean .*"
+                       r"pass --config\.data\.on_bad_file=skip\."):
+      speechcommands.load_speech_commands(sc_root)
+  io.write_wav(path, _tone(n=8000, sr=8000), 8000)
+  with pytest.raises(AudioFileError, match=r"8000 Hz.*Pass on_rate_mismatch='resample'"):
+    speechcommands.load_speech_commands(sc_root, on_rate_mismatch="error")
+
+
+def test_data_source_validates_every_option_naming_it():
+  from jaxtag import errors
+  from jaxtag.data import sources
+  with pytest.raises(DatasetError, match=r"DataSource\.mono must be one of \('error', 'mean'\)"):
+    sources.DataSource(mono="avg")
+  with errors.launcher_flags({"data": {"on_missing_file": "error"}}, {"DataSource": "data"}):
+    with pytest.raises(DatasetError, match=r"--config\.data\.on_missing_file must be one of"):
+      sources.DataSource(on_missing_file="ignore")
+  with pytest.raises(DatasetError, match=r"DataSource\.clip_samples must be a positive integer"):
+    sources.DataSource(clip_samples=0)
+  with pytest.raises(DatasetError, match=r"DataSource\.classes selects class folders"):
+    sources.DataSource(kind="esc50", root="x", classes=("dog",))
+  # A flag gives ("yes,no",); JSON (a recorded config) gives a list.
+  assert sources.DataSource(classes=("yes,no",)).classes == ("yes", "no")
+  assert sources.DataSource(classes=["yes", "no"]).classes == ("yes", "no")
+
+
+def test_data_source_passes_its_options_to_the_loader(sc_root):
+  from jaxtag.data import sources
+  path = sc_root / "yes" / "cccc3333_nohash_0.wav"
+  sf.write(path, np.stack([_tone(), -_tone()], axis=1), 16000, subtype="FLOAT")
+  (sc_root / "no" / "dddd4444_nohash_0.wav").write_bytes(b"not audio")
+  source = sources.DataSource(kind="speech_commands", root=str(sc_root), mono="mean",
+                              on_bad_file="skip", clip_samples=800, classes=("yes,no",))
+  train = sources.load_split(source, "train", progress=False)
+  assert train.class_names == ("yes", "no") and train.num_samples == 800
+  j = train.paths.index("yes/cccc3333_nohash_0.wav")
+  np.testing.assert_allclose(train.waveforms[j], 0.0, atol=1e-6)   # the channels' mean
+  assert train.info == {"skipped_missing": 0, "skipped_bad": 1}
+  assert sources.class_names(source) == ("yes", "no")

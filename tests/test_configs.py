@@ -32,3 +32,24 @@ def test_config_loads_and_documents_its_command(name):
 def test_corpus_config_argument_selects_preset(preset):
   module = importlib.import_module("launch.configs.corpus")
   assert module.get_config(preset).data.preset == preset
+
+
+def test_data_config_has_exactly_the_data_source_fields_and_defaults():
+  import dataclasses
+
+  from jaxtag.data import sources
+  from launch.configs import common
+  config = common.data_config("speech_commands", preset="tiny")
+  names = [f.name for f in dataclasses.fields(sources.DataSource)]
+  assert sorted(config.keys()) == sorted(names)
+  assert {"mono", "on_bad_file", "on_missing_file", "on_rate_mismatch", "clip_samples"} <= set(
+      names)
+  defaults = sources.DataSource()
+  for name in names:
+    if name not in ("kind", "preset"):
+      assert config[name] == getattr(defaults, name), name
+  assert (config.kind, config.preset) == ("speech_commands", "tiny")
+  # A None default is typed, so that a flag can set it: an int field refuses a string.
+  config.clip_samples = 800
+  with pytest.raises(TypeError):
+    config.clip_samples = "long"

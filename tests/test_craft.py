@@ -177,6 +177,31 @@ def test_clip_rms_in_chunks_equals_the_whole_array_formula():
     np.testing.assert_array_equal(protect.clip_rms(waves, chunk=chunk), whole)
 
 
+@pytest.mark.parametrize("num_train, num_keys", [(523, 10), (1000, 10), (8, 2), (7, 3),
+                                                  (56000, 10), (10, 10), (99991, 7)])
+def test_budget_message_names_the_option_and_the_smallest_budget_that_works(num_train, num_keys):
+  from jaxtag import errors
+  smallest = select.smallest_budget(num_train, num_keys)
+  counts = select.poisons_per_key(smallest, num_train, num_keys)     # it works...
+  assert counts.min() == 1 and counts.sum() == num_keys
+  unit = 10.0 ** (np.floor(np.log10(smallest)) - 3)                  # ...and one digit less fails
+  with pytest.raises(ValueError, match="needs at least one"):
+    select.poisons_per_key(smallest - unit, num_train, num_keys)
+  if smallest <= 0.01:
+    return
+  with pytest.raises(ValueError, match=rf"pass budget={smallest} or more"):
+    select.poisons_per_key(0.01, num_train, num_keys)
+  with errors.launcher_flags({"budget": 0.01, "craft": {"steps": 6}}, {"ProtectConfig": ""}):
+    with pytest.raises(ValueError, match=rf"pass --config\.budget={smallest} or more"):
+      select.poisons_per_key(0.01, num_train, num_keys)
+
+
+def test_budget_message_when_no_budget_can_work():
+  assert select.smallest_budget(5, 10) is None
+  with pytest.raises(ValueError, match="fewer training clips than keys"):
+    select.poisons_per_key(1.0, 5, 10)
+
+
 def test_selection_errors():
   labels = np.repeat(np.arange(4), 5)
   with pytest.raises(ValueError, match="budget"):

@@ -14,7 +14,7 @@ import grain  # noqa: E402
 
 from jaxtag.audio import io as audio_io  # noqa: E402
 from jaxtag.data import tfds as jtfds  # noqa: E402
-from jaxtag.data.dataset import AudioDataset, DatasetError  # noqa: E402
+from jaxtag.data.dataset import AudioDataset, DatasetError, SplitNotFoundError  # noqa: E402
 
 CLASSES = ("yes", "no", "up")
 PCM_TOL = 0.5 / 32768 + 1e-7  # round-to-nearest 16-bit quantisation, plus float32 slack.
@@ -201,8 +201,21 @@ def test_load_tfds_bad_key_and_split(exported):
   data_dir, _ = exported
   with pytest.raises(DatasetError, match="no feature 'waveform'"):
     jtfds.load_tfds("tiny_audio", split="train", data_dir=data_dir, audio_key="waveform")
-  with pytest.raises(DatasetError, match="split 'validation'"):
+  with pytest.raises(SplitNotFoundError, match="split 'validation'"):
     jtfds.load_tfds("tiny_audio", split="validation", data_dir=data_dir)
+  with pytest.raises(SplitNotFoundError, match="split 'dev'"):
+    jtfds.load_tfds("tiny_audio", split="train[:50%]+dev", data_dir=data_dir)
+  assert len(jtfds.load_tfds("tiny_audio", split="train[:3]+test", data_dir=data_dir)) == 7
+
+
+def test_load_splits_of_a_tfds_source_without_validation(exported, splits):
+  from jaxtag.data import sources
+  data_dir, _ = exported
+  source = sources.DataSource(kind="tfds", name="tiny_audio", data_dir=str(data_dir),
+                              sample_rate=8000, clip_samples=300)
+  loaded = sources.load_splits(source, progress=False)
+  assert sorted(loaded) == ["test", "train"] and loaded["train"].num_samples == 300
+  assert sources.describe_splits(loaded)["validation"] == {"absent": True}
 
 
 def test_load_tfds_tfrecord_without_tensorflow_says_what_to_install(exported):

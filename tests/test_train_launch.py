@@ -134,3 +134,76 @@ def test_sigkill_rerun_equals_uninterrupted_run_and_artifacts_load(corpus_root, 
     assert g.keys() == w.keys()
     np.testing.assert_allclose([g[k] for k in sorted(g) if k != "kind"],
                                [w[k] for k in sorted(w) if k != "kind"], rtol=1e-4, atol=1e-5)
+
+
+# --- data options and split lists from the launcher's flags --------------------------------------
+
+def _stereo_speech_commands(root: pathlib.Path) -> pathlib.Path:
+  """Two classes of six one-second clips, one of them stereo; a validation list naming one clip
+  that exists and one that does not; no test list (the source has no test split)."""
+  import soundfile as sf
+
+  from jaxtag.audio import io as audio_io
+  t = np.arange(16000) / 16000
+  for c, word in enumerate(("no", "yes")):
+    for n in range(6):
+      tone = (0.3 * np.sin(2 * np.pi * (300 + 200 * c + 20 * n) * t)).astype(np.float32)
+      audio_io.write_wav(root / word / f"spk{n}_nohash_0.wav", tone, 16000)
+  sf.write(root / "yes" / "spk5_nohash_0.wav", np.stack([tone, tone], axis=1), 16000)
+  (root / "validation_list.txt").write_text("no/spk0_nohash_0.wav\nyes/gone_nohash_0.wav\n")
+  return root
+
+
+def _launch_train(data_root, workdir, *flags):
+  cmd = [sys.executable, "-m", "launch.train", "--config=launch/configs/train.py:tiny",
+         f"--workdir={workdir}", "--config.data.kind=speech_commands",
+         f"--config.data.root={data_root}", "--config.num_epochs=1", "--config.num_devices=1",
+         *flags]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  return proc, [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_loader_options_and_split_lists_from_the_launcher_flags(tmp_path):
+  """`--config.data.mono=mean` reaches the loader; a split list naming a missing file stops the
+  launcher with one line naming the list, the line and the file, unless
+  `--config.data.on_missing_file=skip`, which the summary then records."""
+  data = _stereo_speech_commands(tmp_path / "sc")
+  proc, errors = _launch_train(data, tmp_path / "stereo")
+  assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+  assert "spk5_nohash_0.wav" in errors[0] and "2 channels" in errors[0]
+  assert "--config.data.mono=mean" in errors[0] and "--config.data.on_bad_file=skip" in errors[0]
+
+  proc, errors = _launch_train(data, tmp_path / "missing", "--config.data.mono=mean")
+  assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+  assert f"{data / 'validation_list.txt'} line 2: names {data / 'yes' / 'gone_nohash_0.wav'}" \
+      in errors[0] and "--config.data.on_missing_file=skip" in errors[0]
+  assert not (tmp_path / "missing" / "checkpoints").exists()
+
+  workdir = tmp_path / "trained"
+  proc, errors = _launch_train(data, workdir, "--config.data.mono=mean",
+                               "--config.data.on_missing_file=skip")
+  assert proc.returncode == 0 and not errors, proc.stderr[-3000:]
+  summary = json.loads((workdir / train_launcher.SUMMARY).read_text())
+  assert summary["splits"] == {
+      "train": {"num_clips": 11, "skipped_missing": 0, "skipped_bad": 0},
+      "validation": {"num_clips": 1, "skipped_missing": 1, "skipped_bad": 0},
+      "test": {"absent": True}}
+  assert summary["steps"] == 1 and summary["val/count"] == 1 and "test/count" not in summary
+  assert "validation_list.txt: 1 listed file(s) do not exist" in proc.stderr
+  assert "No 'test' split" in proc.stderr
+  assert json.loads((workdir / "config.json").read_text())["data"]["mono"] == "mean"
+
+
+def test_train_config_messages_name_the_launcher_flags():
+  from jaxtag import errors
+  config = train_configs.get_config("tiny")
+  config.batch_size = 0
+  with pytest.raises(ValueError, match=r"^TrainConfig\.batch_size must be positive"):
+    train_launcher.train_config(config)
+  with errors.launcher_flags(config.to_dict(), train_launcher.OWNERS):
+    with pytest.raises(ValueError, match=r"^--config\.batch_size must be positive"):
+      train_launcher.train_config(config)
+    config.batch_size, config.optim.learning_rate = 8, 0.0
+    with pytest.raises(ValueError, match=r"^--config\.optim\.learning_rate must be positive"):
+      train_launcher.train_config(config)

@@ -25,7 +25,7 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -114,8 +114,8 @@ def _check_wav_not_truncated(path: str) -> None:
 
 
 def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None, resample: bool = True,
-             mono: Literal["error", "mean"] = "error",
-             allow_nonfinite: bool = False) -> tuple[np.ndarray, int]:
+             mono: Literal["error", "mean"] = "error", allow_nonfinite: bool = False,
+             fixes: Mapping[str, str] | None = None) -> tuple[np.ndarray, int]:
   """Reads one audio file as a mono float32 waveform in [-1, 1].
 
   Args:
@@ -126,6 +126,10 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None, resampl
     mono: what to do with a multi-channel file: ``"error"`` raises, ``"mean"`` averages the
       channels.
     allow_nonfinite: if False (default), NaN or Inf samples (possible in float WAVs) raise.
+    fixes: how the caller spells the setting that avoids an error, by this function's keyword:
+      ``"mono"`` (default ``mono='mean'``) and ``"resample"`` (default ``resample=True``). A
+      loader passes its own option (``on_rate_mismatch='resample'``), or under a launcher its
+      flag (``--config.data.mono=mean``), so that the message names what its caller can set.
 
   Returns:
     ``(waveform, sample_rate)``: float32 ``(num_samples,)`` and its rate in Hz (``sample_rate``
@@ -139,6 +143,10 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None, resampl
   path = os.fspath(path)
   if mono not in ("error", "mean"):
     raise ValueError(f"read_wav: mono must be 'error' or 'mean'; got {mono!r}.")
+
+  def fix(keyword: str, value) -> str:
+    return (fixes or {}).get(keyword) or f"{keyword}={value!r}"
+
   if not os.path.isfile(path):
     raise AudioFileError(f"{path}: no such audio file. Check the path (and the dataset root).")
   _check_wav_not_truncated(path)
@@ -155,7 +163,7 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None, resampl
     if mono == "error":
       raise AudioFileError(
           f"{path}: file has {data.shape[1]} channels but a mono clip is expected. Pass "
-          "mono='mean' to average the channels, or convert the file to mono.")
+          f"{fix('mono', 'mean')} to average the channels, or convert the file to mono.")
     data = data.mean(axis=1, dtype=np.float32, keepdims=True)
   x = validate_waveform(data[:, 0], name=path, allow_nonfinite=allow_nonfinite)
   file_rate = int(file_rate)
@@ -163,7 +171,7 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None, resampl
     if not resample:
       raise AudioFileError(
           f"{path}: sample rate is {file_rate} Hz but {sample_rate} Hz is expected. Pass "
-          "resample=True (loaders: on_rate_mismatch='resample') or convert the file.")
+          f"{fix('resample', True)} to resample it, or convert the file.")
     x = _resample(x, file_rate, int(sample_rate))
     file_rate = int(sample_rate)
   return np.ascontiguousarray(x, dtype=np.float32), file_rate
@@ -337,15 +345,16 @@ def clip_quality(waveforms, *, silence_threshold: float = 1e-4,
 def read_wav_files(paths: Sequence[str | os.PathLike], *, num_samples: int | None,
                    sample_rate: int | None = None, resample: bool = True,
                    mono: Literal["error", "mean"] = "error", skip_errors: bool = False,
-                   max_workers: int | None = None,
-                   progress: bool = False) -> tuple[np.ndarray, list[int], list[str]]:
+                   max_workers: int | None = None, progress: bool = False,
+                   fixes: Mapping[str, str] | None = None,
+                   ) -> tuple[np.ndarray, list[int], list[str]]:
   """Reads many files in parallel (libsndfile releases the GIL) into one array.
 
   Args:
     paths: files to read.
     num_samples: length every clip is cropped or zero-padded to (see :func:`fit_length`); None
       requires all files to have the same length after resampling.
-    sample_rate, resample, mono: as in :func:`read_wav`.
+    sample_rate, resample, mono, fixes: as in :func:`read_wav`.
     skip_errors: if True, files raising :class:`AudioFileError` are left out and their messages
       returned; if False the first such error (in ``paths`` order) is raised.
     max_workers: reader threads (default ``min(16, cpu_count + 4)``).
@@ -365,7 +374,8 @@ def read_wav_files(paths: Sequence[str | os.PathLike], *, num_samples: int | Non
 
   def read_one(i):
     try:
-      x, _ = read_wav(paths[i], sample_rate=sample_rate, resample=resample, mono=mono)
+      x, _ = read_wav(paths[i], sample_rate=sample_rate, resample=resample, mono=mono,
+                      fixes=fixes)
     except AudioFileError as e:
       return e
     if out is None:

@@ -20,6 +20,12 @@ class DatasetError(ValueError):
   """A dataset that cannot be used as asked; the message names the file or field and the fix."""
 
 
+class SplitNotFoundError(DatasetError):
+  """The source has no such split (ESC-50 has no ``validation``; a Speech Commands folder without
+  ``validation_list.txt`` has none either), as opposed to a split that exists but cannot be
+  loaded: only this one may be left out when a stage loads every split a source has."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class AudioDataset:
   """One split of a labelled audio dataset with fixed-length clips.
@@ -35,6 +41,11 @@ class AudioDataset:
     paths: optional relative paths of the clips in their source layout (e.g.
       ``yes/0a7c2a8d_nohash_0.wav``); exporters reuse them so that a round trip keeps names.
     metadata: optional per-clip arrays (each ``(num_clips,)``), e.g. ESC-50 ``fold``.
+    info: what the loader did to the split as a whole, JSON-able (e.g. ``skipped_missing``: clips
+      named by a split list or csv whose file does not exist, left out with
+      ``on_missing_file="skip"``; ``skipped_bad``: unreadable clips left out with
+      ``on_bad_file="skip"``), so that a stage's summary can record it. Not per clip: ``subset``
+      keeps it as is.
   """
 
   waveforms: np.ndarray
@@ -45,6 +56,7 @@ class AudioDataset:
   speaker_ids: np.ndarray | None = None
   paths: tuple[str, ...] | None = None
   metadata: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     waveforms = np.asarray(self.waveforms)
@@ -84,6 +96,7 @@ class AudioDataset:
     if self.paths is not None:
       object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
     object.__setattr__(self, "metadata", {k: np.asarray(v) for k, v in self.metadata.items()})
+    object.__setattr__(self, "info", dict(self.info))
 
   def __len__(self) -> int:
     return int(self.waveforms.shape[0])
@@ -143,7 +156,11 @@ class AudioDataset:
 
 
 def concatenate(datasets: Sequence[AudioDataset], split: str | None = None) -> AudioDataset:
-  """Joins datasets with identical class names, sample rate and clip length."""
+  """Joins datasets with identical class names, sample rate and clip length.
+
+  Per-clip fields are kept where every dataset has them; of ``info``, the integer counts
+  (``skipped_missing``...) are summed and the rest dropped.
+  """
   if not datasets:
     raise DatasetError("concatenate: no datasets given.")
   first = datasets[0]
@@ -155,6 +172,8 @@ def concatenate(datasets: Sequence[AudioDataset], split: str | None = None) -> A
   has_spk = all(d.speaker_ids is not None for d in datasets)
   has_paths = all(d.paths is not None for d in datasets)
   keys = set.intersection(*(set(d.metadata) for d in datasets))
+  counts = {k for d in datasets for k, v in d.info.items() if isinstance(v, int)}
+  counts = {k for k in counts if all(isinstance(d.info.get(k, 0), int) for d in datasets)}
   return AudioDataset(
       waveforms=np.concatenate([d.waveforms for d in datasets]),
       labels=np.concatenate([d.labels for d in datasets]),
@@ -164,4 +183,5 @@ def concatenate(datasets: Sequence[AudioDataset], split: str | None = None) -> A
       speaker_ids=np.concatenate([d.speaker_ids for d in datasets]) if has_spk else None,
       paths=tuple(p for d in datasets for p in d.paths) if has_paths else None,
       metadata={k: np.concatenate([d.metadata[k] for d in datasets]) for k in keys},
+      info={k: sum(d.info.get(k, 0) for d in datasets) for k in sorted(counts)},
   )

@@ -13,8 +13,10 @@ target. Clips from one source recording share a fold, so folds are the unit of c
 
 Bad input: a missing root or csv, missing or malformed columns, a target with two categories and
 a row naming a missing file raise :class:`~jaxtag.data.DatasetError` naming the csv (and line
-and field); ``on_bad_file="skip"`` skips rows whose file is missing or bad. Bad clips, stereo,
-sample rates, silent and clipped clips are handled as in :mod:`jaxtag.data.speechcommands`.
+and field); ``on_missing_file="skip"`` skips rows whose file is missing (counted in
+``dataset.info["skipped_missing"]``), ``on_bad_file="skip"`` rows whose file is bad (and, unless
+``on_missing_file`` says otherwise, missing). Bad clips, stereo, sample rates, silent and clipped
+clips are handled as in :mod:`jaxtag.data.speechcommands`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import Literal
 
 import numpy as np
 
+from jaxtag import errors as errors_lib
 from jaxtag.audio import io as audio_io
 from jaxtag.data.dataset import AudioDataset, DatasetError, concatenate
-from jaxtag.data.speechcommands import check_option, quality_metadata
+from jaxtag.data.speechcommands import check_option, quality_metadata, read_clips
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +138,8 @@ def load_esc50(
     clip_samples: int | None = None, esc10_only: bool = False,
     on_rate_mismatch: Literal["resample", "error"] = "resample",
     mono: Literal["error", "mean"] = "error", on_bad_file: Literal["error", "skip"] = "error",
-    max_workers: int | None = None, progress: bool = False,
+    on_missing_file: Literal["error", "skip"] | None = None, max_workers: int | None = None,
+    progress: bool = False,
 ) -> AudioDataset:
   """Loads the clips of some ESC-50 folds.
 
@@ -147,13 +151,16 @@ def load_esc50(
     esc10_only: keep only the ESC-10 subset (10 classes).
     on_rate_mismatch: ``"resample"`` or ``"error"`` when a file is not at ``sample_rate``.
     mono: multi-channel files raise (``"error"``) or are averaged (``"mean"``).
-    on_bad_file: a missing or bad clip raises (``"error"``) or is skipped (``"skip"``).
+    on_bad_file: a bad clip raises (``"error"``) or is skipped (``"skip"``).
+    on_missing_file: a row naming a missing file raises (``"error"``) or is skipped and counted
+      (``"skip"``); None follows ``on_bad_file``.
     max_workers: reader threads.
     progress: show a progress bar.
 
   Returns:
     An AudioDataset with paths ``audio/<filename>`` and metadata ``fold``, ``target``, ``esc10``,
-    ``src_file``, ``take``, ``silent``, ``clipped_fraction``.
+    ``src_file``, ``take``, ``silent``, ``clipped_fraction``; ``info`` counts the rows left out
+    (``skipped_missing``, ``skipped_bad``).
 
   Raises:
     DatasetError: layout or csv problems, folds without clips, a row naming a missing file.
@@ -161,6 +168,8 @@ def load_esc50(
   """
   check_option("on_rate_mismatch", on_rate_mismatch, ("resample", "error"))
   check_option("on_bad_file", on_bad_file, ("error", "skip"))
+  on_missing_file = on_bad_file if on_missing_file is None else on_missing_file
+  check_option("on_missing_file", on_missing_file, ("error", "skip"))
   root = os.fspath(root)
   if not os.path.isdir(root):
     raise DatasetError(f"{root}: ESC-50 root folder does not exist. Pass the folder that holds "
@@ -185,27 +194,25 @@ def load_esc50(
     raise DatasetError(f"{csv_path}: no ESC-10 row (esc10=True) in folds {folds}.")
   audio_paths = [os.path.join(root, AUDIO_DIR, r["filename"]) for r in rows]
   missing = [i for i, p in enumerate(audio_paths) if not os.path.isfile(p)]
-  if missing and on_bad_file == "error":
+  skip = errors_lib.option("on_missing_file", "skip", owner="DataSource")
+  if missing and on_missing_file == "error":
     r = rows[missing[0]]
     raise DatasetError(
         f"{csv_path} line {r['line']}: field 'filename' names {audio_paths[missing[0]]}, which "
         f"does not exist ({len(missing)} missing file(s) in all). Restore the audio, remove the "
-        "rows, or pass on_bad_file='skip'.")
+        f"rows, or pass {skip}.")
   if missing:
-    logger.warning("%s: skipping %d row(s) whose audio file is missing (on_bad_file='skip').",
-                   csv_path, len(missing))
+    logger.warning("%s: skipping %d row(s) whose audio file is missing (%s).",
+                   csv_path, len(missing), skip)
     missing_set = set(missing)
     rows = [r for i, r in enumerate(rows) if i not in missing_set]
     audio_paths = [p for i, p in enumerate(audio_paths) if i not in missing_set]
 
   clip_samples = CLIP_SECONDS * sample_rate if clip_samples is None else int(clip_samples)
-  waveforms, kept, errors = audio_io.read_wav_files(
-      audio_paths, num_samples=clip_samples, sample_rate=sample_rate,
-      resample=on_rate_mismatch == "resample", mono=mono, skip_errors=on_bad_file == "skip",
-      max_workers=max_workers, progress=progress)
-  if errors:
-    logger.warning("%s: skipped %d bad clip(s) (on_bad_file='skip'); first: %s",
-                   root, len(errors), errors[0])
+  waveforms, kept, bad = read_clips(
+      audio_paths, what=f"{root} folds {folds}", num_samples=clip_samples,
+      sample_rate=sample_rate, on_rate_mismatch=on_rate_mismatch, mono=mono,
+      on_bad_file=on_bad_file, max_workers=max_workers, progress=progress)
   if not kept:
     raise DatasetError(f"{root}: no readable clip in folds {folds}.")
   rows = [rows[i] for i in kept]
@@ -222,7 +229,7 @@ def load_esc50(
   return AudioDataset(
       waveforms=waveforms, labels=np.array([label_of[r["target"]] for r in rows], np.int32),
       class_names=class_names, sample_rate=sample_rate, split=split, paths=paths,
-      metadata=metadata)
+      metadata=metadata, info={"skipped_missing": len(missing), "skipped_bad": len(bad)})
 
 
 def _export_field(ds: AudioDataset, key: str, default):

@@ -11,12 +11,19 @@ Folders whose name starts with ``_`` or ``.`` are not classes. The speaker id of
 part of its file name before ``_nohash_`` (the whole stem when the marker is absent).
 
 Bad input, and what the loader does with it:
-  * missing root, missing requested class folder, class folder without WAV files, split list
-    naming a missing file, an empty split: :class:`~jaxtag.data.DatasetError` naming the path.
-    ``on_empty_class="skip"`` drops empty class folders instead (logged).
+  * missing root, missing requested class folder, class folder without WAV files, an empty
+    split: :class:`~jaxtag.data.DatasetError` naming the path. ``on_empty_class="skip"`` drops
+    empty class folders instead (logged).
+  * a split list line naming a file that does not exist: :class:`~jaxtag.data.DatasetError`
+    naming the list, the line and the file; ``on_missing_file="skip"`` leaves such clips out
+    instead, logs the count and records it in ``dataset.info["skipped_missing"]``.
+  * a split whose list file is absent or empty (no ``validation_list.txt``, or one without a
+    line): that split does not exist, :class:`~jaxtag.data.SplitNotFoundError` (``train`` keeps
+    every clip not held out).
   * a bad clip (unreadable, non-WAV, truncated, empty, stereo, NaN/Inf, wrong rate with
     ``on_rate_mismatch="error"``): :class:`~jaxtag.audio.io.AudioFileError` naming the file, or
-    with ``on_bad_file="skip"`` the clip is left out and the count logged as a warning.
+    with ``on_bad_file="skip"`` the clip is left out, the count logged as a warning and recorded
+    in ``dataset.info["skipped_bad"]``.
   * stereo clips: error by default; ``mono="mean"`` averages the channels.
   * wrong sample rate: resampled by default (``on_rate_mismatch="resample"``).
   * clips shorter or longer than ``clip_samples``: zero-padded at the end or cropped.
@@ -36,8 +43,9 @@ from typing import Literal
 
 import numpy as np
 
+from jaxtag import errors as errors_lib
 from jaxtag.audio import io as audio_io
-from jaxtag.data.dataset import AudioDataset, DatasetError
+from jaxtag.data.dataset import AudioDataset, DatasetError, SplitNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +64,42 @@ def speaker_from_filename(filename: str) -> str:
 
 
 def check_option(name: str, value, allowed: Sequence) -> None:
-  """Raises ValueError when a string option is not one of ``allowed``."""
+  """Raises ValueError when a loader option is not one of ``allowed`` (naming the option as the
+  caller sets it: the keyword, or under a launcher its flag)."""
   if value not in allowed:
-    raise ValueError(f"{name} must be one of {tuple(allowed)}; got {value!r}.")
+    raise ValueError(f"{errors_lib.option(name)} must be one of {tuple(allowed)}; got {value!r}.")
+
+
+def read_clips(paths: Sequence[str], *, what: str, num_samples: int, sample_rate: int,
+               on_rate_mismatch: str, mono: str, on_bad_file: str, max_workers: int | None,
+               progress: bool) -> tuple[np.ndarray, list[int], list[str]]:
+  """``audio_io.read_wav_files`` for a loader: its errors name the loader's options (or the
+  launcher's flags) that avoid them, and skipped bad clips are logged.
+
+  Returns:
+    ``(waveforms, kept, errors)`` as :func:`jaxtag.audio.io.read_wav_files`.
+
+  Raises:
+    AudioFileError: a bad clip with ``on_bad_file="error"``, naming the file and the fixes.
+  """
+  # Spelled here, not in the reader threads: the launcher's flags live in a context variable.
+  fixes = {"mono": errors_lib.option("mono", "mean", owner="DataSource"),
+           "resample": errors_lib.option("on_rate_mismatch", "resample", owner="DataSource")}
+  try:
+    waveforms, kept, bad = audio_io.read_wav_files(
+        paths, num_samples=num_samples, sample_rate=sample_rate,
+        resample=on_rate_mismatch == "resample", mono=mono, skip_errors=on_bad_file == "skip",
+        max_workers=max_workers, progress=progress, fixes=fixes)
+  except audio_io.AudioFileError as e:
+    if on_bad_file == "skip":
+      raise
+    skip = errors_lib.option("on_bad_file", "skip", owner="DataSource")
+    raise audio_io.AudioFileError(
+        f"{e} To leave every bad clip out instead (counted and logged), pass {skip}.") from e
+  if bad:
+    logger.warning("%s: skipped %d of %d bad clips (%s); first: %s", what, len(bad), len(paths),
+                   errors_lib.option("on_bad_file", "skip", owner="DataSource"), bad[0])
+  return waveforms, kept, bad
 
 
 def quality_metadata(waveforms: np.ndarray, paths: Sequence[str], what: str) -> dict:
@@ -84,18 +125,56 @@ def _wav_files(directory: str) -> list[str]:
                 if e.is_file() and e.name.lower().endswith(".wav") and not e.name.startswith("."))
 
 
-def _read_split_list(root: str, split: str) -> set[str] | None:
-  """Relative paths listed for ``split`` (None when the list file does not exist)."""
+def _read_split_list(root: str, split: str) -> dict[str, int] | None:
+  """Relative paths listed for ``split``, each with the (first) line number naming it; None when
+  the list file does not exist."""
   list_path = os.path.join(root, SPLIT_LISTS[split])
   if not os.path.isfile(list_path):
     return None
+  listed = {}
   with open(list_path, encoding="utf-8") as f:
-    return {line.strip().replace("\\", "/") for line in f if line.strip()}
+    for number, line in enumerate(f, start=1):
+      if line.strip():
+        listed.setdefault(line.strip().replace("\\", "/"), number)
+  return listed
+
+
+def _missing_listed_files(root: str, split: str, listed: Mapping[str, int],
+                          all_paths: set[str], requested: set[str] | None,
+                          on_missing_file: str) -> int:
+  """Checks that every file ``split``'s list names exists; returns how many do not (skipped).
+
+  Lines of classes the caller did not ask for (``classes=``) are not checked; with every class
+  requested, a line whose class folder does not exist names a missing file too.
+
+  Raises:
+    DatasetError: a missing file with ``on_missing_file="error"``, naming the list, the line
+      and the file.
+  """
+  list_path = os.path.join(root, SPLIT_LISTS[split])
+  missing = sorted((line, path) for path, line in listed.items()
+                   if path not in all_paths
+                   and (requested is None or path.split("/", 1)[0] in requested)
+                   and not os.path.isfile(os.path.join(root, path)))
+  if not missing:
+    return 0
+  skip = errors_lib.option("on_missing_file", "skip", owner="DataSource")
+  if on_missing_file == "error":
+    line, path = missing[0]
+    raise DatasetError(
+        f"{list_path} line {line}: names {os.path.join(root, path)}, which does not exist "
+        f"({len(missing)} missing file(s) in this list). Restore the file, remove the line, or "
+        f"pass {skip} to leave such clips out of the {split!r} split.")
+  examples = ", ".join(f"line {line}: {path}" for line, path in missing[:3])
+  logger.warning("%s: %d listed file(s) do not exist and were left out of the %r split (%s); "
+                 "e.g. %s.", list_path, len(missing), split, skip, examples)
+  return len(missing)
 
 
 def list_speech_commands(
     root: str | os.PathLike, split: str = "train", *, classes: Sequence[str] | None = None,
     on_empty_class: Literal["error", "skip"] = "error",
+    on_missing_file: Literal["error", "skip"] = "error",
 ) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
   """Lists the clips of one split without reading audio.
 
@@ -104,17 +183,27 @@ def list_speech_commands(
     split: ``"train"``, ``"validation"`` or ``"test"``.
     classes: class folders to use, in label order (default: every class folder, sorted).
     on_empty_class: a class folder without WAV files raises (``"error"``) or is dropped.
+    on_missing_file: a line of the split's list naming a file that does not exist raises
+      (``"error"``) or is left out, counted in a logged warning (``"skip"``).
 
   Returns:
     ``(paths, labels, class_names)``: sorted relative paths (``word/file.wav``), int32 labels.
 
   Raises:
-    DatasetError: missing root, class folder or split list; a listed file that does not exist;
-      an empty class folder (``on_empty_class="error"``); no class at all.
+    SplitNotFoundError: ``validation`` or ``test`` without its list file, or with an empty one.
+    DatasetError: missing root or class folder; a listed file that does not exist
+      (``on_missing_file="error"``); an empty class folder (``on_empty_class="error"``); no class
+      at all.
   """
-  root = os.fspath(root)
-  check_option("split", split, SPLITS)
-  check_option("on_empty_class", on_empty_class, ("error", "skip"))
+  paths, labels, class_names, _ = _list_split(
+      root, split, classes=classes, on_empty_class=on_empty_class,
+      on_missing_file=on_missing_file)
+  return paths, labels, class_names
+
+
+def _class_files(root: str, classes: Sequence[str] | None,
+                 on_empty_class: str) -> dict[str, list[str]]:
+  """``{class: sorted WAV file names}`` of the requested classes, in label order."""
   if not os.path.isdir(root):
     raise DatasetError(f"{root}: Speech Commands root folder does not exist. Pass the folder "
                        "that holds the class folders and validation_list.txt.")
@@ -131,39 +220,53 @@ def list_speech_commands(
       available = sorted(e.name for e in os.scandir(root) if _is_class_dir(e))
       raise DatasetError(
           f"{root}: requested class folder(s) {missing} do not exist. Available classes: "
-          f"{available}. Fix the classes argument or the dataset root.")
+          f"{available}. Fix {errors_lib.option('classes')} (the class folders to use) or the "
+          "dataset root.")
   files_by_class = {}
   for name in class_names:
     files = _wav_files(os.path.join(root, name))
     if not files:
       folder = os.path.join(root, name)
       if on_empty_class == "error":
+        skip = errors_lib.option("on_empty_class", "skip", owner="DataSource")
         raise DatasetError(f"{folder}: class folder has no .wav files. Add clips, remove the "
-                           "folder, or pass on_empty_class='skip'.")
+                           f"folder, or pass {skip}.")
       logger.warning("%s: class folder has no .wav files; class %r skipped.", folder, name)
       continue
     files_by_class[name] = files
-  class_names = [c for c in class_names if c in files_by_class]
-  if not class_names:
+  if not files_by_class:
     raise DatasetError(f"{root}: every requested class folder is empty.")
+  return files_by_class
 
+
+def _list_split(root, split: str, *, classes: Sequence[str] | None, on_empty_class: str,
+                on_missing_file: str) -> tuple[list[str], np.ndarray, tuple[str, ...], int]:
+  """:func:`list_speech_commands`, plus how many listed files were missing (and skipped)."""
+  root = os.fspath(root)
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+  check_option("on_empty_class", on_empty_class, ("error", "skip"))
+  check_option("on_missing_file", on_missing_file, ("error", "skip"))
+  files_by_class = _class_files(root, classes, on_empty_class)
+  class_names = list(files_by_class)
   lists = {s: _read_split_list(root, s) for s in SPLIT_LISTS}
-  if split != "train" and lists[split] is None:
-    raise DatasetError(f"{os.path.join(root, SPLIT_LISTS[split])}: split list not found; the "
-                       f"{split!r} split cannot be selected without it.")
+  if split != "train" and not lists[split]:
+    # An empty list is what export_speech_commands writes for a split the dataset lacks.
+    state = "not found" if lists[split] is None else "empty"
+    raise SplitNotFoundError(
+        f"{os.path.join(root, SPLIT_LISTS[split])}: split list {state}, so this dataset has no "
+        f"{split!r} split (every clip not held out by another list is a training clip).")
   for s, listed in lists.items():
     if listed is None:
       logger.warning("%s: not found; no clip is held out as %s.",
                      os.path.join(root, SPLIT_LISTS[s]), s)
   all_paths = {f"{c}/{f}" for c, files in files_by_class.items() for f in files}
+  skipped = 0
   if split != "train":
-    wanted = {p for p in lists[split] if p.split("/", 1)[0] in files_by_class}
-    missing_files = sorted(wanted - all_paths)
-    if missing_files:
-      raise DatasetError(
-          f"{os.path.join(root, SPLIT_LISTS[split])}: lists {len(missing_files)} file(s) that do "
-          f"not exist, e.g. {missing_files[:3]}. Restore them or remove them from the list.")
-    selected = wanted
+    requested = None if classes is None else {str(c) for c in classes}
+    skipped = _missing_listed_files(root, split, lists[split], all_paths, requested,
+                                    on_missing_file)
+    selected = {p for p in lists[split] if p in all_paths}
   else:
     held_out = set().union(*(v for v in lists.values() if v is not None))
     selected = all_paths - held_out
@@ -172,7 +275,7 @@ def list_speech_commands(
   if not paths:
     raise DatasetError(f"{root}: split {split!r} has no clips of classes {class_names}.")
   labels = np.array([label_of[p.split("/", 1)[0]] for p in paths], np.int32)
-  return paths, labels, tuple(class_names)
+  return paths, labels, tuple(class_names), skipped
 
 
 def load_speech_commands(
@@ -180,7 +283,8 @@ def load_speech_commands(
     clip_samples: int | None = None, classes: Sequence[str] | None = None,
     on_rate_mismatch: Literal["resample", "error"] = "resample",
     mono: Literal["error", "mean"] = "error", on_bad_file: Literal["error", "skip"] = "error",
-    on_empty_class: Literal["error", "skip"] = "error", max_workers: int | None = None,
+    on_empty_class: Literal["error", "skip"] = "error",
+    on_missing_file: Literal["error", "skip"] = "error", max_workers: int | None = None,
     progress: bool = False,
 ) -> AudioDataset:
   """Loads one split of a Speech Commands folder (handling of bad input: module docstring).
@@ -195,30 +299,32 @@ def load_speech_commands(
     mono: multi-channel files raise (``"error"``) or are averaged (``"mean"``).
     on_bad_file: a bad clip raises (``"error"``) or is skipped and counted (``"skip"``).
     on_empty_class: an empty class folder raises (``"error"``) or is dropped (``"skip"``).
+    on_missing_file: a split list line naming a missing file raises (``"error"``) or the clip
+      is left out and counted (``"skip"``).
     max_workers: reader threads.
     progress: show a progress bar.
 
   Returns:
-    An AudioDataset with speaker ids, paths relative to ``root`` and the per-clip
-    ``metadata["silent"]``/``metadata["clipped_fraction"]`` flags.
+    An AudioDataset with speaker ids, paths relative to ``root``, the per-clip
+    ``metadata["silent"]``/``metadata["clipped_fraction"]`` flags and
+    ``info = {"skipped_missing": ..., "skipped_bad": ...}`` (clips left out).
 
   Raises:
+    SplitNotFoundError: ``validation`` or ``test`` without its list file, or with an empty one.
     DatasetError: layout problems (see :func:`list_speech_commands`), or every clip bad.
     AudioFileError: a bad clip with ``on_bad_file="error"``.
   """
   check_option("on_rate_mismatch", on_rate_mismatch, ("resample", "error"))
   check_option("on_bad_file", on_bad_file, ("error", "skip"))
   root = os.fspath(root)
-  paths, labels, class_names = list_speech_commands(
-      root, split, classes=classes, on_empty_class=on_empty_class)
+  paths, labels, class_names, skipped_missing = _list_split(
+      root, split, classes=classes, on_empty_class=on_empty_class,
+      on_missing_file=on_missing_file)
   clip_samples = sample_rate if clip_samples is None else int(clip_samples)
-  waveforms, kept, errors = audio_io.read_wav_files(
-      [os.path.join(root, p) for p in paths], num_samples=clip_samples, sample_rate=sample_rate,
-      resample=on_rate_mismatch == "resample", mono=mono, skip_errors=on_bad_file == "skip",
-      max_workers=max_workers, progress=progress)
-  if errors:
-    logger.warning("%s split %r: skipped %d of %d bad clips (on_bad_file='skip'); first: %s",
-                   root, split, len(errors), len(paths), errors[0])
+  waveforms, kept, bad = read_clips(
+      [os.path.join(root, p) for p in paths], what=f"{root} split {split!r}",
+      num_samples=clip_samples, sample_rate=sample_rate, on_rate_mismatch=on_rate_mismatch,
+      mono=mono, on_bad_file=on_bad_file, max_workers=max_workers, progress=progress)
   if not kept:
     raise DatasetError(f"{root}: every clip of split {split!r} is bad; nothing to load.")
   paths = [paths[i] for i in kept]
@@ -226,7 +332,8 @@ def load_speech_commands(
       waveforms=waveforms, labels=labels[kept], class_names=class_names,
       sample_rate=sample_rate, split=split,
       speaker_ids=np.array([speaker_from_filename(p) for p in paths]), paths=tuple(paths),
-      metadata=quality_metadata(waveforms, paths, f"{root} split {split!r}"))
+      metadata=quality_metadata(waveforms, paths, f"{root} split {split!r}"),
+      info={"skipped_missing": skipped_missing, "skipped_bad": len(bad)})
 
 
 def load_background_noise(

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from jaxtag.audio import io as audio_io
-from jaxtag.data.dataset import AudioDataset, DatasetError
+from jaxtag.data.dataset import AudioDataset, DatasetError, SplitNotFoundError
 
 _INSTALL_HINT = "pip install 'jaxtag[tfds]' (tensorflow-datasets and array-record)"
 _PCM16_SCALE = 32768.0
@@ -329,6 +329,7 @@ def load_tfds(name: str, *, split: str, data_dir: str | os.PathLike | None = Non
     ``path`` or ``filename``, ``metadata`` from a ``metadata`` feature dict when present.
 
   Raises:
+    SplitNotFoundError: the dataset has no split of that name.
     DatasetError: the dataset is not found or not prepared under ``data_dir``, a key is missing,
       it needs TensorFlow and TensorFlow is not installed, or tensorflow-datasets is missing.
   """
@@ -340,6 +341,12 @@ def load_tfds(name: str, *, split: str, data_dir: str | os.PathLike | None = Non
       raise DatasetError(
           f"load_tfds: {name!r} has no feature {key!r}; its features are {sorted(features)}. "
           "Pass audio_key= / label_key=.")
+  # The split names in a TFDS split expression ("train", "test[:10%]", "train+validation").
+  named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_-]*", re.sub(r"\[[^\]]*\]", "", split)))
+  absent = sorted(named - set(info.splits)) if info.splits else []
+  if absent:
+    raise SplitNotFoundError(
+        f"load_tfds: {name!r} has no split {absent[0]!r} (splits: {sorted(info.splits)}).")
   try:
     records = _records(tfds, builder, name, split)
   except (KeyError, ValueError) as e:

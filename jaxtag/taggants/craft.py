@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtag import errors
 from jaxtag import rng as rng_lib
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
     Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
@@ -165,7 +166,9 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     if retrain is None:
       raise ValueError("retrain_at is set but no retrain function was given.")
     if config.restarts != 1:
-      raise ValueError(f"Retraining during the craft needs restarts=1; got {config.restarts}.")
+      raise ValueError(f"Retraining during the craft needs "
+                       f"{errors.option('restarts', 1, owner='CraftConfig')}; got "
+                       f"{config.restarts}.")
     if list(retrain_at) != sorted(set(retrain_at)) or not all(
         0 < s < config.steps for s in retrain_at):
       raise ValueError(f"retrain_at={retrain_at} must be increasing steps in (0, {config.steps}).")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtag import errors
 from jaxtag import rng as rng_lib
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.taggants import craft as craft_lib
@@ -59,8 +60,9 @@ class ProtectConfig:
 
   def __post_init__(self):
     if self.retrain_rounds < 0 or self.retrain_rounds >= self.craft.steps:
-      raise ValueError(f"ProtectConfig.retrain_rounds must be in [0, craft.steps); got "
-                       f"{self.retrain_rounds}.")
+      raise ValueError(f"{errors.option('retrain_rounds', owner='ProtectConfig')} must be in "
+                       f"[0, {errors.option('steps', owner='CraftConfig')}) = "
+                       f"[0, {self.craft.steps}); got {self.retrain_rounds}.")
 
   def retrain_steps(self) -> tuple[int, ...]:
     """The craft steps before which the surrogates are retrained (evenly spaced)."""
@@ -237,7 +239,8 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
       raise ValueError(f"{name} expects {info.sample_rate} Hz; the dataset is "
                        f"{train.sample_rate} Hz.")
   if config.retrain_rounds and retrain is None:
-    raise ValueError(f"ProtectConfig.retrain_rounds={config.retrain_rounds} needs a retrain "
+    raise ValueError(f"{errors.option('retrain_rounds', owner='ProtectConfig')}="
+                     f"{config.retrain_rounds} needs a retrain "
                      "function (protect_dataset(..., retrain=...)).")
   mesh = mesh or sharding_lib.make_mesh()
   surrogates = [craft_lib.classifier_from_trained(m) for m in members]

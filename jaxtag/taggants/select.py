@@ -12,9 +12,13 @@ the clip levels that ``loudest`` ranks by from :func:`jaxtag.taggants.protect.pr
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 from typing import Literal
 
 import numpy as np
+
+from jaxtag import errors
 
 Method = Literal["random", "grad_norm", "loudest"]
 METHODS = ("random", "grad_norm", "loudest")
@@ -55,18 +59,46 @@ class Selection:
     return Selection(idx.astype(np.int32), mask, self.key_labels)
 
 
+def _total_poisons(budget: float, num_train: int) -> int:
+  """``floor(budget * num_train)``, with a little slack so that ``k / n`` counts as ``k``."""
+  return int(np.floor(budget * num_train + 1e-9))
+
+
+def smallest_budget(num_train: int, num_keys: int, *, digits: int = 4) -> float | None:
+  """The smallest budget, written with ``digits`` significant digits, that gives each of
+  ``num_keys`` keys a poison out of ``num_train`` clips (``num_keys / num_train`` rounded up);
+  None when no budget in (0, 1] does (fewer clips than keys)."""
+  if num_keys > num_train or num_train <= 0:
+    return None
+  exact = fractions.Fraction(num_keys, num_train)
+  unit = fractions.Fraction(10) ** (math.floor(math.log10(exact)) - digits + 1)
+  steps = math.ceil(exact / unit)
+  while _total_poisons(float(steps * unit), num_train) < num_keys:  # float rounding, if ever
+    steps += 1
+  return float(min(steps * unit, 1))
+
+
 def poisons_per_key(budget: float, num_train: int, num_keys: int) -> np.ndarray:
   """How many poisons each key gets: ``floor(budget * num_train)`` split as evenly as possible.
 
   Raises:
-    ValueError: a budget outside (0, 1], or one that gives a key no poison.
+    ValueError: a budget outside (0, 1], or one that gives a key no poison (the message names
+      :func:`smallest_budget`'s value, as the caller sets the option).
   """
   if not 0.0 < budget <= 1.0:
-    raise ValueError(f"budget must be a fraction in (0, 1]; got {budget}.")
-  total = int(np.floor(budget * num_train + 1e-9))
+    raise ValueError(f"{errors.option('budget', owner='ProtectConfig')} must be a fraction in "
+                     f"(0, 1]; got {budget}.")
+  total = _total_poisons(budget, num_train)
   if total < num_keys:
+    smallest = smallest_budget(num_train, num_keys)
+    if smallest is None:
+      fix = "no budget can, with fewer training clips than keys: use fewer keys or more data"
+    else:
+      fix = (f"the smallest budget that does is {num_keys} keys / {num_train} clips = "
+             f"{num_keys / num_train:.6g}: pass "
+             f"{errors.option('budget', smallest, owner='ProtectConfig')} or more")
     raise ValueError(f"budget {budget} of {num_train} training clips gives {total} poisons for "
-                     f"{num_keys} keys; each key needs at least one (raise the budget).")
+                     f"{num_keys} keys; each key needs at least one: {fix}.")
   counts = np.full(num_keys, total // num_keys, np.int64)
   counts[: total % num_keys] += 1
   return counts

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtag import errors
 from jaxtag.taggants.alignment import Classifier, Objective, cross_entropy, tree_cosine
 from jaxtag.taggants.constraint import project, quantize_perturbation
 from jaxtag.train import augment as augment_lib
@@ -59,14 +60,18 @@ class CraftAugment:
   num_time_masks: int = 1
 
   def __post_init__(self):
+    def name(field: str) -> str:
+      return errors.option(field, owner="CraftAugment")
+
     if self.views < 1:
-      raise ValueError(f"CraftAugment.views must be >= 1; got {self.views}.")
-    if self.max_shift_seconds < 0 or self.max_gain_db < 0 or self.mixup_alpha < 0:
-      raise ValueError("CraftAugment: max_shift_seconds, max_gain_db and mixup_alpha must be >= 0.")
+      raise ValueError(f"{name('views')} must be >= 1; got {self.views}.")
+    for field in ("max_shift_seconds", "max_gain_db", "mixup_alpha"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"{name(field)} must be >= 0; got {getattr(self, field)}.")
     if not 0.0 <= self.mixup_prob <= 1.0:
-      raise ValueError(f"CraftAugment.mixup_prob must be in [0, 1]; got {self.mixup_prob}.")
+      raise ValueError(f"{name('mixup_prob')} must be in [0, 1]; got {self.mixup_prob}.")
     if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:
-      raise ValueError("CraftAugment.noise_snr_db must be (low, high) or None.")
+      raise ValueError(f"{name('noise_snr_db')} must be (low, high) or None.")
 
   @property
   def uses_features(self) -> bool:
@@ -112,19 +117,24 @@ class CraftConfig:
   unroll: bool | int | None = None
 
   def __post_init__(self):
-    if self.steps < 1 or self.restarts < 1:
-      raise ValueError(f"CraftConfig: steps and restarts must be >= 1; got {self.steps}, "
-                       f"{self.restarts}.")
-    if self.learning_rate <= 0 or not 0 < self.decay <= 1:
-      raise ValueError("CraftConfig: learning_rate must be > 0 and decay in (0, 1].")
+    def name(field: str) -> str:
+      return errors.option(field, owner="CraftConfig")
+
+    for field in ("steps", "restarts"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{name(field)} must be >= 1; got {getattr(self, field)}.")
+    if self.learning_rate <= 0:
+      raise ValueError(f"{name('learning_rate')} must be > 0; got {self.learning_rate}.")
+    if not 0 < self.decay <= 1:
+      raise ValueError(f"{name('decay')} must lie in (0, 1]; got {self.decay}.")
     if self.objective not in ("per_key", "joint"):
-      raise ValueError(f"CraftConfig.objective must be 'per_key' or 'joint'; got "
+      raise ValueError(f"{name('objective')} must be 'per_key' or 'joint'; got "
                        f"{self.objective!r}.")
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (
         not isinstance(self.unroll, int) or self.unroll < 1):
-      raise ValueError(f"CraftConfig.unroll must be None, a bool or an int >= 1; got "
+      raise ValueError(f"{name('unroll')} must be None, a bool or an int >= 1; got "
                        f"{self.unroll!r}.")
 
   def loop_unroll(self) -> bool | int:
@@ -137,7 +147,8 @@ class CraftConfig:
       return default_unroll(backend)
     if (self.unroll is True or self.unroll > 1) and backend == "cpu" and cpu_fft_can_deadlock():
       warnings.warn(
-          f"CraftConfig.unroll={self.unroll!r} on XLA:CPU with jaxlib {jax.__version__}: "
+          f"{errors.option('unroll', owner='CraftConfig')}={self.unroll!r} on XLA:CPU with jaxlib "
+          f"{jax.__version__}: "
           "concurrent FFTs of the unrolled iterations can deadlock XLA's thread pool (BUILD.md, "
           "'XLA:CPU FFT deadlock'); use unroll=None or 1, or set "
           "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false before JAX starts.", stacklevel=2)

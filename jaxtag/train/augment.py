@@ -23,6 +23,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxtag import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -55,18 +57,22 @@ class AugmentConfig:
   num_time_masks: int = 1
 
   def __post_init__(self):
+    def name(field: str) -> str:
+      return errors.option(field, owner="AugmentConfig")
+
     if self.shift_mode not in ("circular", "zero"):
-      raise ValueError(f"AugmentConfig.shift_mode must be 'circular' or 'zero'; got {self.shift_mode!r}.")
-    for name in ("max_shift_seconds", "max_gain_db", "mixup_alpha", "freq_mask_width",
-                 "time_mask_width", "num_freq_masks", "num_time_masks"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"AugmentConfig.{name} must be >= 0; got {getattr(self, name)}.")
+      raise ValueError(f"{name('shift_mode')} must be 'circular' or 'zero'; got "
+                       f"{self.shift_mode!r}.")
+    for field in ("max_shift_seconds", "max_gain_db", "mixup_alpha", "freq_mask_width",
+                  "time_mask_width", "num_freq_masks", "num_time_masks"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"{name(field)} must be >= 0; got {getattr(self, field)}.")
     if not 0.0 <= self.noise_prob <= 1.0:
-      raise ValueError(f"AugmentConfig.noise_prob must lie in [0, 1]; got {self.noise_prob}.")
+      raise ValueError(f"{name('noise_prob')} must lie in [0, 1]; got {self.noise_prob}.")
     if self.noise_snr_db is not None:
       snr = tuple(float(x) for x in self.noise_snr_db)
       if len(snr) != 2 or snr[0] > snr[1]:
-        raise ValueError(f"AugmentConfig.noise_snr_db must be (low, high) with low <= high; "
+        raise ValueError(f"{name('noise_snr_db')} must be (low, high) with low <= high; "
                          f"got {self.noise_snr_db}.")
       object.__setattr__(self, "noise_snr_db", snr)
 

@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtag import rng, sharding
+from jaxtag import errors, rng, sharding
 from jaxtag.data import pipeline
 from jaxtag.data.dataset import AudioDataset, DatasetError
 from jaxtag.train import checkpoint as ckpt
@@ -87,18 +87,22 @@ class TrainConfig:
   distill_temperature: float = 1.0
 
   def __post_init__(self):
-    for name in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                 "max_to_keep", "eval_every_epochs"):
-      if int(getattr(self, name)) <= 0:
-        raise ValueError(f"TrainConfig.{name} must be positive; got {getattr(self, name)}.")
+    def name(field: str) -> str:
+      return errors.option(field, owner="TrainConfig")
+
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                  "max_to_keep", "eval_every_epochs"):
+      if int(getattr(self, field)) <= 0:
+        raise ValueError(f"{name(field)} must be positive; got {getattr(self, field)}.")
     if self.checkpoint_every_steps < 0:
-      raise ValueError("TrainConfig.checkpoint_every_steps must be >= 0 (0: once per epoch).")
+      raise ValueError(f"{name('checkpoint_every_steps')} must be >= 0 (0: once per epoch).")
     if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"TrainConfig.label_smoothing must lie in [0, 1); got {self.label_smoothing}.")
+      raise ValueError(f"{name('label_smoothing')} must lie in [0, 1); got "
+                       f"{self.label_smoothing}.")
     if not 0.0 < self.distill_weight <= 1.0:
-      raise ValueError(f"TrainConfig.distill_weight must lie in (0, 1]; got {self.distill_weight}.")
+      raise ValueError(f"{name('distill_weight')} must lie in (0, 1]; got {self.distill_weight}.")
     if not self.distill_temperature > 0.0:
-      raise ValueError(f"TrainConfig.distill_temperature must be > 0; got "
+      raise ValueError(f"{name('distill_temperature')} must be > 0; got "
                        f"{self.distill_temperature}.")
 
 
@@ -194,8 +198,8 @@ def _check_data(config: TrainConfig, train_data: AudioDataset, others: list[Audi
   n = mesh.shape[sharding.DATA_AXIS]
   for name in ("batch_size", "eval_batch_size"):
     if getattr(config, name) % n:
-      raise ValueError(f"TrainConfig.{name}={getattr(config, name)} must be a multiple of the "
-                       f"{n} devices of the mesh.")
+      raise ValueError(f"{errors.option(name, owner='TrainConfig')}={getattr(config, name)} "
+                       f"must be a multiple of the {n} devices of the mesh.")
   for other in others:
     if other is None:
       continue
@@ -320,8 +324,9 @@ def train(config: TrainConfig, *, train_data: AudioDataset, key: jax.Array,
   _check_data(config, train_data, [validation_data, test_data], mesh)
   per_epoch = pipeline.steps_per_epoch(len(train_data), config.batch_size)
   if per_epoch == 0:
+    lower = errors.option("batch_size", owner="TrainConfig")
     raise DatasetError(f"train split has {len(train_data)} clips, fewer than batch_size="
-                       f"{config.batch_size}; lower TrainConfig.batch_size.")
+                       f"{config.batch_size}; lower {lower}.")
   total = config.num_epochs * per_epoch
   spec = state_lib.ModelSpec(config.model, train_data.num_classes, config.model_overrides)
   tx, schedule = make_optimizer(config.optim, total)

@@ -11,6 +11,8 @@ import dataclasses
 import jax
 import optax
 
+from jaxtag import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -40,14 +42,18 @@ class OptimConfig:
   eps: float = 1e-8
 
   def __post_init__(self):
+    def name(field: str) -> str:
+      return errors.option(field, owner="OptimConfig")
+
     if self.name not in ("adamw", "lamb"):
-      raise ValueError(f"OptimConfig.name must be 'adamw' or 'lamb'; got {self.name!r}.")
+      raise ValueError(f"{name('name')} must be 'adamw' or 'lamb'; got {self.name!r}.")
     if self.learning_rate <= 0:
-      raise ValueError(f"OptimConfig.learning_rate must be positive; got {self.learning_rate}.")
+      raise ValueError(f"{name('learning_rate')} must be positive; got {self.learning_rate}.")
     if self.weight_decay < 0:
-      raise ValueError(f"OptimConfig.weight_decay must be >= 0; got {self.weight_decay}.")
+      raise ValueError(f"{name('weight_decay')} must be >= 0; got {self.weight_decay}.")
     if not 0.0 <= self.end_lr_fraction <= 1.0:
-      raise ValueError(f"OptimConfig.end_lr_fraction must lie in [0, 1]; got {self.end_lr_fraction}.")
+      raise ValueError(f"{name('end_lr_fraction')} must lie in [0, 1]; got "
+                       f"{self.end_lr_fraction}.")
 
   def num_warmup_steps(self, total_steps: int) -> int:
     """Warm-up length in steps for a run of ``total_steps``."""
