@@ -163,7 +163,8 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
     description: free text for ``dataset_info.json``.
     audio_dtype: ``"int16"`` (16-bit PCM, what a published WAV holds) or ``"float32"`` (exact).
     audio_feature: ``"tensor"`` (TF-free, see module docstring) or ``"audio"`` (needs TF).
-    overwrite: replace an existing ``<data_dir>/<name>/<version>``.
+    overwrite: replace an existing ``<data_dir>/<name>/<version>`` that holds only the files a
+      TFDS export writes (anything else there is refused, never deleted).
 
   Returns:
     The dataset folder ``<data_dir>/<name>/<version>`` (for ``tfds.builder_from_directory``).
@@ -191,6 +192,8 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
   final = os.path.join(data_dir, name, version)
   if os.path.exists(final) and not overwrite:
     raise DatasetError(f"export_tfds: {final} already exists; pass overwrite=True to replace it.")
+  if os.path.exists(final):
+    _check_only_export_files(final, name)
   os.makedirs(data_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{name}-{version}.tmp-", dir=data_dir)
   try:
@@ -221,6 +224,20 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return final
+
+
+def _check_only_export_files(folder: str, name: str) -> None:
+  """Refuses to replace a version folder holding anything but what a TFDS export writes."""
+  pattern = re.compile(rf"^(dataset_info\.json|features\.json|metadata\.json|.*\.labels\.txt|"
+                       rf"{re.escape(name)}-\w+\.\w+-\d{{5}}-of-\d{{5}})$")
+  if not os.path.isdir(folder):
+    raise DatasetError(f"export_tfds: {folder} exists and is not a folder; remove it yourself.")
+  foreign = sorted(e.name for e in os.scandir(folder)
+                   if not (e.is_file(follow_symlinks=False) and pattern.match(e.name)))
+  if foreign:
+    raise DatasetError(
+        f"export_tfds: overwrite=True replaces only a TFDS dataset, but {folder} also holds "
+        f"{foreign[:5]}; move them away yourself, or export to another data_dir or name.")
 
 
 def _builder(tfds, name: str, data_dir):
