@@ -179,9 +179,15 @@ def check_destination(destination: str | os.PathLike, *, input_folder=None, owne
   return marker
 
 
+_NO_LOCKS = -1   # No flock on this platform: a temporary's writer cannot be told dead.
+
+
 def _try_lock(folder: pathlib.Path) -> int | None:
   """An fd holding an exclusive ``flock`` on ``folder``; None when another process holds it."""
-  import fcntl
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _NO_LOCKS
   fd = os.open(folder, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,8 +218,8 @@ def remove_stale(destination: str | os.PathLike) -> list[pathlib.Path]:
                      "yourself if no export is running.", entry, MARKER)
       continue
     fd = _try_lock(entry)
-    if fd is None:
-      continue   # Its writer still runs.
+    if fd is None or fd == _NO_LOCKS:
+      continue   # Its writer still runs (or, without flock, may still run).
     try:
       shutil.rmtree(entry)
     finally:
@@ -243,7 +249,7 @@ def staging(destination: str | os.PathLike, manifest: Mapping[str, Any]) -> Iter
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   finally:
-    if fd is not None:
+    if fd is not None and fd != _NO_LOCKS:
       os.close(fd)
 
 
