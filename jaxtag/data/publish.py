@@ -112,7 +112,7 @@ def write_marker(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> None
   """Writes ``folder``'s publish manifest atomically."""
   from jaxtag.audio import io as audio_io
   audio_io.write_text_atomic(pathlib.Path(folder, MARKER),
-                             json.dumps({"format": FORMAT, **manifest}, indent=1) + "\n")
+                             json.dumps({"format": FORMAT, **manifest}) + "\n")
 
 
 def listing(folder: str | os.PathLike) -> dict[str, int]:
@@ -152,7 +152,7 @@ def check_destination(destination: str | os.PathLike, *, input_folder=None, owne
   if not os.path.lexists(destination):
     return None
   if not destination.is_dir() or destination.is_symlink():
-    raise PublishError(f"{destination} exists and is not a folder; choose another "
+    raise PublishError(f"{destination} exists and is a link or not a folder; choose another "
                        f"{errors.option(name)}, or remove it yourself.")
   if not any(destination.iterdir()):
     return None
