@@ -17,7 +17,6 @@ with `--config.overwrite`, another jaxtag publication with no file added (jaxtag
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
