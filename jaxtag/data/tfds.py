@@ -34,8 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -194,9 +193,11 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
     raise DatasetError(f"export_tfds: {final} already exists; pass overwrite=True to replace it.")
   if os.path.exists(final):
     _check_only_export_files(final, name)
-  os.makedirs(data_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{name}-{version}.tmp-", dir=data_dir)
-  try:
+  from jaxtag.data import publish  # pylint: disable=g-import-not-at-top
+  # A marked, locked temporary beside the version folder; a killed export's is removed next time.
+  publish.remove_stale(final)
+  with publish.staging(final, {"stage": "export_tfds", "owner": None}) as staged:
+    tmp = os.fspath(staged)
     adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
     split_infos = []
     for split, ds in splits.items():
@@ -211,24 +212,14 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
         metadata=tfds.core.MetadataDict(
             sample_rate=first.sample_rate, audio_dtype=audio_dtype,
             audio_scale=_PCM16_SCALE if dtype == np.int16 else 1.0, exporter="jaxtag"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a published dataset is world-readable.
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    if os.path.exists(final):
-      old = tempfile.mkdtemp(prefix=f".{name}-{version}.old-", dir=data_dir)
-      os.replace(final, os.path.join(old, "v"))
-      os.replace(tmp, final)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    publish.replace(staged, pathlib.Path(final))
   return final
 
 
 def _check_only_export_files(folder: str, name: str) -> None:
   """Refuses to replace a version folder holding anything but what a TFDS export writes."""
-  pattern = re.compile(rf"^(dataset_info\.json|features\.json|metadata\.json|.*\.labels\.txt|"
+  pattern = re.compile(rf"^(\.jaxtag_publish\.json|dataset_info\.json|features\.json|"
+                       rf"metadata\.json|.*\.labels\.txt|"
                        rf"{re.escape(name)}-\w+\.\w+-\d{{5}}-of-\d{{5}})$")
   if not os.path.isdir(folder):
     raise DatasetError(f"export_tfds: {folder} exists and is not a folder; remove it yourself.")
