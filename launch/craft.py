@@ -84,9 +84,11 @@ def preflight(config: Any, workdir: pathlib.Path) -> None:
     raise FileNotFoundError(f"config.key_file={config.key_file} does not exist; make it with "
                             "launch.make_keys.")
   keys.check_outside(config.key_file, output_dir(config, workdir))
-  publish.check_destination(output_dir(config, workdir), owner=owner(workdir), name="output_dir",
-                            input_folder=publish.input_root(sources.DataSource(
-                                **config.data.to_dict())))
+  destination = output_dir(config, workdir)
+  publish.check_location(destination, publish.input_root(sources.DataSource(
+      **config.data.to_dict())), name="output_dir")
+  if not (workdir / SUMMARY).is_file():   # A finished stage is reused: it writes nothing.
+    publish.check_destination(destination, owner=owner(workdir), name="output_dir")
 
 
 def owner(workdir: pathlib.Path) -> str:
@@ -206,7 +208,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "key_file": str(config.key_file), "key_fingerprint": manifest.get("fingerprint"),
       "num_train": len(clean), "budget": config.budget,
       "num_devices": mesh.size, **report.summary(), "export_check": published.check,
-      "extra_files": published.extra_files(),
+      "extra_files": published.extra_files(limit=50),
   }
   paths = clean.paths or tuple(str(i) for i in range(len(clean)))
   full = {**summary, **report.to_json(),

@@ -45,9 +45,10 @@ def check_locations(config: Any, workdir: pathlib.Path) -> None:
   output = _output_root(config)
   keys.check_outside(workdir / SECRET_FILE, output)
   source = sources.DataSource(**config.data.to_dict())
-  publish.check_destination(output.absolute(), input_folder=publish.input_root(source),
-                            owner=_owner(workdir), replace_other_owner=config.overwrite,
-                            name="output_root", replace_option="overwrite")
+  publish.check_location(output, publish.input_root(source), name="output_root")
+  if not (workdir / SUMMARY).is_file():   # A finished stage is reused: it writes nothing.
+    publish.check_destination(output.absolute(), owner=_owner(workdir), name="output_root",
+                              replace_other_owner=config.overwrite, replace_option="overwrite")
   source_root = sources.dataset_root(source, progress=False)
   if source_root is not None:
     keys.check_outside(workdir / SECRET_FILE, source_root)
@@ -114,7 +115,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "clips": {split: len(ds) for split, ds in splits.items()}, "spec": spec.to_dict(),
       "taps": spec.taps, "patch": spec.patch,
       "snr_db": {"min": float(snr.min()), "median": float(np.median(snr))},
-      "export_check": published.check, "extra_files": published.extra_files(),
+      "export_check": published.check, "extra_files": published.extra_files(limit=50),
   }
   app.write_json(workdir / SUMMARY, summary)
   return {**summary, "reused": False}

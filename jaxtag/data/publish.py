@@ -283,11 +283,14 @@ class Published:
   skipped: dict[str, str]
   check: dict[str, Any]
 
-  def extra_files(self) -> dict[str, Any]:
-    """Counts and names of the copied, regenerated and skipped input files."""
-    return {"copied": {"count": len(self.copied), "files": list(self.copied)},
-            "regenerated": {"count": len(self.regenerated), "files": list(self.regenerated)},
-            "skipped": {"count": len(self.skipped), "files": dict(self.skipped)}}
+  def extra_files(self, limit: int | None = None) -> dict[str, Any]:
+    """Counts and names (the first ``limit`` of each kind; all of them are in the published
+    folder's manifest) of the copied, regenerated and skipped input files."""
+    skipped = list(self.skipped.items())[:limit]
+    return {"copied": {"count": len(self.copied), "files": list(self.copied[:limit])},
+            "regenerated": {"count": len(self.regenerated),
+                            "files": list(self.regenerated[:limit])},
+            "skipped": {"count": len(self.skipped), "files": dict(skipped)}}
 
 
 def _is_clip(kind: str, rel: str) -> bool:
