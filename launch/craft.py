@@ -22,10 +22,15 @@ inside the input dataset or the output, and a key file others can read is refuse
   <workdir>/craft_ckpt/         crafting checkpoints (a re-run resumes)
   <workdir>/craft_summary.json  the summary, written last: a re-run with the same config reuses
                                 the finished stage instead of crafting again
-After writing, the stage reads the train split back and checks that every poison carries exactly
-the crafted perturbation and every other clip is unchanged. The dataset is written into a
-temporary folder beside `<output_dir>` and renamed into place once complete, so a craft killed
-while exporting never leaves a half-written dataset that a re-run would trust.
+The dataset is written into a temporary folder beside `<output_dir>`, read back there (every
+split: its files and clip count, each poison carrying exactly the crafted perturbation, every
+other clip equal to the input; every copied input file byte-equal) and only then renamed into
+place, so a craft killed while exporting never leaves a half-written dataset that a re-run would
+trust, and a re-run removes the temporary folder a killed one left. The input's other files
+(README, metadata, `_background_noise_/`) are copied verbatim unless
+`--config.copy_extra_files=False`; the summary lists what was copied, regenerated or skipped.
+`output_dir` may not be the input dataset, lie inside it or contain it, and a non-empty one is
+replaced only when it holds this workdir's earlier output (jaxtag.data.publish).
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ from launch import app
 REPORT = "craft_report.json"
 SUMMARY = "craft_summary.json"   # written last: the stage finished (export read back and checked)
 PERTURBATIONS = "perturbations.npz"
-_CHECK_CHUNK = 1024  # clips compared at a time when the written dataset is read back
 
 
 def _write_secret_npz(path: pathlib.Path, **arrays) -> None:
@@ -63,11 +67,12 @@ def surrogate_dirs(config: Any) -> list[str]:
 
 
 def preflight(config: Any, workdir: pathlib.Path) -> None:
-  """Checks the inputs exist, that the key file is private, and that neither it nor this
-  workdir's secrets (poisons, perturbations, checkpoints) lie inside the input dataset or the
-  one to be published."""
+  """Checks the inputs exist; that the key file is private; that neither it nor this workdir's
+  secrets (poisons, perturbations, checkpoints) lie inside the input dataset or the one to be
+  published; and that publishing to the output folder can harm neither the input nor files
+  jaxtag did not write."""
   from jaxtag import secrets
-  from jaxtag.data import sources
+  from jaxtag.data import publish, sources
 
   for field in ("surrogate", "key_file"):
     if not config[field]:
@@ -84,10 +89,19 @@ def preflight(config: Any, workdir: pathlib.Path) -> None:
     raise FileNotFoundError(f"config.key_file={config.key_file} does not exist; make it with "
                             "launch.make_keys.")
   app.check_secret_input(config.key_file, "key file")
-  datasets = (sources.dataset_root(sources.DataSource(**config.data.to_dict()), progress=False),
-              output_dir(config, workdir))
-  secrets.check_outside(config.key_file, datasets, what="key file")
-  secrets.check_outside(workdir, datasets, what="craft workdir (it holds the poisons' record)")
+  destination = output_dir(config, workdir)
+  source_root = publish.input_root(sources.DataSource(**config.data.to_dict()))
+  secrets.check_outside(config.key_file, (source_root, destination), what="key file")
+  secrets.check_outside(workdir, (source_root, destination),
+                        what="craft workdir (it holds the poisons' record)")
+  publish.check_location(destination, source_root, name="output_dir")
+  if not (workdir / SUMMARY).is_file():   # A finished stage is reused: it writes nothing.
+    publish.check_destination(destination, owner=owner(workdir), name="output_dir")
+
+
+def owner(workdir: pathlib.Path) -> str:
+  """The owner recorded in the published dataset: this stage's workdir."""
+  return str(pathlib.Path(workdir).absolute())
 
 
 def protect_config(config: Any):
@@ -137,63 +151,6 @@ def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):
   return retrain
 
 
-def _read_back(source, destination: pathlib.Path, clean):
-  """Yields ``(rows, waveforms)``: the written train split in ``clean``'s order, a chunk of
-  clips at a time. SpeechCommands-layout output (the corpus's too) is read file by file, so at
-  most one chunk of it is in memory (for SpeechCommands' 85k clips a whole-split copy is 5.4 GB);
-  ESC-50 and TFDS output are loaded whole, then compared a chunk at a time."""
-  import dataclasses
-
-  import numpy as np
-
-  from jaxtag.audio import io as audio_io
-  from jaxtag.data import sources, speechcommands
-
-  if source.kind in ("corpus", "speech_commands") and clean.paths:
-    written, _, _ = speechcommands.list_speech_commands(destination, "train")
-    if sorted(written) != sorted(clean.paths):
-      raise RuntimeError(f"The written train split at {destination} has other files than the "
-                         f"input ({len(written)} vs {len(clean.paths)}); re-run the stage.")
-    for start in range(0, len(clean), _CHECK_CHUNK):
-      paths = clean.paths[start:start + _CHECK_CHUNK]
-      waveforms, _, _ = audio_io.read_wav_files(
-          [destination / p for p in paths], num_samples=clean.waveforms.shape[1],
-          sample_rate=clean.sample_rate, resample=False)
-      yield slice(start, start + len(paths)), waveforms
-    return
-  if source.kind == "tfds":
-    reread = sources.load_split(dataclasses.replace(source, data_dir=str(destination),
-                                                    name=f"{source.name.split(':')[0]}_protected"),
-                                "train", progress=False)
-  else:
-    reread = sources.load_split(dataclasses.replace(source, kind="speech_commands"
-                                                    if source.kind == "corpus" else source.kind,
-                                                    root=str(destination)), "train",
-                                progress=False)
-  rows = np.arange(len(clean))
-  if reread.paths and clean.paths:
-    order = {p: i for i, p in enumerate(reread.paths)}
-    rows = np.array([order[p] for p in clean.paths])
-  for start in range(0, len(clean), _CHECK_CHUNK):
-    chunk = slice(start, start + _CHECK_CHUNK)
-    yield chunk, reread.waveforms[rows[chunk]]
-
-
-def check_export(source, destination: pathlib.Path, clean, protected) -> dict[str, Any]:
-  """Reads the written train split back: poisons must carry their perturbation to 16-bit
-  precision and every other clip must equal the input. Compared a chunk at a time (float32
-  differences of 16-bit values are exact), so memory does not grow with the dataset."""
-  import numpy as np
-
-  max_error, changed = 0.0, 0
-  for rows, back in _read_back(source, destination, clean):
-    max_error = max(max_error, float(np.max(np.abs(back - protected.waveforms[rows]),
-                                            initial=0.0)))
-    changed += int(np.any(back != clean.waveforms[rows], axis=1).sum())
-  return {"max_abs_error": max_error, "error_in_lsb": max_error * 32768.0,
-          "clips_changed": changed}
-
-
 def plot_report(report, path: pathlib.Path) -> None:
   """Loss per step and SNR per poison, written atomically and owner-only."""
   import io
@@ -232,6 +189,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
   preflight(config, workdir)
   destination = output_dir(config, workdir)
+  publish.remove_stale(destination)   # Before a finished run is reused: it never exports.
   done = app.finished(config, workdir, SUMMARY, requires=(str(destination),))
   if done is not None:
     return done
@@ -249,16 +207,17 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       checkpoint_dir=workdir / "craft_ckpt", checkpoint_every=config.checkpoint_every,
       progress=config.progress,
       retrain=retrainer(config, workdir, splits, mesh) if config.retrain_rounds else None)
-  publish.export_splits(source, {**splits, "train": protected}, destination)
-  check = check_export(source, destination, clean, protected)
-  if check["error_in_lsb"] != 0.0 or check["clips_changed"] > report.poison_indices.size:
-    raise RuntimeError(f"The written dataset at {destination} does not hold the crafted clips: "
-                       f"{check}. Nothing else was changed; re-run the stage.")
+  # Read back before it is published: poisons exact to the 16-bit step, nothing else changed.
+  published = publish.export_splits(
+      source, {**splits, "train": protected}, destination, clean=splits, owner=owner(workdir),
+      stage="craft", copy_extra_files=config.copy_extra_files, max_error_lsb=0.0,
+      max_changed={"train": int(report.poison_indices.size)}, name="output_dir")
   summary = {
       "protected_dataset": str(destination), "surrogate": str(config.surrogate),
       "key_file": str(config.key_file), "key_fingerprint": manifest.get("fingerprint"),
       "num_train": len(clean), "budget": config.budget,
-      "num_devices": mesh.size, **report.summary(), "export_check": check,
+      "num_devices": mesh.size, **report.summary(), "export_check": published.check,
+      "extra_files": published.extra_files(limit=50),
       "splits": sources.describe_splits(splits),
   }
   paths = clean.paths or tuple(str(i) for i in range(len(clean)))
@@ -266,9 +225,10 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
           "poison_files": [paths[i] for i in report.poison_indices],
           "key_labels": [clean.class_names[i] for i in np.asarray(secret.labels)]}
   app.write_json(workdir / REPORT, full, secret=True)
-  _write_secret_npz(workdir / PERTURBATIONS, indices=report.poison_indices, keys=report.poison_keys,
-             files=np.array(full["poison_files"]),
-             delta=protected.waveforms[report.poison_indices] - clean.waveforms[report.poison_indices])
+  poisons = report.poison_indices
+  _write_secret_npz(workdir / PERTURBATIONS, indices=poisons, keys=report.poison_keys,
+                    files=np.array(full["poison_files"]),
+                    delta=protected.waveforms[poisons] - clean.waveforms[poisons])
   plot_report(report, workdir / "craft_report.png")
   app.write_json(workdir / SUMMARY, summary, secret=True)
   return {**summary, "reused": False}

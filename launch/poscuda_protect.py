@@ -4,17 +4,19 @@ r"""Stage: protect a dataset's train split with PosCUDA and write it in its inpu
       --workdir=workdirs/poscuda_secret --config.output_root=workdirs/corpus_poscuda
 
 The filters come from the run's `poscuda` stream. The published folder holds the protected train
-split and clean copies of the other splits (and of `_background_noise_/`); the secret file
+split and clean copies of the other splits, and the input's other files (README, metadata,
+`_background_noise_/`) byte for byte unless `--config.copy_extra_files=False`. The secret file
 `<workdir>/poscuda.npz` (0o600, SHA-256 manifest) is refused inside the source or output folder.
-The dataset is written into a temporary folder and renamed into place once complete;
-`<workdir>/protect_summary.json` comes last. A re-run with the same config reuses a finished run,
-and an interrupted one reuses its secret file (when made by the same recipe) and writes the
-dataset again; `--config.overwrite` is needed only for an `output_root` this workdir did not write.
+The dataset is written into a temporary folder, read back there (every split, every copied file)
+and renamed into place once complete; `<workdir>/protect_summary.json` comes last. A re-run with
+the same config reuses a finished run, and an interrupted one reuses its secret file (when made by
+the same recipe) and writes the dataset again. `output_root` may not be the source, lie inside it
+or contain it; a non-empty one is replaced only when it holds this workdir's earlier output, or
+with `--config.overwrite`, another jaxtag publication with no file added (jaxtag.data.publish).
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -22,8 +24,6 @@ from launch import app
 
 SECRET_FILE = "poscuda.npz"
 SUMMARY = "protect_summary.json"   # written last: the protected dataset is complete
-# Written before the export starts: this workdir owns output_root and may replace it on a re-run.
-EXPORT_RECORD = "export_target.json"
 
 
 def _output_root(config: Any) -> pathlib.Path:
@@ -34,21 +34,28 @@ def _output_root(config: Any) -> pathlib.Path:
 
 
 def check_locations(config: Any, workdir: pathlib.Path) -> None:
-  """Refuses a secret file inside the source or the protected dataset, and a tfds source."""
+  """Refuses a secret file inside the source or the protected dataset, a tfds source, and an
+  output_root that publishing would damage (jaxtag.data.publish.check_destination)."""
   from jaxtag import keys
-  from jaxtag.data import sources
+  from jaxtag.data import publish, sources
 
   if config.data.kind == "tfds":
     raise ValueError("poscuda_protect: a tfds source has no folder layout to write back; export "
                      "it with jaxtag.data.speechcommands.export_speech_commands first.")
   output = _output_root(config)
   keys.check_outside(workdir / SECRET_FILE, output)
-  source_root = sources.dataset_root(sources.DataSource(**config.data.to_dict()), progress=False)
+  source = sources.DataSource(**config.data.to_dict())
+  publish.check_location(output, publish.input_root(source), name="output_root")
+  if not (workdir / SUMMARY).is_file():   # A finished stage is reused: it writes nothing.
+    publish.check_destination(output.absolute(), owner=_owner(workdir), name="output_root",
+                              replace_other_owner=config.overwrite, replace_option="overwrite")
+  source_root = sources.dataset_root(source, progress=False)
   if source_root is not None:
     keys.check_outside(workdir / SECRET_FILE, source_root)
-    if output.resolve() == pathlib.Path(source_root).resolve():
-      raise ValueError(f"poscuda_protect: output_root {str(output)!r} is the source dataset; "
-                       "write the protected copy elsewhere.")
+
+
+def _owner(workdir: pathlib.Path) -> str:
+  return str(pathlib.Path(workdir).absolute())
 
 
 def spec_from_config(spec_config: Any, dataset) -> Any:
@@ -70,20 +77,6 @@ def spec_from_config(spec_config: Any, dataset) -> Any:
   return spec
 
 
-def _claim_output(config: Any, workdir: pathlib.Path) -> pathlib.Path:
-  """The output folder, refused when it holds data that this workdir did not write (unless
-  ``config.overwrite``); records the claim so that a re-run may replace its own partial work."""
-  output = _output_root(config).absolute()
-  record = workdir / EXPORT_RECORD
-  ours = record.is_file() and json.loads(record.read_text()).get("output_root") == str(output)
-  if output.is_dir() and any(output.iterdir()) and not (ours or config.overwrite):
-    raise ValueError(f"poscuda_protect: output_root {str(output)!r} is not empty and was not "
-                     "written by this workdir; choose an empty folder or pass "
-                     "--config.overwrite=True to replace it.")
-  app.write_json(record, {"output_root": str(output)})
-  return output
-
-
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Draws the filters, protects the train split, writes dataset and secret; returns a summary."""
   import numpy as np
@@ -92,8 +85,9 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   from jaxtag.data import publish, sources
 
   check_locations(config, workdir)
-  output = _output_root(config)
-  done = app.finished(config, workdir, SUMMARY, requires=(str(output.absolute()), SECRET_FILE))
+  output = _output_root(config).absolute()
+  publish.remove_stale(output)   # Before a finished run is reused: it never exports.
+  done = app.finished(config, workdir, SUMMARY, requires=(str(output), SECRET_FILE))
   if done is not None:
     return done
   source = sources.DataSource(**config.data.to_dict())
@@ -109,12 +103,14 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       key, seed=int(config.seed), stream="poscuda",
       recipe="jaxtag.poscuda.make_filters(jaxtag.rng.stream(jax.random.key(seed), 'poscuda'), "
              "spec, C)")
-  output = _claim_output(config, workdir)
   secret, _ = poscuda.make_or_reuse_filters(
       secret_path, key, spec, class_names=train.class_names, provenance=provenance,
       overwrite=config.overwrite, dataset_root=output)
   splits["train"] = poscuda.protect_dataset(train, secret, batch_size=config.batch_size)
-  publish.export_splits(source, splits, output)
+  published = publish.export_splits(
+      source, splits, output, owner=_owner(workdir), stage="poscuda_protect",
+      copy_extra_files=config.copy_extra_files, replace_other_owner=config.overwrite,
+      name="output_root", replace_option="overwrite")
   snr = poscuda.snr_in_batches(train.waveforms, splits["train"].waveforms,
                                batch_size=config.batch_size)
   summary = {
@@ -122,6 +118,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "clips": {split: len(ds) for split, ds in splits.items()}, "spec": spec.to_dict(),
       "taps": spec.taps, "patch": spec.patch,
       "snr_db": {"min": float(snr.min()), "median": float(np.median(snr))},
+      "export_check": published.check, "extra_files": published.extra_files(limit=50),
   }
   app.write_json(workdir / SUMMARY, summary)
   return {**summary, "reused": False}

@@ -283,6 +283,10 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
   with pytest.raises(DatasetError, match="not a jaxtag corpus"):
     corpus.synthesize_corpus(root, TINY, num_workers=0, progress=False)
   assert (root / "thesis.txt").read_text() == "precious"
+  (root / "manifest.json").write_text('{"files": 3}')   # A manifest, but not the corpus's.
+  with pytest.raises(DatasetError, match="not a jaxtag corpus"):
+    corpus.synthesize_corpus(root, TINY, num_workers=0, progress=False)
+  assert (root / "thesis.txt").read_text() == "precious"
 
 
 def test_loads_through_speech_commands_loader(tiny_root):

@@ -92,13 +92,13 @@ def test_protected_dataset_holds_exactly_the_crafted_taggants(demo_run):
 
 @pytest.mark.parametrize("by_file", [True, False])
 def test_craft_export_check_catches_a_one_step_change(demo_run, monkeypatch, by_file):
-  """The launcher's read-back check, chunked so that its memory does not grow with the dataset
-  (file by file where clips have paths, else from the loaded split), finds a single 16-bit step
-  of difference anywhere, and refuses a written split with other files than the input."""
+  """The read-back check craft runs before publishing, chunked so that its memory does not grow
+  with the dataset (file by file where clips have paths, else from the loaded split), finds a
+  single 16-bit step of difference anywhere, and refuses a written split with other files than
+  the input."""
   import dataclasses
 
-  from jaxtag.data import sources
-  from launch import craft
+  from jaxtag.data import readback, sources
   workdir, _, _ = demo_run
   summary = json.loads((workdir / "demo_summary.json").read_text())
   protected_root = pathlib.Path(summary["craft"]["protected_dataset"])
@@ -106,23 +106,81 @@ def test_craft_export_check_catches_a_one_step_change(demo_run, monkeypatch, by_
   if not by_file:
     clean, protected = (dataclasses.replace(d, paths=None) for d in (clean, protected))
   source = sources.DataSource(kind="speech_commands", root=str(protected_root))
-  monkeypatch.setattr(craft, "_CHECK_CHUNK", 3)
+  monkeypatch.setattr(readback, "CHECK_CHUNK", 3)
   record = np.load(workdir / "craft" / "perturbations.npz")
   num_changed = int(np.any(record["delta"] != 0, axis=1).sum())
-  check = craft.check_export(source, protected_root, clean, protected)
-  assert check == {"max_abs_error": 0.0, "error_in_lsb": 0.0, "clips_changed": num_changed}
+
+  def check(written, reference=clean):
+    return readback.check_export(source, protected_root, {"train": written},
+                                 clean={"train": reference})
+
+  assert {k: v for k, v in check(protected).items() if k != "splits"} == {
+      "max_abs_error": 0.0, "error_in_lsb": 0.0, "clips_changed": num_changed,
+      "extra_files_checked": 0}
   # The last clip that is not a poison: with 3-clip chunks, in one of the later chunks.
   clip = max(set(range(len(clean))) - set(record["indices"].tolist()))
   tampered = protected.waveforms.copy()
   tampered[clip, 100] += 1.0 / 32768
-  check = craft.check_export(source, protected_root, clean, protected.with_waveforms(tampered))
-  assert check["error_in_lsb"] == pytest.approx(1.0)
+  result = check(protected.with_waveforms(tampered))
+  assert result["error_in_lsb"] == pytest.approx(1.0)
   # The written files themselves were not touched, so no extra clip counts as changed.
-  assert check["clips_changed"] == num_changed
+  assert result["clips_changed"] == num_changed
   if by_file:
     renamed = dataclasses.replace(clean, paths=clean.paths[:-1] + ("yes/other_nohash_9.wav",))
-    with pytest.raises(RuntimeError, match="other files than the input"):
-      craft.check_export(source, protected_root, renamed, protected)
+    with pytest.raises(readback.ReadBackError, match="other files than the input"):
+      check(renamed, renamed)
+
+
+def test_craft_publishes_a_complete_copy_and_never_over_the_input(demo_run, tmp_path):
+  """The demo's protected copy holds every file of the corpus (non-audio and background noise
+  byte for byte) and every split, recorded in the summary; a craft whose output_dir is the input
+  or holds a user's file is refused before anything is written; a craft reused from its summary
+  still removes the temporary folder a killed export left."""
+  import ml_collections
+
+  from jaxtag.data import publish, speechcommands
+  from launch import craft
+  workdir, _, env = demo_run
+  summary = json.loads((workdir / "demo_summary.json").read_text())
+  data_root = pathlib.Path(summary["data"]["root"])
+  protected_root = pathlib.Path(summary["craft"]["protected_dataset"])
+  extra = summary["craft"]["extra_files"]
+  skipped = {".jaxtag_corpus", "manifest.json"}   # They describe the clean corpus cache.
+  assert set(extra["skipped"]["files"]) == skipped
+  inputs, outputs = publish.listing(data_root), publish.listing(protected_root)
+  assert set(outputs) == set(inputs) - skipped | {publish.MARKER}
+  assert any(p.startswith("_background_noise_/") for p in extra["copied"]["files"])
+  for rel in extra["copied"]["files"]:
+    assert (protected_root / rel).read_bytes() == (data_root / rel).read_bytes(), rel
+  for split in ("train", "validation", "test"):
+    clips = speechcommands.list_speech_commands(protected_root, split)[0]
+    assert clips == speechcommands.list_speech_commands(data_root, split)[0]
+    assert summary["craft"]["export_check"]["splits"][split]["clips"] == len(clips)
+
+  config = ml_collections.ConfigDict(json.loads((workdir / "craft" / "config.json").read_text()))
+  stale = protected_root.with_name(f".{protected_root.name}.tmp-{os.getpid()}")
+  stale.mkdir()
+  (stale / publish.MARKER).write_text("{}")
+  assert craft.run_stage(config, workdir / "craft")["reused"]
+  assert not stale.exists()
+
+  before = {p: p.read_bytes() for p in sorted(data_root.rglob("*")) if p.is_file()}
+  cmd = [sys.executable, "-m", "launch.craft", "--config=launch/configs/craft.py:tiny",
+         f"--workdir={tmp_path / 'craft'}", f"--config.surrogate={workdir / 'surrogate'}",
+         f"--config.key_file={workdir / 'keys' / 'keys.npz'}", f"--config.output_dir={data_root}"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1 and "is the input dataset" in proc.stderr, proc.stderr[-2000:]
+  assert "Choose another --config.output_dir" in proc.stderr
+  assert {p: p.read_bytes() for p in sorted(data_root.rglob("*")) if p.is_file()} == before
+  assert not (tmp_path / "craft").exists()
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine")
+  config.unlock()
+  config.output_dir = str(mine)
+  with pytest.raises(publish.PublishError, match="not empty.*Choose an empty or new output_dir"):
+    craft.run_stage(config, tmp_path / "other")
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_key_file_is_secret_intact_and_outside_dataset(demo_run):

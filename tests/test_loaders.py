@@ -121,6 +121,14 @@ def test_speech_commands_export_refuses_non_empty_then_overwrites(tmp_path):
   speechcommands.export_speech_commands(new, tmp_path, overwrite=True)
   loaded = speechcommands.load_speech_commands(tmp_path, on_empty_class="skip")
   assert len(loaded) == 4  # Clips of the first export were removed, not loaded as train.
+  # A folder that no export wrote: overwrite=True refuses it and deletes nothing.
+  theirs = tmp_path / "theirs"
+  speechcommands.export_speech_commands(new, theirs)
+  os.remove(theirs / ".jaxtag_publish.json")
+  before = sorted(p.relative_to(theirs) for p in theirs.rglob("*"))
+  with pytest.raises(DatasetError, match="not written by one"):
+    speechcommands.export_speech_commands(_random_split(rng, "train", 2), theirs, overwrite=True)
+  assert sorted(p.relative_to(theirs) for p in theirs.rglob("*")) == before
 
 
 def test_speech_commands_export_rejects_path_in_wrong_class_folder(tmp_path):

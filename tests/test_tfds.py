@@ -173,6 +173,16 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path, splits):
   np.testing.assert_allclose(got.waveforms, _representable(louder["train"].waveforms),
                              atol=PCM_TOL)
   assert sorted(os.listdir(tmp_path)) == ["again"]
+  stale = tmp_path / "again" / ".1.0.0.tmp-1"   # A killed export's: marked, its lock free.
+  stale.mkdir()
+  (stale / ".jaxtag_publish.json").write_text("{}")
+  jtfds.export_tfds(splits, tmp_path, name="again", overwrite=True)
+  assert sorted(os.listdir(tmp_path / "again")) == ["1.0.0"]
+  notes = tmp_path / "again" / "1.0.0" / "notes.txt"   # Not a TFDS export file: never deleted.
+  notes.write_text("mine")
+  with pytest.raises(DatasetError, match=r"overwrite=True replaces only .*notes.txt"):
+    jtfds.export_tfds(splits, tmp_path, name="again", overwrite=True)
+  assert notes.read_text() == "mine"
 
 
 def test_export_rejects_bad_input(tmp_path, splits):

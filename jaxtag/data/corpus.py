@@ -223,12 +223,20 @@ def _folder_lock(root: pathlib.Path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _our_manifest(root: pathlib.Path) -> bool:
+  """Whether ``root/manifest.json`` is this module's (a user's folder may hold a manifest.json)."""
+  try:
+    return json.loads((root / MANIFEST_NAME).read_text()).get("generator") == "jaxtag.data.corpus"
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
 def _discard(root: pathlib.Path) -> None:
   """Removes an earlier, incomplete or stale corpus; refuses to delete anything else."""
   if not root.exists():
     return
   if not root.is_dir() or (any(root.iterdir()) and not (root / _MARKER_NAME).exists()
-                           and not (root / MANIFEST_NAME).exists()):
+                           and not _our_manifest(root)):
     raise DatasetError(f"{root} exists and is not a jaxtag corpus folder; refusing to overwrite "
                        "it. Pass an empty or new folder to synthesize_corpus.")
   shutil.rmtree(root)

@@ -258,7 +258,7 @@ def export_esc50(
     root: destination folder.
     sample_rate: rate of the written files (default: the dataset's).
     overwrite: allow a non-empty ``root`` (existing files of the same names are replaced; the csv
-      lists only the clips written now).
+      lists only the clips written now; nothing is deleted).
     subtype: WAV sample format (16-bit PCM by default).
 
   Returns:

@@ -410,8 +410,12 @@ def export_speech_commands(
     root: destination folder.
     background_noise: optional ``{name: waveform}`` written to ``_background_noise_/<name>.wav``
       at the datasets' sample rate.
-    overwrite: allow a non-empty ``root``. The export then replaces the dataset there: WAV files in
-      class folders that it did not write are deleted, because they would load as training clips.
+    overwrite: allow a non-empty ``root`` that holds an earlier export (its ``.jaxtag_publish.json``
+      lists what that export wrote). The export then replaces it: clips of the earlier export
+      that it does not write again are deleted, because they would load as training clips.
+      Nothing that jaxtag did not write is deleted or overwritten: a clip, split list or noise
+      file it does not know is refused before anything is written; other files (README...) are
+      left as they are.
     subtype: WAV sample format (16-bit PCM by default).
     max_workers: writer threads.
 
@@ -419,8 +423,9 @@ def export_speech_commands(
     ``{split: relative paths written}``.
 
   Raises:
-    DatasetError: non-empty root without ``overwrite``, unknown split names, datasets that do not
-      agree, or paths that do not match their labels or repeat.
+    DatasetError: non-empty root without ``overwrite``, a file at ``root`` that the export would
+      replace or delete but that no earlier export wrote, unknown split names, datasets that do
+      not agree, or paths that do not match their labels or repeat.
   """
   if isinstance(datasets, AudioDataset):
     datasets = {datasets.split: datasets}
@@ -443,29 +448,65 @@ def export_speech_commands(
   for split in sorted(datasets, key=SPLITS.index):
     ds = datasets[split]
     written[split] = _export_paths(ds, used, counters)
-    jobs += [(os.path.join(root, p), ds.waveforms[i]) for i, p in enumerate(written[split])]
+    jobs += [(p, ds.waveforms[i]) for i, p in enumerate(written[split])]
   for name, wave in (background_noise or {}).items():
     name = name if name.lower().endswith(".wav") else f"{name}.wav"
-    jobs.append((os.path.join(root, BACKGROUND_NOISE_DIR, os.path.basename(name)), wave))
+    jobs.append((f"{BACKGROUND_NOISE_DIR}/{os.path.basename(name)}", wave))
+  targets = [p for p, _ in jobs] + list(SPLIT_LISTS.values())
+  earlier = _earlier_export(root, targets) if os.path.isdir(root) else set()
+  # The plan is recorded first, so that a re-run after a kill may replace what this one wrote.
+  _write_record(root, written, set(targets) | earlier)
   workers = max_workers or min(16, (os.cpu_count() or 1) + 4)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    list(pool.map(lambda job: audio_io.write_wav(job[0], job[1], first.sample_rate,
-                                                 subtype=subtype), jobs))
+    list(pool.map(lambda job: audio_io.write_wav(os.path.join(root, job[0]), job[1],
+                                                 first.sample_rate, subtype=subtype), jobs))
   for split, list_name in SPLIT_LISTS.items():
     lines = "".join(f"{p}\n" for p in written.get(split, []))
     audio_io.write_text_atomic(os.path.join(root, list_name), lines)
-  if overwrite:
-    _remove_stale_clips(root, used)
+  _remove_stale_clips(root, used, earlier)
+  kept = {p for p in earlier if os.path.isfile(os.path.join(root, p))}
+  _write_record(root, written, set(targets) | kept)
   return written
 
 
-def _remove_stale_clips(root: str, keep: set[str]) -> None:
-  for entry in os.scandir(root):
-    if not _is_class_dir(entry):
-      continue
-    for f in _wav_files(entry.path):
-      if f"{entry.name}/{f}" not in keep:
-        logger.info("export_speech_commands: removing stale clip %s", os.path.join(entry.path, f))
-        os.remove(os.path.join(entry.path, f))
-    if not os.listdir(entry.path):
-      os.rmdir(entry.path)  # An empty class folder would fail the next load.
+def _clips_on_disk(root: str) -> set[str]:
+  return {f"{e.name}/{f}" for e in os.scandir(root) if _is_class_dir(e) for f in _wav_files(e.path)}
+
+
+def _earlier_export(root: str, targets: Sequence[str]) -> set[str]:
+  """The files an earlier export recorded at ``root``; raises when the export would replace or
+  delete a file that it did not write (a clip, list or noise file no record names)."""
+  from jaxtag.data import publish  # pylint: disable=g-import-not-at-top
+  record = publish.read_marker(root) or {}
+  earlier = set(record.get("files", {}))
+  at_risk = {p for p in targets if os.path.lexists(os.path.join(root, p))} | _clips_on_disk(root)
+  foreign = sorted(at_risk - earlier)
+  if foreign:
+    raise DatasetError(
+        f"{root}: overwrite=True replaces only an earlier export, but {len(foreign)} file(s) "
+        f"there were not written by one (e.g. {foreign[:5]}) and would be replaced, or loaded as "
+        "clips of the new dataset. Choose an empty folder, or move them away yourself.")
+  return earlier
+
+
+def _write_record(root: str, written: Mapping[str, list[str]], files: set[str]) -> None:
+  from jaxtag.data import publish  # pylint: disable=g-import-not-at-top
+  sizes = {p: os.path.getsize(os.path.join(root, p)) if os.path.isfile(os.path.join(root, p))
+           else -1 for p in sorted(files)}
+  publish.write_marker(root, {"stage": "export_speech_commands", "owner": None,
+                              "state": "complete" if -1 not in sizes.values() else "writing",
+                              "splits": {s: {"count": len(p), "files": p}
+                                         for s, p in written.items()},
+                              "files": sizes})
+
+
+def _remove_stale_clips(root: str, keep: set[str], earlier: set[str]) -> None:
+  """Deletes the clips of an earlier export (``earlier``) that this one did not write."""
+  for rel in sorted(_clips_on_disk(root) - keep):
+    if rel not in earlier:
+      continue   # Refused before writing (_earlier_export); never deleted.
+    logger.info("export_speech_commands: removing stale clip %s", os.path.join(root, rel))
+    os.remove(os.path.join(root, rel))
+    folder = os.path.join(root, rel.split("/", 1)[0])
+    if not os.listdir(folder):
+      os.rmdir(folder)  # An empty class folder would fail the next load.

@@ -34,8 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -163,7 +162,8 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
     description: free text for ``dataset_info.json``.
     audio_dtype: ``"int16"`` (16-bit PCM, what a published WAV holds) or ``"float32"`` (exact).
     audio_feature: ``"tensor"`` (TF-free, see module docstring) or ``"audio"`` (needs TF).
-    overwrite: replace an existing ``<data_dir>/<name>/<version>``.
+    overwrite: replace an existing ``<data_dir>/<name>/<version>`` that holds only the files a
+      TFDS export writes (anything else there is refused, never deleted).
 
   Returns:
     The dataset folder ``<data_dir>/<name>/<version>`` (for ``tfds.builder_from_directory``).
@@ -191,9 +191,13 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
   final = os.path.join(data_dir, name, version)
   if os.path.exists(final) and not overwrite:
     raise DatasetError(f"export_tfds: {final} already exists; pass overwrite=True to replace it.")
-  os.makedirs(data_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{name}-{version}.tmp-", dir=data_dir)
-  try:
+  if os.path.exists(final):
+    _check_only_export_files(final, name)
+  from jaxtag.data import publish  # pylint: disable=g-import-not-at-top
+  # A marked, locked temporary beside the version folder; a killed export's is removed next time.
+  publish.remove_stale(final)
+  with publish.staging(final, {"stage": "export_tfds", "owner": None}) as staged:
+    tmp = os.fspath(staged)
     adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
     split_infos = []
     for split, ds in splits.items():
@@ -208,19 +212,23 @@ def export_tfds(datasets: AudioDataset | Mapping[str, AudioDataset], data_dir: s
         metadata=tfds.core.MetadataDict(
             sample_rate=first.sample_rate, audio_dtype=audio_dtype,
             audio_scale=_PCM16_SCALE if dtype == np.int16 else 1.0, exporter="jaxtag"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a published dataset is world-readable.
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    if os.path.exists(final):
-      old = tempfile.mkdtemp(prefix=f".{name}-{version}.old-", dir=data_dir)
-      os.replace(final, os.path.join(old, "v"))
-      os.replace(tmp, final)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    publish.replace(staged, pathlib.Path(final))
   return final
+
+
+def _check_only_export_files(folder: str, name: str) -> None:
+  """Refuses to replace a version folder holding anything but what a TFDS export writes."""
+  pattern = re.compile(rf"^(\.jaxtag_publish\.json|dataset_info\.json|features\.json|"
+                       rf"metadata\.json|.*\.labels\.txt|"
+                       rf"{re.escape(name)}-\w+\.\w+-\d{{5}}-of-\d{{5}})$")
+  if not os.path.isdir(folder):
+    raise DatasetError(f"export_tfds: {folder} exists and is not a folder; remove it yourself.")
+  foreign = sorted(e.name for e in os.scandir(folder)
+                   if not (e.is_file(follow_symlinks=False) and pattern.match(e.name)))
+  if foreign:
+    raise DatasetError(
+        f"export_tfds: overwrite=True replaces only a TFDS dataset, but {folder} also holds "
+        f"{foreign[:5]}; move them away yourself, or export to another data_dir or name.")
 
 
 def _builder(tfds, name: str, data_dir):

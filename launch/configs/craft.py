@@ -47,6 +47,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.surrogate = ml_collections.FieldReference(None, field_type=str)
   config.key_file = ml_collections.FieldReference(None, field_type=str)    # from make_keys
   config.output_dir = ml_collections.FieldReference(None, field_type=str)  # default <workdir>/protected
+  # copy the input's other files (README, metadata, _background_noise_/) verbatim into output_dir
+  config.copy_extra_files = True
   config.budget = 0.01              # fraction of the training set perturbed
   config.selection = "random"       # random | grad_norm | loudest
   # poisons need an SNR budget of >= this many 16-bit steps RMS (quieter clips export ~nothing)

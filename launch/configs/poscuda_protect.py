@@ -35,7 +35,11 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.data = common.data_config("corpus", preset=arg or "default")
   config.spec = spec_config()
   config.output_root = ml_collections.FieldReference(None, field_type=str)  # required
-  config.overwrite = False     # replace a non-empty output_root
+  # replace an output_root that another run published (never a folder jaxtag did not publish),
+  # and a secret file of another recipe
+  config.overwrite = False
+  # copy the input's other files (README, metadata, _background_noise_/) verbatim
+  config.copy_extra_files = True
   config.batch_size = 256      # clips per jitted protection call
   config.progress = False
   return config
