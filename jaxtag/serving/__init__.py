@@ -35,9 +35,10 @@ The server holds under slow or many clients (uvicorn underneath; BUILD.md, "Serv
 
 * a deadline per request: headers and body must arrive within ``request_timeout`` seconds of the
   connection being accepted, or the client gets a 408 and the connection is closed;
-* at most ``max_concurrent_requests`` requests in flight (connections being received, waiting for
-  the model or being answered); past that, at once, ``503 {"error": ...}`` with ``Retry-After``,
-  never a stalled accept;
+* at most ``max_concurrent_requests`` requests in flight (headers received, not yet answered:
+  body being read, waiting for the model, or being answered); past that, at once,
+  ``503 {"error": ...}`` with ``Retry-After``; accepting connections never stalls, and a client
+  still sending its headers holds no slot (only a socket, until the deadline);
 * a listen ``backlog`` sized for bursts (the kernel caps it at ``net.core.somaxconn``);
 * a bounded graceful shutdown: stop accepting, let requests in flight finish for at most
   ``drain_timeout`` seconds, then answer the rest 503 and exit.

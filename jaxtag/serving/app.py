@@ -108,11 +108,12 @@ class BlackBoxApp:
 
   Args:
     server: the :class:`jaxtag.serving.server.BlackBoxServer` it answers for (its ``limits``,
-      ``info()``, ``open_connections()`` and ``run_model()``).
+      ``info()`` and ``run_model()``).
   """
 
   def __init__(self, server):
     self.server = server
+    self.in_flight = 0  # Requests admitted and not yet answered (the event loop is one thread).
 
   async def __call__(self, scope, receive, send) -> None:
     if scope["type"] != "http":
@@ -120,7 +121,15 @@ class BlackBoxApp:
     request = _Request(scope, receive)
     start = time.perf_counter()
     status, headers, payload, drain = 500, {}, None, True
+    admitted = False
     try:
+      limit = self.server.limits.max_concurrent_requests
+      if self.in_flight >= limit:
+        raise ApiError(503, f"server busy: {self.in_flight} requests in flight, at most {limit} "
+                       f"are served at once; retry in {RETRY_AFTER_SECONDS} s.",
+                       {"Retry-After": str(RETRY_AFTER_SECONDS)})
+      self.in_flight += 1
+      admitted = True
       payload = await self._answer(request)
       status = 200
     except ApiError as e:
@@ -140,16 +149,12 @@ class BlackBoxApp:
           await request.drain()
         await _send_json(send, status, payload, headers)
     finally:
+      self.in_flight -= admitted
       _log.info("%s %s %s -> %d (%d B in, %.1f ms)", request.client, request.method,
                 request.target, status, request.body_bytes, 1e3 * (time.perf_counter() - start))
 
   async def _answer(self, request: _Request) -> Any:
     server = self.server
-    in_flight, limit = server.open_connections(), server.limits.max_concurrent_requests
-    if in_flight > limit:
-      raise ApiError(503, f"server busy: {in_flight} requests in flight, at most {limit} are "
-                     f"served at once; retry in {RETRY_AFTER_SECONDS} s.",
-                     {"Retry-After": str(RETRY_AFTER_SECONDS)})
     path = request.path.rstrip("/") or "/"
     method = ROUTES.get(path)
     if method is None:

@@ -152,22 +152,29 @@ class BlackBoxServer:
     self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     self._executor = concurrent.futures.ThreadPoolExecutor(
         min(_MAX_WORKERS, limits.max_concurrent_requests), thread_name_prefix="jaxtag-serve")
+    self._app = app_lib.BlackBoxApp(self)
     config = uvicorn.Config(
-        app_lib.BlackBoxApp(self), http=deadline_protocol(limits.request_timeout), ws="none",
+        self._app, http=deadline_protocol(limits.request_timeout), ws="none",
         lifespan="off", loop="asyncio", interface="asgi3", log_config=None, access_log=False,
         proxy_headers=False, server_header=False, headers=[("Server", "jaxtag-serve")],
         backlog=backlog, timeout_keep_alive=max(1, int(limits.request_timeout)),
         timeout_graceful_shutdown=drain_timeout)
     self._uvicorn = uvicorn.Server(config)
     self._thread: threading.Thread | None = None
+    self._done = threading.Event()  # Set when the serving thread ends.
     self._failure: BaseException | None = None
 
   def __repr__(self) -> str:
     return f"BlackBoxServer({self.url}, {self.blackbox!r})"
 
   def open_connections(self) -> int:
-    """Connections open now: requests being received, waiting for the model, or answered."""
+    """Connections open now, requests in flight or not yet past their headers."""
     return len(self._uvicorn.server_state.connections)
+
+  def requests_in_flight(self) -> int:
+    """Requests admitted (headers received) and not yet answered: at most
+    ``limits.max_concurrent_requests``."""
+    return self._app.in_flight
 
   def info(self) -> dict[str, Any]:
     box = self.blackbox
@@ -201,6 +208,8 @@ class BlackBoxServer:
     except BaseException as e:  # noqa: BLE001 -- reported by start() or stop().
       self._failure = e
       _log.exception("Serving %s failed", self.url)
+    finally:
+      self._done.set()
 
   def start(self, timeout: float = 30.0) -> None:
     """Starts serving in a background thread; returns once connections are being accepted.
@@ -215,14 +224,16 @@ class BlackBoxServer:
     self._thread.start()
     deadline = time.monotonic() + timeout
     while not self._uvicorn.started:
-      if not self._thread.is_alive() or time.monotonic() > deadline:
+      if self._done.is_set() or time.monotonic() > deadline:
         raise RuntimeError(f"{self!r} did not start ({self._failure!r}); see the log.")
       time.sleep(0.01)
 
   def wait(self, poll_interval: float = 0.5) -> None:
     """Blocks until the server stops (Ctrl-C still raises ``KeyboardInterrupt`` here)."""
-    while self._thread is not None and self._thread.is_alive():
-      self._thread.join(poll_interval)
+    # Sleeps rather than Thread.join: a KeyboardInterrupt inside join() can leave the thread
+    # marked as finished while it runs (CPython), and stop() would then not wait for the drain.
+    while self._thread is not None and not self._done.is_set():
+      time.sleep(poll_interval)
 
   def stop(self) -> None:
     """Stops accepting, lets requests in flight finish for at most ``drain_timeout`` seconds,
@@ -230,8 +241,8 @@ class BlackBoxServer:
     thread, self._thread = self._thread, None
     if thread is not None:
       self._uvicorn.should_exit = True
-      thread.join(self.drain_timeout + 10.0)  # uvicorn itself bounds the drain; this is a guard.
-      if thread.is_alive():
+      # uvicorn itself bounds the drain; this is a guard.
+      if not self._done.wait(self.drain_timeout + 10.0):
         _log.error("%s: the serving thread did not stop within %.0f s.", self.url,
                    self.drain_timeout + 10.0)
     self._executor.shutdown(wait=False, cancel_futures=True)
