@@ -247,6 +247,7 @@ def main(argv=None) -> dict:
   from jaxtag.taggants import blackbox
 
   env = harness.environment()
+  env["versions"].update(harness.package_versions(("uvicorn", "h11")))
   results = {"bench": "serve", "env": env, "trickle_interval_s": TRICKLE_INTERVAL, "impls": {}}
   with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
     workdir = args.workdir
