@@ -149,7 +149,12 @@ def make_server(blackbox, *, host: str = "127.0.0.1", port: int = 0,
 
 def serve_forever(server: BlackBoxServer, *, poll_interval: float = 0.5) -> None:
   """Serves until KeyboardInterrupt (Ctrl-C, or SIGTERM under ``launch/serve.py``), then stops
-  accepting and lets requests in flight finish for at most ``server.drain_timeout`` seconds."""
+  accepting and lets requests in flight finish for at most ``server.drain_timeout`` seconds.
+
+  Args:
+    server: from :func:`make_server`, not yet started.
+    poll_interval: seconds between checks that the serving thread is still running.
+  """
   _log.info("Serving %s on %s", server.blackbox, server.url)
   try:
     server.start()
@@ -163,10 +168,18 @@ def serve_forever(server: BlackBoxServer, *, poll_interval: float = 0.5) -> None
 
 @contextlib.contextmanager
 def running(server: BlackBoxServer, *, poll_interval: float = 0.05):
-  """Serves in a background thread for the ``with`` block; shuts down and closes at its end."""
-  del poll_interval  # Kept for callers of the http.server version; the event loop needs none.
-  server.start()
+  """Serves in a background thread for the ``with`` block; shuts down and closes at its end.
+
+  Args:
+    server: from :func:`make_server`, not yet started.
+    poll_interval: unused (the ``http.server`` version polled); kept for its callers.
+
+  Yields:
+    ``server``, accepting connections.
+  """
+  del poll_interval
   try:
+    server.start()
     yield server
   finally:
     server.stop()
