@@ -267,7 +267,10 @@ def _split_answer(answer: bytes) -> tuple[int, dict]:
   return int(head.split()[1]), json.loads(body)
 
 
-def test_body_cut_short_by_the_client_gets_400_not_a_silent_close(server):
+def test_half_closing_clients_get_answers_and_a_short_body_400_not_a_silent_close(server):
+  status, answer = _split_answer(_raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                                               half_close=True))
+  assert (status, answer) == (200, {"status": "ok"})
   body = wav(clips(1, 9)[0])
   request = (b"POST /v1/classify?k=1 HTTP/1.1\r\nHost: t\r\nContent-Type: audio/wav\r\n"
              b"Content-Length: %d\r\n\r\n" % len(body)) + body[:500]

@@ -6,8 +6,8 @@ uvicorn gives as it is: an event loop that never stops accepting (a slow client 
 a thread), the listen backlog, and a graceful shutdown bounded by ``timeout_graceful_shutdown``.
 What this file adds (BUILD.md, "Serving", says why): a deadline on receiving each request, headers
 and body together, which uvicorn does not have (its keep-alive timer is reset by every byte and is
-not armed before the first request); JSON for the 400 that uvicorn answers in plain text; and a
-400 instead of a dropped connection when a client half-closes before the end of its body.
+not armed before the first request); JSON for the 400 that uvicorn answers in plain text; and an
+answer (a 400 if its body is short) instead of a dropped connection when a client half-closes.
 """
 
 from __future__ import annotations
@@ -96,14 +96,17 @@ def deadline_protocol(request_timeout: float) -> type[asyncio.Protocol]:
       self.transport.close()
 
     def eof_received(self):
+      # A client may half-close once it has sent its request; uvicorn would then close without
+      # answering. Keep the connection open for the answer instead.
       cycle = self.cycle
-      if cycle is not None and cycle.more_body and not cycle.response_started:
-        # The client stopped sending before the end of its body: end the body here so that the
-        # app answers 400 (body shorter than its Content-Length) instead of a silent close.
+      if cycle is None or cycle.response_complete:
+        return super().eof_received()
+      if cycle.more_body and not cycle.response_started:
+        # It stopped before the end of its body: end the body here, so that the app answers
+        # 400 (body shorter than its Content-Length) instead of a silent close.
         cycle.more_body = False
         cycle.message_event.set()
-        return True  # Keep the connection open for writing the answer.
-      return super().eof_received()
+      return True
 
     def send_400_response(self, msg: str) -> None:
       del msg  # uvicorn's plain-text message; every answer of this API is JSON.
