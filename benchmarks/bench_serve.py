@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import http.client
 import importlib.util
 import inspect
@@ -126,12 +125,6 @@ def trickle(address, prefix: bytes, limit: float, halt: threading.Event,
   return None
 
 
-@contextlib.contextmanager
-def serving_thread(serving, server):
-  with serving.running(server):
-    yield server
-
-
 def measure_burst(serving, box, body: bytes, bursts: int) -> list[dict]:
   runs = []
   for _ in range(bursts):
@@ -145,7 +138,7 @@ def measure_burst(serving, box, body: bytes, bursts: int) -> list[dict]:
       except Exception as e:  # noqa: BLE001 -- counted by kind.
         return type(e).__name__
 
-    with serving_thread(serving, server), concurrent.futures.ThreadPoolExecutor(50) as pool:
+    with serving.running(server), concurrent.futures.ThreadPoolExecutor(50) as pool:
       outcomes = list(pool.map(client, range(50)))
     runs.append({k: outcomes.count(k) for k in sorted(set(outcomes))})
   return runs
@@ -154,7 +147,7 @@ def measure_burst(serving, box, body: bytes, bursts: int) -> list[dict]:
 def measure_tricklers(serving, box, body: bytes, prefix: bytes) -> dict:
   server = make(serving, box, request_timeout=5.0, drain_timeout=1.0)
   halt = threading.Event()
-  with serving_thread(serving, server):
+  with serving.running(server):
     post(server.server_address, body, timeout=30.0)  # Compile the batch-of-one path first.
     connected = [threading.Event() for _ in range(32)]
     threads = [threading.Thread(target=trickle, args=(server.server_address, prefix, 60.0, halt,
@@ -178,7 +171,7 @@ def measure_tricklers(serving, box, body: bytes, prefix: bytes) -> dict:
 def measure_deadline(serving, box) -> dict:
   server = make(serving, box, request_timeout=5.0, drain_timeout=1.0)
   halt = threading.Event()
-  with serving_thread(serving, server), concurrent.futures.ThreadPoolExecutor(2) as pool:
+  with serving.running(server), concurrent.futures.ThreadPoolExecutor(2) as pool:
     futures = {name: pool.submit(trickle, server.server_address, prefix, 30.0, halt)
                for name, prefix in (("headers", _HEADERS_PREFIX), ("body", _BODY_PREFIX))}
     cut = {name: f.result() for name, f in futures.items()}
