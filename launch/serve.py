@@ -3,7 +3,8 @@ r"""Stage: serve a trained model over HTTP, answering top-k labels only (jaxtag.
   .venv/bin/python -m launch.serve --config=launch/configs/serve.py \
       --config.model_workdir=workdirs/suspect --config.port=8080
 
-Prints the URL and serves until Ctrl-C (or SIGTERM); requests in flight finish first.
+Prints the URL and serves until Ctrl-C (or SIGTERM); requests in flight get at most
+--config.drain_timeout seconds to finish.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def build_server(config: Any):
       default_k=config.default_k,
       on_rate_mismatch=config.on_rate_mismatch, on_stereo=config.on_stereo,
       request_timeout=config.request_timeout,
-      max_concurrent_requests=config.max_concurrent_requests)
+      max_concurrent_requests=config.max_concurrent_requests, backlog=config.backlog,
+      drain_timeout=config.drain_timeout)
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -56,7 +58,7 @@ def run_stage(config: Any, workdir: pathlib.Path | None = None) -> None:
   box = server.blackbox
   print(f"Serving {config.model_workdir} ({len(box.class_names)} classes, {box.sample_rate} Hz) "
         f"at {server.url}  (GET {server.url}/v1/info, POST {server.url}/v1/classify?k=5); "
-        "Ctrl-C stops.", flush=True)
+        f"Ctrl-C stops (drain at most {config.drain_timeout:g} s).", flush=True)
   _stop_on_signals()
   serving.serve_forever(server)
   print("Server stopped.", flush=True)

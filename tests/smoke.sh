@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Smoke job for a second interpreter / jax line (CI: Python 3.12 with jax 0.11.x, `make smoke312`).
 # Not the test suite: the demo chain on the tiny config, crafting with rolled and unrolled loops,
-# a re-run of the demo on the same workdir (resume), verify, the XLA:CPU deadlock test and a few
-# fast test files. Every step runs under a timeout and prints a timestamped line; every step runs
+# a re-run of the demo on the same workdir (resume), verify, the XLA:CPU deadlock test, a few
+# fast test files and the HTTP server tests. Every step runs under a timeout and prints a timestamped line; every step runs
 # even when an earlier one failed (one log shows everything); the exit status is 1 if any failed.
 #
 #   tests/smoke.sh [PYTHON]        # default: .venv312/bin/python; work files under $SMOKE_DIR
@@ -68,6 +68,10 @@ step demo-rerun "$PY" -m launch.demo --config=launch/configs/demo.py:tiny --work
 
 step fast-tests "$PY" -m pytest -q -p no:cacheprovider -x tests/test_configs.py \
   tests/test_stats.py tests/test_audio_stft.py tests/test_augment.py tests/test_sharding.py
+
+# The HTTP server on this interpreter's asyncio (Python 3.12 changed Server.wait_closed): ~35 s.
+step serve-tests "$PY" -m pytest -q -p no:cacheprovider -x tests/test_serve.py \
+  tests/test_serve_load.py
 
 say "done in $(( $(date +%s) - t0 ))s; failed: ${failed[*]:-none}"
 [ "${#failed[@]}" -eq 0 ]

@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -246,3 +247,39 @@ def test_launcher_prints_url_serves_and_stops_on_ctrl_c(tiny_workdir, inherited)
   assert proc.returncode == 0, err[-3000:]
   assert "Server stopped." in out
   assert "POST /v1/classify?k=1 -> 200" in err  # one log line per request
+
+
+def _raw_exchange(server, data: bytes, *, half_close: bool) -> bytes:
+  """Sends raw bytes over one connection (then half-closes if asked); returns all it answers."""
+  with socket.create_connection(server.server_address[:2], timeout=20) as sock:
+    sock.sendall(data)
+    if half_close:
+      sock.shutdown(socket.SHUT_WR)
+    answer = b""
+    while chunk := sock.recv(65536):
+      answer += chunk
+  return answer
+
+
+def _split_answer(answer: bytes) -> tuple[int, dict]:
+  head, _, body = answer.partition(b"\r\n\r\n")
+  assert b"application/json" in head.lower(), head
+  return int(head.split()[1]), json.loads(body)
+
+
+def test_half_closing_clients_get_answers_and_a_short_body_400_not_a_silent_close(server):
+  status, answer = _split_answer(_raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                                               half_close=True))
+  assert (status, answer) == (200, {"status": "ok"})
+  body = wav(clips(1, 9)[0])
+  request = (b"POST /v1/classify?k=1 HTTP/1.1\r\nHost: t\r\nContent-Type: audio/wav\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(body)) + body[:500]
+  status, answer = _split_answer(_raw_exchange(server, request, half_close=True))
+  assert status == 400
+  assert answer == {"error": f"body has 500 bytes but Content-Length says {len(body)}."}
+
+
+def test_malformed_http_gets_a_json_400(server):
+  status, answer = _split_answer(_raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n",
+                                               half_close=False))
+  assert status == 400 and "malformed HTTP request" in answer["error"]

@@ -7,7 +7,8 @@ Then `curl -s http://127.0.0.1:8080/v1/info` and
 `curl -s -H 'Content-Type: audio/wav' --data-binary @clip.wav \
     'http://127.0.0.1:8080/v1/classify?k=5'`.
 Verification reaches it with `jaxtag.taggants.blackbox.open_blackbox("http://127.0.0.1:8080")`.
-Ctrl-C stops it (requests in flight finish first). No --workdir: serving writes nothing.
+Ctrl-C or SIGTERM stops it: it stops accepting and gives requests in flight at most
+`drain_timeout` seconds. No --workdir: serving writes nothing.
 """
 
 import ml_collections
@@ -26,6 +27,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.default_k = 5                  # k when a request gives none
   config.on_rate_mismatch = "reject"    # reject | resample
   config.on_stereo = "reject"           # reject | mean
-  config.request_timeout = 30.0         # seconds per connection
-  config.max_concurrent_requests = 32
+  config.request_timeout = 30.0         # deadline for a whole request (headers + body); then 408
+  config.max_concurrent_requests = 32   # requests in flight; past it, 503 with Retry-After
+  config.backlog = 1024                 # listen backlog for bursts (capped by net.core.somaxconn)
+  config.drain_timeout = 10.0           # on Ctrl-C/SIGTERM, seconds requests in flight may take
   return config
