@@ -7,7 +7,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= test,tfds
+# quality: PESQ/STOI of the poisons in the craft report and the demo (jaxtag.audio.quality).
+EXTRAS ?= test,tfds,quality
 WORKDIR ?= workdirs/demo
 DEMO_CONFIG ?= launch/configs/demo.py
 PYTEST_ARGS ?=

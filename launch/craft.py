@@ -15,13 +15,20 @@ inside the input dataset or the output, and a key file others can read is refuse
 `--allow_readable_secrets`):
   <output_dir>/             the protected dataset: every split, in the input's folder layout,
                             16-bit WAV (only the poisons of the train split differ from the input)
-  <workdir>/craft_report.json   poisons (index, file, key), SNR, losses, alignment, per-step loss
+  <workdir>/craft_report.json   poisons (index, file, key), SNR, losses, alignment, per-step loss,
+                                and the summary's `quality` block with its per-poison figures
   <workdir>/craft_report.png    loss per step and the SNR of every poison
   <workdir>/perturbations.npz   the owner's record: poison indices, files, keys and the exact
                                 (16-bit) perturbation of each
   <workdir>/craft_ckpt/         crafting checkpoints (a re-run resumes)
   <workdir>/craft_summary.json  the summary, written last: a re-run with the same config reuses
-                                the finished stage instead of crafting again
+                                the finished stage instead of crafting again.
+                                Its `quality` block (jaxtag.audio.quality): the per-poison SNR
+                                (min / median / mean / max), the dataset-level SNR (the energy of
+                                every clean training clip over the total perturbation energy; not
+                                a per-poison figure), and PESQ wideband and STOI of the exported
+                                poisons against their clean clips (None, with the reason, without
+                                the `quality` extra: pip install 'jaxtag[quality]')
 The dataset is written into a temporary folder beside `<output_dir>`, read back there (every
 split: its files and clip count, each poison carrying exactly the crafted perturbation, every
 other clip equal to the input; every copied input file byte-equal) and only then renamed into
@@ -184,6 +191,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
   from jaxtag import keys as keys_lib
   from jaxtag import rng, secrets, sharding, train
+  from jaxtag.audio import quality
   from jaxtag.data import publish, sources
   from jaxtag.taggants import protect
 
@@ -212,20 +220,24 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       source, {**splits, "train": protected}, destination, clean=splits, owner=owner(workdir),
       stage="craft", copy_extra_files=config.copy_extra_files, max_error_lsb=0.0,
       max_changed={"train": int(report.poison_indices.size)}, name="output_dir")
+  poisons = report.poison_indices
+  measured = quality.perturbation_quality(
+      clean.waveforms, protected.waveforms[poisons], poisons, sample_rate=clean.sample_rate,
+      max_perceptual_clips=config.quality_max_clips or None)
   summary = {
       "protected_dataset": str(destination), "surrogate": str(config.surrogate),
       "key_file": str(config.key_file), "key_fingerprint": manifest.get("fingerprint"),
       "num_train": len(clean), "budget": config.budget,
-      "num_devices": mesh.size, **report.summary(), "export_check": published.check,
+      "num_devices": mesh.size, **report.summary(), "quality": measured.summary(),
+      "export_check": published.check,
       "extra_files": published.extra_files(limit=50),
       "splits": sources.describe_splits(splits),
   }
   paths = clean.paths or tuple(str(i) for i in range(len(clean)))
-  full = {**summary, **report.to_json(),
+  full = {**summary, **report.to_json(), "quality": measured.to_json(),
           "poison_files": [paths[i] for i in report.poison_indices],
           "key_labels": [clean.class_names[i] for i in np.asarray(secret.labels)]}
   app.write_json(workdir / REPORT, full, secret=True)
-  poisons = report.poison_indices
   _write_secret_npz(workdir / PERTURBATIONS, indices=poisons, keys=report.poison_keys,
                     files=np.array(full["poison_files"]),
                     delta=protected.waveforms[poisons] - clean.waveforms[poisons])

@@ -58,6 +58,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # Witches' Brew retraining: retrain the surrogates this many times during the craft (evenly
   # spaced; each with its workdir's recipe, on the data crafted so far); needs craft.restarts=1
   config.retrain_rounds = 0
+  # PESQ/STOI of at most this many poisons against their clean clips (an evenly spaced subset
+  # beyond; 0: every poison); needs the `quality` extra (pip install 'jaxtag[quality]')
+  config.quality_max_clips = 1000
   config.num_devices = 0            # 0: every device
   config.checkpoint_every = 25
   config.progress = True
