@@ -197,10 +197,11 @@ def main(config, workdir):
   effect = report["taggant_effect"]
   print(f"key-label shift (white-box, suspect - benign, same seed): log p(key label) "
         f"{effect['mean']:+.3f} nats on average (min {effect['min']:+.3f}, max "
-        f"{effect['max']:+.3f}). A diagnostic of this pair of models, not a bound and not what "
-        f"the black-box verification sees: it includes any effect of merely changing those clips, "
-        f"which can move keys either way (placebo in benchmarks/RESULTS.md); a top-1 hit needs "
-        f"the key's label to overtake every other class")
+        f"{effect['max']:+.3f})")
+  print("  a white-box diagnostic of this pair of models, not a bound on the taggants' effect and "
+        "not what the black-box verification sees: it includes any effect of merely changing "
+        "those clips, which can move keys either way (placebo: benchmarks/RESULTS.md); a top-1 "
+        "hit needs the key's label to overtake every other class")
   drop = report["benign"].get("test/accuracy", 0) - report["suspect"].get("test/accuracy", 0)
   print(f"test-accuracy cost of the protection: {100 * drop:+.1f} points (benign - suspect)")
   print("wall time per stage (s): " + ", ".join(

@@ -51,6 +51,21 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
   assert len(effect["delta_log_prob"]) == summary["keys"]["num_keys"]
   assert np.isclose(effect["mean"], np.mean(effect["delta_log_prob"]))
   assert "key-label shift (white-box" in out
+  # Item 10 of issue 18: the shift is a diagnostic of one pair of models, not a bound.
+  assert "upper bound" not in out and "not a bound" in out
+  measured = summary["craft"]["quality"]
+  clip = measured["clip_snr_db"]
+  assert (f"SNR per poison: min {clip['min']:.1f} dB, median {clip['median']:.1f} dB; "
+          f"dataset-level SNR {measured['dataset_snr_db']:.1f} dB (energy of all "
+          f"{summary['craft']['num_train']} training clips") in out
+  assert f"perceptual quality of {measured['perceptual_clips']} poisons" in out
+  for name, field in (("PESQ-WB", "pesq_wb"), ("STOI", "stoi")):
+    if measured[field] is None:   # the quality extra is absent: the reason is printed
+      assert f"{name} not measured" in out and "pip install" in measured[field + "_reason"]
+    else:
+      assert f"median {measured[field]['median']:.{2 if name == 'PESQ-WB' else 4}f}" in out
+  cost = summary["benign"]["test/accuracy"] - summary["suspect"]["test/accuracy"]
+  assert f"test-accuracy cost of the protection: {100 * cost:+.1f} points" in out
 
 
 def _read_train(root):
@@ -88,6 +103,28 @@ def test_protected_dataset_holds_exactly_the_crafted_taggants(demo_run):
   snr = 10 * np.log10(power / np.maximum(noise, 1e-300))
   assert np.all(snr >= floor), (snr, floor)
   assert summary["craft"]["snr_db_min"] == pytest.approx(snr.min(), abs=1e-3)
+  # The quality block, against the WAVs read back: per poison, and over the whole training set.
+  measured = summary["craft"]["quality"]
+  assert measured["clip_snr_db"]["min"] == pytest.approx(snr.min(), abs=0.01)
+  assert measured["clip_snr_db"]["median"] == pytest.approx(np.median(snr), abs=0.01)
+  dataset_snr = 10 * np.log10(np.sum(np.square(clean.waveforms, dtype=np.float64))
+                              / np.sum(noise))
+  assert measured["dataset_snr_db"] == pytest.approx(dataset_snr, abs=0.01)
+  assert measured["num_clips"] == len(clean) and measured["num_perturbed"] == poisons.size
+  try:
+    import pesq
+    import pystoi
+  except ImportError:
+    assert "pip install 'jaxtag[quality]'" in measured["pesq_wb_reason"]
+    return
+  wideband = [pesq.pesq(16000, clean.waveforms[i].astype(np.float64),
+                        protected.waveforms[i].astype(np.float64), "wb") for i in poisons]
+  intelligibility = [pystoi.stoi(clean.waveforms[i], protected.waveforms[i], 16000)
+                     for i in poisons]
+  assert clean.sample_rate == 16000 and measured["perceptual_clips"] == poisons.size
+  assert measured["pesq_wb"]["median"] == pytest.approx(np.median(wideband), abs=1e-3)
+  assert measured["pesq_wb"]["min"] == pytest.approx(np.min(wideband), abs=1e-3)
+  assert measured["stoi"]["median"] == pytest.approx(np.median(intelligibility), abs=1e-4)
 
 
 @pytest.mark.parametrize("by_file", [True, False])

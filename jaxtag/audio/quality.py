@@ -19,8 +19,11 @@ well-kept reference implementations, an optional extra (``pip install 'jaxtag[qu
 * **STOI** (Taal et al. 2011, 0 to 1), by ``pystoi``, at any rate (it resamples to 10 kHz).
 
 A missing package leaves its figure ``None`` with the reason and one logged line naming the
-install command; a clip that a metric cannot score (PESQ finds no utterance in a near-silent
-clip; STOI finds fewer than 30 non-silent frames) scores NaN and is counted, never raised.
+install command; a clip that a metric cannot score (PESQ's voice-activity detector finds no
+utterance: a silent clip, or a short word over background noise in a 1 s keyword clip; STOI
+finds fewer than 30 non-silent frames) scores NaN and is counted, never raised. Both metrics were
+validated on sentences of several seconds; on 1 s keyword clips read them as indicative, and at
+the SNRs taggants use (55 dB) expect them at their ceilings (PESQ 4.64, STOI 1.0).
 
 Host-side numpy (float64 energies), not jit-able; this module imports nothing else from jaxtag
 except :mod:`jaxtag.audio.io` (resampling).
@@ -44,7 +47,7 @@ _log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'jaxtag[quality]' (or: pip install pesq pystoi)"
 PESQ_RATE = 16000   # wideband PESQ (P.862.2) is defined at 16 kHz
 # Every poison of a 1% SpeechCommands v2 budget (~850) is scored; above this, an evenly spaced
-# subset. PESQ + STOI cost ~15 ms per 1 s clip on a 2-core VM (benchmarks/RESULTS.md).
+# subset. PESQ + STOI cost ~9 ms per 1 s clip on a 2-core VM (benchmarks/bench_quality.py).
 DEFAULT_MAX_PERCEPTUAL_CLIPS = 1000
 
 
@@ -271,8 +274,8 @@ def perturbation_quality(clean_waveforms, perturbed, indices, *, sample_rate: in
     sample_rate: of the clips, in Hz.
     perceptual: measure PESQ and STOI (False: SNR only, nothing imported).
     max_perceptual_clips: score at most this many clips with PESQ and STOI (an evenly spaced
-      subset of ``indices``; about 15 ms per 1 s clip on a 2-core VM, so the default scores all
-      ~850 poisons of a 1% SpeechCommands v2 budget in ~13 s); None: every clip.
+      subset of ``indices``; about 9 ms per 1 s clip on a 2-core VM, so the default scores all
+      ~850 poisons of a 1% SpeechCommands v2 budget in ~8 s); None: every clip.
 
   Returns:
     A :class:`PerturbationQuality`.

@@ -5,6 +5,12 @@ hits or does not. While developing a protection it is more telling to ask how fa
 moved each key's label: the log-probability of the key's label under a model trained on the
 protected data, minus that under a *paired control* trained on the clean data with the same seed,
 initialisation and data order (so that the only difference is the perturbed clips).
+
+That difference is a diagnostic of one pair of models, not a bound on the taggants' effect: it
+includes any effect of merely changing those clips (training from scratch, a placebo that
+perturbs the same clips without alignment moves keys about as much, either way:
+``benchmarks/taggant_placebo.py`` and benchmarks/RESULTS.md), and it is not what black-box
+verification sees.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ def key_scores(trained, keys, *, batch_size: int = 64) -> KeyScores:
 
 
 def paired_effect(treated: KeyScores, control: KeyScores) -> dict:
-  """The taggants' effect per key: treated minus control log-probability of the key's label,
-  with the mean, the minimum and the maximum, and both models' ranks."""
+  """Per key, treated minus control log-probability of the key's label (the change between the
+  two models: the taggants' effect plus that of changing the clips at all, see the module
+  docstring), with the mean, the minimum and the maximum, and both models' ranks."""
   delta = treated.log_prob - control.log_prob
   return {"delta_log_prob": delta.tolist(), "mean": float(delta.mean()),
           "min": float(delta.min()), "max": float(delta.max()),
