@@ -159,8 +159,9 @@ def _perceptual_line(quality: dict[str, Any] | None) -> str:
     failed = sum((quality.get(field + "_failures") or {}).values())
     parts.append(f"{name} median {_number(stats['median'], fmt)} (min {_number(stats['min'], fmt)}"
                  f"{f', {failed} unscorable' if failed else ''})")
-  measured = quality.get("perceptual_clips", "the")
-  return f"perceptual quality of {measured} poisons vs their clean clips: " + "; ".join(parts)
+  measured = quality.get("perceptual_clips")
+  clips = "the poisons" if measured is None else f"{measured} poison{'s' * (measured != 1)}"
+  return f"perceptual quality of {clips} vs their clean clips: " + "; ".join(parts)
 
 
 def _number(value: float | None, fmt: str) -> str:

@@ -58,7 +58,7 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
   assert (f"SNR per poison: min {clip['min']:.1f} dB, median {clip['median']:.1f} dB; "
           f"dataset-level SNR {measured['dataset_snr_db']:.1f} dB (energy of all "
           f"{summary['craft']['num_train']} training clips") in out
-  assert f"perceptual quality of {measured['perceptual_clips']} poisons" in out
+  assert f"perceptual quality of {measured['perceptual_clips']} poison" in out
   for name, field in (("PESQ-WB", "pesq_wb"), ("STOI", "stoi")):
     if measured[field] is None:   # the quality extra is absent: the reason is printed
       assert f"{name} not measured" in out and "pip install" in measured[field + "_reason"]

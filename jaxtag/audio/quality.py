@@ -44,7 +44,7 @@ from jaxtag.audio import io as audio_io
 
 _log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'jaxtag[quality]' (or: pip install pesq pystoi)"
+INSTALL_HINT = "pip install 'jaxtag[quality]'"
 PESQ_RATE = 16000   # wideband PESQ (P.862.2) is defined at 16 kHz
 # Every poison of a 1% SpeechCommands v2 budget (~850) is scored; above this, an evenly spaced
 # subset. PESQ + STOI cost ~9 ms per 1 s clip on a 2-core VM (benchmarks/bench_quality.py).
@@ -107,7 +107,7 @@ def dataset_snr_db(clean_waveforms, perturbations) -> float:
 
 
 def _not_installed(name: str) -> str:
-  return f"{name} is not installed; {INSTALL_HINT}"
+  return f"{name} is not installed: {INSTALL_HINT}"
 
 
 def _import(name: str):
@@ -311,8 +311,8 @@ def perturbation_quality(clean_waveforms, perturbed, indices, *, sample_rate: in
     seconds[name] = time.perf_counter() - start
   missing = [name for name, r in results.items() if r[1] == _not_installed(name)]
   if missing:
-    _log.warning("PESQ/STOI: %s not installed, perceptual quality not measured; %s",
-                 " and ".join(missing), INSTALL_HINT)
+    _log.warning("PESQ/STOI not measured: %s not installed; %s (pip install %s)",
+                 " and ".join(missing), INSTALL_HINT, " ".join(missing))
   return PerturbationQuality(
       num_clips=num_clips, indices=indices, clip_snr_db=clip_snr_db(clean, perturbed),
       dataset_snr_db=dataset_snr_db(clean_waveforms, perturbed - clean), measured=measured,
