@@ -94,7 +94,11 @@ def test_pesq_and_stoi_are_at_their_maximum_for_an_unchanged_clip_and_fall_with_
   assert summary["pesq_wb"]["median"] == pytest.approx(np.median(result.pesq_wb), abs=1e-3)
   assert summary["stoi"]["min"] == pytest.approx(result.stoi.min(), abs=1e-4)
   assert summary["pesq_wb_reason"] is None and summary["stoi_reason"] is None
-  json.dumps(result.to_json(), allow_nan=False)   # strict JSON: inf/NaN became null
+  full = result.to_json()
+  json.dumps(full, allow_nan=False)   # strict JSON: inf/NaN became null
+  assert full["pesq_wb_per_clip"] == pytest.approx(result.pesq_wb.tolist())
+  # Timings only in the full report: a resumed run's summary must equal an uninterrupted one's.
+  assert set(full["perceptual_seconds"]) == {"pesq", "stoi"} and "seconds" not in str(summary)
 
 
 def test_unscorable_clips_score_nan_and_are_counted_never_raised():

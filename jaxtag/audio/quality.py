@@ -234,7 +234,8 @@ class PerturbationQuality:
   seconds: dict[str, float]
 
   def summary(self) -> dict[str, Any]:
-    """The headline figures (JSON-friendly: non-finite numbers become None)."""
+    """The headline figures (JSON-friendly: non-finite numbers become None); results only, no
+    timings, so that a resumed run's summary equals an uninterrupted one's."""
     return {
         "num_clips": self.num_clips,
         "num_perturbed": int(self.indices.size),
@@ -246,18 +247,19 @@ class PerturbationQuality:
         "pesq_wb_failures": dict(self.pesq_failures),
         "stoi": _stats(self.stoi, digits=4), "stoi_reason": self.stoi_reason,
         "stoi_failures": dict(self.stoi_failures),
-        "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
     }
 
   def to_json(self) -> dict[str, Any]:
-    """The summary with the per-clip figures (None for non-finite values)."""
+    """The summary with the per-clip figures (None for non-finite values) and the wall time of
+    the PESQ and STOI passes (``perceptual_seconds``)."""
     def listed(values):
       return None if values is None else [
           float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
     return {**self.summary(), "indices": np.asarray(self.indices).tolist(),
             "clip_snr_db_per_clip": listed(self.clip_snr_db),
             "perceptual_indices": np.asarray(self.indices)[self.measured].tolist(),
-            "pesq_wb_per_clip": listed(self.pesq_wb), "stoi_per_clip": listed(self.stoi)}
+            "pesq_wb_per_clip": listed(self.pesq_wb), "stoi_per_clip": listed(self.stoi),
+            "perceptual_seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
 def perturbation_quality(clean_waveforms, perturbed, indices, *, sample_rate: int,
