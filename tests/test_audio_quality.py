@@ -1,4 +1,4 @@
-"""Tests for jaxtag.audio.quality: per-clip and dataset-level SNR, PESQ and STOI of perturbations."""
+"""Tests for jaxtag.audio.quality: per-clip and dataset-level SNR, PESQ and STOI."""
 
 import json
 import logging

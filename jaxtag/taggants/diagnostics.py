@@ -1,8 +1,8 @@
 """White-box diagnostics of a taggant experiment (the owner's lab tools, not verification).
 
 Verification (``jaxtag.taggants.verify``) sees only a suspect's top-k labels, and a key either
-hits or does not. While developing a protection it is more telling to ask how far the taggants
-moved each key's label: the log-probability of the key's label under a model trained on the
+hits or does not. While developing a protection it is more telling to ask how far each key's
+label moved: the log-probability of the key's label under a model trained on the
 protected data, minus that under a *paired control* trained on the clean data with the same seed,
 initialisation and data order (so that the only difference is the perturbed clips).
 

@@ -44,7 +44,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.suspect.seed = 1
   # The benign model is the suspect's paired control: same recipe, seed and data order, clean data,
   # so the only difference between the two runs is the perturbed clips (the demo reports how far
-  # the taggants moved each key's label between them; jaxtag.taggants.diagnostics).
+  # each key's label moved between them: a white-box diagnostic that includes any effect of
+  # changing those clips at all, not a bound on the taggants' effect; jaxtag.taggants.diagnostics).
   config.benign = ml_collections.ConfigDict(config.suspect.to_dict())
   for stage in ("surrogate", "suspect", "benign"):
     config[stage].data = config.data   # the suspect's data source is set to the protected copy
