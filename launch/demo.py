@@ -135,10 +135,12 @@ def _taggant_effect(workdir: pathlib.Path, key_file: str) -> dict[str, Any]:
   return diagnostics.paired_effect(scores["suspect"], scores["benign"])
 
 
-def _budget_line(quality: dict[str, Any] | None) -> str:
+def _budget_line(crafted: dict[str, Any]) -> str:
   """The taggants' SNR, per poison and over the whole training set (never one for the other)."""
-  if not quality:
-    return "SNR of the taggants: not measured"
+  quality = crafted.get("quality")
+  if not quality:   # a craft summary from before the quality block: the crafted figures only
+    return (f"SNR per poison: min {crafted['snr_db_min']:.1f} dB, median "
+            f"{crafted['snr_db_median']:.1f} dB; dataset-level SNR not measured")
   clip = quality["clip_snr_db"]
   dataset = quality["dataset_snr_db"]
   return (f"SNR per poison: min {_number(clip['min'], '.1f')} dB, median "
@@ -183,7 +185,7 @@ def main(config, workdir):
   print(f"protected dataset: {crafted['protected_dataset']} ({crafted['num_poisons']} poisons = "
         f"{100 * crafted['num_poisons'] / crafted['num_train']:.2f}% of {crafted['num_train']} "
         "training clips)")
-  print(f"  {_budget_line(crafted.get('quality'))}; alignment loss "
+  print(f"  {_budget_line(crafted)}; alignment loss "
         f"{crafted['loss_initial_mean']:.3f} -> {crafted['loss_final_mean']:.3f}")
   print("  " + _perceptual_line(crafted.get("quality")))
   print(f"{'model':<10}{'trained on':<12}{'test acc':>9}{'key top-1':>11}{'key top-5':>11}"
