@@ -313,7 +313,7 @@ def perturbation_quality(clean_waveforms, perturbed, indices, *, sample_rate: in
     seconds[name] = time.perf_counter() - start
   missing = [name for name, r in results.items() if r[1] == _not_installed(name)]
   if missing:
-    _log.warning("PESQ/STOI not measured: %s not installed; %s (pip install %s)",
+    _log.warning("PESQ/STOI not measured: %s not installed; %s (or: pip install %s)",
                  " and ".join(missing), INSTALL_HINT, " ".join(missing))
   return PerturbationQuality(
       num_clips=num_clips, indices=indices, clip_snr_db=clip_snr_db(clean, perturbed),
