@@ -386,17 +386,24 @@ def design_floor(k: int, num_classes: int, num_keys: int) -> float:
   return float(fractions.Fraction(favourable, total))
 
 
-def design_size(answers, num_classes: int, alpha: float, *,
-                max_exact_bits: int = MAX_EXACT_BITS) -> float | None:
-  """The exact false-positive rate of "reject when p <= alpha" given these answers, or None when
-  the exact distribution is out of reach. At most alpha; below it because hits are discrete."""
-  alpha = _check_probability("alpha", alpha)
+def design_size(answers, num_classes: int, alphas: float | Sequence[float], *,
+                max_exact_bits: int = MAX_EXACT_BITS) -> float | list[float] | None:
+  """The exact false-positive rate of "reject when p <= alpha" given these answers.
+
+  Args:
+    answers, num_classes, max_exact_bits: as in :func:`exact_hit_distribution`.
+    alphas: one level or a sequence of levels in ``(0, 1]``.
+
+  Returns:
+    ``P[p <= alpha | answers]`` for each level (a float for one level, a list for a sequence):
+    at most alpha, below it because hits are discrete; None when the exact distribution is out
+    of reach.
+  """
+  levels = [_check_probability("alpha", a) for a in np.atleast_1d(alphas).tolist()]
   exact = exact_hit_distribution(answers, num_classes, max_exact_bits=max_exact_bits)
   if exact is None:
     return None
   counts, total = exact
-  for h in range(len(counts)):
-    tail = fractions.Fraction(sum(counts[h:]), total)
-    if tail <= alpha:
-      return float(tail)
-  return 0.0
+  tails = [fractions.Fraction(sum(counts[h:]), total) for h in range(len(counts))]
+  sizes = [float(next((t for t in tails if t <= a), 0)) for a in levels]
+  return sizes if np.ndim(alphas) else sizes[0]
