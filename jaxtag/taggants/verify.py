@@ -173,8 +173,8 @@ class VerifyReport:
          f"{self.fingerprint or 'unknown'}"),
         f"decision:  top-{k} (declared before the query): {self.decision_hits} of {kk} keys hit",
         f"p-value:   {self.p_value:.3g}    floor (all {kk} keys hit): {self.floor:.3g}",
-        ("null:      the answers do not depend on the secret labels; p = P[hits >= observed] "
-         "over the labels' random draw (distinct within each block of "
+        "null:      the answers do not depend on the secret labels; p = P[hits >= observed]",
+        (f"           over the labels' random draw (distinct within each block of "
          f"{self.num_classes} keys), given these answers"),
         (f"method:    {self.method}" + (f" ({self.monte_carlo_draws} label draws; p >= "
                                          f"{1 / (self.monte_carlo_draws + 1):.3g})"
