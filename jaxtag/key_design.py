@@ -95,14 +95,14 @@ _PRIMES: list[int] = []
 
 
 def _primes_above(bound: int) -> list[int]:
-  """Primes below 2^31 (largest first) whose product exceeds ``bound``."""
-  chosen, product, candidate = [], 1, (1 << 31) - 1
+  """Primes below 2^31 (largest first) whose product exceeds ``bound`` (found once, cached)."""
+  chosen, product = [], 1
   for p in _PRIMES:
     if product > bound:
       return chosen
     chosen.append(p)
     product *= p
-  candidate = _PRIMES[-1] - 2 if _PRIMES else candidate
+  candidate = _PRIMES[-1] - 2 if _PRIMES else (1 << 31) - 1
   while product <= bound:
     if _is_prime(candidate):
       _PRIMES.append(candidate)
