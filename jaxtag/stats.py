@@ -1,9 +1,11 @@
-"""Statistics of taggant verification: exact binomial tail, its floor, multiple-testing adjustments.
+"""Statistics of taggant verification: binomial tail, its floor, multiple-testing adjustments.
 
-Under H0 (the suspect never saw the taggants) each of K keys lands its label in the top-k with
-probability k/C, independently of the others, so the number of hits is Binomial(K, k/C) and the
-one-sided p-value is P[Binomial(K, k/C) >= hits] (REFERENCE.md §1.3). With every key hit the
-p-value reaches its floor (k/C)^K: no verification with K keys can be stronger than that.
+If each of K keys' labels were independent and uniform, each key would land its label in the
+top-k with probability k/C, the number of hits would be Binomial(K, k/C) and the one-sided p-value
+``P[Binomial(K, k/C) >= hits]`` (REFERENCE.md §1.3), with floor (k/C)^K. jaxtag's keys are not
+drawn that way (labels are distinct within blocks of C keys): the test that verification uses is
+the exact test of that design, :mod:`jaxtag.key_design`. The binomial stays here as the reference
+figure of the literature and of older reports.
 
 numpy and scipy only (no JAX), so that a verifier can audit these numbers anywhere.
 """
@@ -100,7 +102,8 @@ def exact_size(trials: int, p: float, alpha: float) -> float:
   """The exact false-positive rate of the test "reject when p-value <= alpha" under H0.
 
   The binomial is discrete, so the size is at most ``alpha`` and often far below it, e.g. K = 10,
-  C = 35, top-1, alpha = 1e-3 needs 4 hits, which happen with probability 1.4e-4 under H0.
+  C = 35, top-1, alpha = 1e-3 needs 4 hits, which happen with probability 1.2e-4 under the
+  binomial (1.4e-4 for distinct labels and distinct answers: :mod:`jaxtag.key_design`).
 
   Args:
     trials, p, alpha: as in :func:`critical_hits`.

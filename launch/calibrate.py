@@ -1,13 +1,14 @@
 r"""Stage: measure the verification's false-positive rate on benign models (never saw the taggants).
 
-  .venv/bin/python -m launch.calibrate --config=launch/configs/calibrate.py \
-      --config.key_file=workdirs/keys/keys.npz --workdir=workdirs/calibrate
+  .venv/bin/python -m launch.calibrate --config=launch/configs/calibrate.py:small \
+      --workdir=workdirs/calibrate
 
 Trains `num_models` models on clean data (seeds `first_seed + i`, into `<workdir>/model_<i>`),
-verifies each against the key file, and writes `<workdir>/calibration.json`: the empirical
-false-positive rate at alpha with its Clopper-Pearson 95% interval, next to the exact rate the
-binomial test promises under H0, and every model's hits and p-values. Rerunning skips the models
-whose training finished (and resumes an interrupted one from its checkpoint).
+then verifies each against `calibration.num_key_draws` fresh key draws (new audio and labels from
+the calibration stream, never the owner's key file) and writes `<workdir>/calibration.json`: the
+empirical false-positive rate at each alpha with its Clopper-Pearson 95% interval, overall and per
+model, next to the rate the exact test promises (jaxtag.taggants.calibrate). Rerunning skips the
+models whose training finished and the draws recorded in `<workdir>/calibration_draws.jsonl`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 from launch import app
 from launch import train as train_launcher
-from launch import verify as verify_launcher
+
+DRAWS = "calibration_draws.jsonl"
 
 
 def train_benign_model(config: Any, index: int, workdir: pathlib.Path) -> dict[str, Any]:
@@ -34,60 +36,46 @@ def train_benign_model(config: Any, index: int, workdir: pathlib.Path) -> dict[s
   return {**train_launcher.run_stage(train_config, model_dir), "skipped": False}
 
 
-def summarise(reports: list, trained: list[dict[str, Any]], config: Any) -> dict[str, Any]:
-  """The calibration record: empirical FPR with its interval, the exact H0 rate, per-model rows."""
-  from jaxtag import stats
-
-  first = reports[0]
-  positives = sum(r.decision for r in reports)
-  low, high = stats.clopper_pearson(positives, len(reports), 0.95)
-  chance = first.decision_k / first.num_classes
-  models = [{"index": i, "seed": int(config.first_seed) + i, "workdir": r.target,
-             "trained_now": not t["skipped"], "test_accuracy": t.get("test/accuracy"),
-             "hits": r.decision_hits, "p_value": r.p_value, "decision": r.decision,
-             "hits_per_k": list(r.hits), "p_value_per_k": list(r.p_values),
-             "holm_min_p_value": r.holm_min_p_value}
-            for i, (r, t) in enumerate(zip(reports, trained))]
-  return {
-      "key_file": str(config.key_file), "fingerprint": first.fingerprint,
-      "num_models": len(reports), "num_keys": first.num_keys, "num_classes": first.num_classes,
-      "decision_k": first.decision_k, "alpha": first.alpha,
-      "false_positives": positives, "false_positive_rate": positives / len(reports),
-      "false_positive_rate_ci95": [low, high],
-      "h0_false_positive_rate": stats.exact_size(first.num_keys, chance, first.alpha),
-      "mean_hits": sum(r.decision_hits for r in reports) / len(reports),
-      "h0_mean_hits": first.num_keys * chance,
-      "p_values": [r.p_value for r in reports], "hits": [r.decision_hits for r in reports],
-      "models": models,
-  }
-
-
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
-  """Trains (or reuses) the benign models, verifies each, writes calibration.json; returns it."""
+  """Trains (or reuses) the benign models, runs (or resumes) the fresh-key calibration, writes
+  calibration.json; returns it."""
+  from jaxtag import keys, rng
+  from jaxtag.taggants import blackbox, calibrate
+
   if int(config.num_models) < 1:
     raise ValueError(f"calibrate: num_models must be >= 1; got {config.num_models}.")
-  reports, trained = [], []
-  for i in range(int(config.num_models)):
-    trained.append(train_benign_model(config, i, workdir))
-    report = verify_launcher.verify_target(
-        str(workdir / f"model_{i}"), config.key_file, max_k=config.max_k,
-        decision_k=config.decision_k, alpha=config.alpha)
-    app.write_json(workdir / f"model_{i}" / "verify_report.json", report.to_json(), secret=True)
-    reports.append(report)
-  summary = summarise(reports, trained, config)
-  app.write_json(workdir / "calibration.json", summary, secret=True)
+  app.dump_config(config, workdir)   # The draws file resumes only the same calibration.
+  trained = [train_benign_model(config, i, workdir) for i in range(int(config.num_models))]
+  boxes = [blackbox.LocalBlackBox(workdir / f"model_{i}", batch_size=int(config.batch_size))
+           for i in range(len(trained))]
+  # The keys are made at the benign models' rate and clip length, as make_keys makes them.
+  spec = keys.KeySpec(**{**config.key_spec.to_dict(), "sample_rate": boxes[0].sample_rate,
+                         "clip_samples": boxes[0].clip_samples})
+  settings = config.calibration.to_dict()
+  settings["alphas"] = tuple(settings["alphas"])
+  summary = calibrate.calibrate(
+      boxes, rng.stream(app.root_key(config), "calibration"), spec,
+      calibrate.CalibrationConfig(**settings), workdir / DRAWS,
+      model_names=[f"model_{i}" for i in range(len(boxes))], progress=bool(config.progress))
+  summary["seed"] = int(config.seed)
+  summary["trained"] = [{"model": f"model_{i}", "seed": int(config.first_seed) + i,
+                         "trained_now": not t["skipped"], "test_accuracy": t.get("test/accuracy")}
+                        for i, t in enumerate(trained)]
+  app.write_json(workdir / "calibration.json", summary)
   return summary
 
 
 def main(config, workdir):
   s = run_stage(config, workdir)
-  low, high = s["false_positive_rate_ci95"]
-  print(f"{s['false_positives']} of {s['num_models']} benign models flagged at alpha = "
-        f"{s['alpha']:g} (top-{s['decision_k']}): false-positive rate "
-        f"{s['false_positive_rate']:.3g}, 95% CI [{low:.3g}, {high:.3g}]; "
-        f"the test promises {s['h0_false_positive_rate']:.3g} under H0.")
-  print(f"hits per model: {s['hits']} (H0 mean {s['h0_mean_hits']:.3g})")
-  print("p-values: " + ", ".join(f"{p:.3g}" for p in s["p_values"]))
+  print(f"{s['num_key_draws']} fresh key draws x {s['num_models']} benign models, "
+        f"{s['num_keys']} keys, {s['num_classes']} classes, top-{s['decision_k']} "
+        f"(design floor {s['design_floor']:.3g}):")
+  for level, binom in zip(s["exact_test"]["levels"], s["binomial_reference"]["levels"]):
+    low, high = level["ci95"]
+    print(f"  alpha {level['alpha']:g}: false-positive rate {level['rate']:.4g} "
+          f"({level['false_positives']}/{level['trials']}, 95% CI [{low:.3g}, {high:.3g}]); "
+          f"the exact test promises {level['promised_rate']:.3g} <= alpha; binomial reference "
+          f"{binom['rate']:.4g}")
   print(f"calibration: {workdir / 'calibration.json'}")
 
 

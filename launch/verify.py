@@ -62,7 +62,8 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                          decision_k=config.decision_k, alpha=config.alpha)
   paths = write_report(report, workdir)
   summary = {"target": report.target, "decision": report.decision, "p_value": report.p_value,
-             "floor": report.floor, "decision_k": report.decision_k,
+             "floor": report.floor, "answer_floor": report.answer_floor,
+             "method": report.method, "decision_k": report.decision_k,
              "hits": report.decision_hits, "num_keys": report.num_keys,
              "holm_min_p_value": report.holm_min_p_value, "report": paths,
              "text": report.to_text()}

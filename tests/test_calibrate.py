@@ -1,94 +1,148 @@
-"""launch/calibrate.py: benign models trained, verified, summarised; a rerun trains nothing."""
+"""launch/calibrate.py and jaxtag.taggants.calibrate: benign models against fresh key draws; the
+empirical false-positive rate is within alpha (and the check catches an anti-conservative test);
+the statistics are verify's; an interrupted run resumes."""
 
+import hashlib
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from jaxtag import keys as keys_lib
-from jaxtag import stats
+from jaxtag import rng, stats
 from jaxtag.data import sources
-from jaxtag.taggants import blackbox
-from launch import calibrate, make_keys
+from jaxtag.taggants import blackbox, calibrate as calibrate_lib, verify
+from launch import app, calibrate
 from launch.configs import calibrate as calibrate_configs
-from launch.configs import keys as keys_configs
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  """A tiny corpus and a key file made for its classes by the make_keys stage."""
+def run(tmp_path_factory):
+  """The tiny calibration (2 benign models, 40 fresh key draws) run once: (config, workdir,
+  summary)."""
   base = tmp_path_factory.mktemp("calibrate")
   corpus_root = base / "corpus"
   sources.dataset_root(sources.DataSource(kind="corpus", preset="tiny", root=str(corpus_root)),
                        progress=False)
-  config = keys_configs.get_config("tiny")
-  config.data.root = str(corpus_root)
-  config.key_spec.griffin_lim_iters = 4
-  config.export_wav = False
-  key_file = make_keys.run_stage(config, base / "keys")["key_file"]
-  return corpus_root, key_file
-
-
-def _config(corpus_root, key_file):
   config = calibrate_configs.get_config("tiny")
-  config.key_file = key_file
   config.train.data.root = str(corpus_root)
   config.train.num_devices = 1
-  return config
+  workdir = base / "work"
+  return config, workdir, calibrate.run_stage(config, workdir)
 
 
-def test_calibrate_trains_verifies_and_resumes(setup, tmp_path, monkeypatch):
-  corpus_root, key_file = setup
-  config = _config(corpus_root, key_file)
-  assert config.num_models == 2 and config.train.model == "cnn"
-  summary = calibrate.run_stage(config, tmp_path)
-  assert json.loads((tmp_path / "calibration.json").read_text()) == json.loads(
-      json.dumps(summary))
+def test_launcher_trains_benign_models_and_calibrates(run):
+  config, workdir, summary = run
+  assert json.loads((workdir / "calibration.json").read_text()) == json.loads(json.dumps(summary))
+  assert summary["num_models"] == 2 and summary["num_key_draws"] == 40
+  assert summary["num_keys"] == 8 and summary["num_classes"] == 4   # Two label blocks.
+  records = calibrate_lib.read_finished(workdir / calibrate.DRAWS)
+  assert sorted(records) == list(range(40))
+  p = np.asarray([[m["p_value"] for m in records[d]["models"]] for d in range(40)])
+  for level in summary["exact_test"]["levels"]:
+    alpha = level["alpha"]
+    positives = int(np.sum(p <= alpha))
+    assert level["false_positives"] == positives and level["trials"] == 80
+    assert level["ci95"] == list(stats.clopper_pearson(positives, 80))
+    assert level["ci95"][0] <= alpha   # The empirical rate is consistent with <= alpha.
+    assert 0 <= level["promised_rate"] <= alpha
+    assert sum(m["false_positives"] for m in level["per_model"]) == positives
+  assert summary["design_floor"] == (1 / 24) ** 2 and summary["exact_test"]["methods"] == {
+      "exact": 80}
 
-  secret, _ = keys_lib.load_keys(key_file)
-  num_keys, num_classes = len(secret.labels), 4
-  assert summary["num_models"] == 2 and summary["num_keys"] == num_keys
-  assert summary["num_classes"] == num_classes and summary["decision_k"] == 1
-  for i, model in enumerate(summary["models"]):
-    model_dir = tmp_path / f"model_{i}"
-    assert model["seed"] == 100 + i and model["trained_now"]
-    assert json.loads((model_dir / "config.json").read_text())["seed"] == 100 + i
-    # The hits, recomputed from the model's own answers.
-    top1 = blackbox.LocalBlackBox(model_dir).top_k(secret.waveforms, 1)[:, 0]
-    hits = int(np.sum(top1 == secret.labels))
-    assert model["hits"] == hits == summary["hits"][i]
-    assert model["p_value"] == summary["p_values"][i] == stats.binomial_p_value(
-        hits, num_keys, 1 / num_classes)
-    assert model["decision"] == (model["p_value"] <= 1e-3)
-    assert len(model["hits_per_k"]) == num_classes and model["hits_per_k"][-1] == num_keys
-    assert (model_dir / "verify_report.json").is_file()
-  positives = sum(m["decision"] for m in summary["models"])
-  assert summary["false_positives"] == positives
-  assert summary["false_positive_rate"] == positives / 2
-  assert summary["false_positive_rate_ci95"] == list(stats.clopper_pearson(positives, 2))
-  assert summary["h0_false_positive_rate"] == stats.exact_size(num_keys, 0.25, 1e-3)
-  assert summary["h0_mean_hits"] == num_keys / num_classes
 
-  # A rerun trains nothing; one whose run lost its summary (interrupted) is trained again.
-  calls = []
-  real_run_stage = calibrate.train_launcher.run_stage
-  monkeypatch.setattr(calibrate.train_launcher, "run_stage",
-                      lambda c, w: calls.append(w.name) or real_run_stage(c, w))
-  again = calibrate.run_stage(config, tmp_path)
-  assert calls == [] and not any(m["trained_now"] for m in again["models"])
-  assert again["p_values"] == summary["p_values"]
-  (tmp_path / "model_1" / "train_summary.json").unlink()
-  third = calibrate.run_stage(config, tmp_path)
-  assert calls == ["model_1"] and [m["trained_now"] for m in third["models"]] == [False, True]
-  assert third["p_values"] == summary["p_values"]
+class HashBox:
+  """A benign black box: its ranking is a pseudo-random function of the audio (and a salt), so it
+  answers differently for every key yet never saw a label."""
+
+  def __init__(self, class_names, sample_rate, salt):
+    self.class_names, self.sample_rate, self.salt = tuple(class_names), sample_rate, salt
+
+  def top_k(self, waveforms, k):
+    rows = []
+    for w in np.asarray(waveforms, np.float32):
+      seed = int.from_bytes(hashlib.sha256(self.salt + w.tobytes()).digest()[:8], "little")
+      rows.append(np.random.default_rng(seed).permutation(len(self.class_names))[:k])
+    return np.asarray(rows, np.int32)
+
+  def __repr__(self):
+    return f"HashBox({self.salt!r})"
+
+
+def test_fresh_key_calibration_against_answering_benign_models(tiny_box, tmp_path):
+  """Benign boxes whose answers vary with the key (the tiny trained classifier and two hashed
+  rankings): the empirical rate is within alpha at every level, near what the exact test
+  promises, and the same check rejects an anti-conservative p-value (p / 10)."""
+  from tiny_classifier import CLASSES, CLIP, SR
+  spec = calibrate_lib.KeySpec(num_keys=8, d=8, sample_rate=SR, clip_samples=CLIP, n_fft=256,
+                               win_length=200, hop_length=80, n_mels=32, mel_inversion_iters=10,
+                               griffin_lim_iters=2)
+  boxes = [tiny_box, HashBox(CLASSES, SR, b"a"), HashBox(CLASSES, SR, b"b")]
+  config = calibrate_lib.CalibrationConfig(num_key_draws=300, draws_per_batch=100, max_k=2)
+  summary = calibrate_lib.calibrate(boxes, jax.random.key(11), spec, config,
+                                    tmp_path / "draws.jsonl", progress=False)
+  assert summary["num_keys"] == 8 and summary["num_classes"] == 6   # Blocks of 6 and 2 keys.
+  records = [calibrate_lib.read_finished(tmp_path / "draws.jsonl")[d] for d in range(300)]
+  for level in summary["exact_test"]["levels"]:
+    assert level["trials"] == 900 and level["ci95"][0] <= level["alpha"], level
+    assert level["promised_rate"] <= level["alpha"]
+    low, high = stats.clopper_pearson(level["false_positives"], 900, 0.999)
+    assert low <= level["promised_rate"] <= high   # The test does what it promises.
+  assert summary["exact_test"]["levels"][0]["false_positives"] >= 10   # Not a vacuous check.
+  for record in records:
+    for m in record["models"]:
+      m["cheat"] = m["p_value"] / 10
+  cheat = calibrate_lib.summarise(records, config, summary["models"], "cheat")
+  assert cheat["levels"][0]["ci95"][0] > 0.05 and cheat["levels"][1]["ci95"][0] > 0.01
+
+
+def test_each_draw_is_fresh_and_scored_as_verify_scores_it(run):
+  config, workdir, summary = run
+  records = calibrate_lib.read_finished(workdir / calibrate.DRAWS)
+  labels = {tuple(r["labels"]) for r in records.values()}
+  assert len(labels) > 20   # New labels per draw, not one key file.
+  box = blackbox.LocalBlackBox(workdir / "model_1")
+  spec = calibrate_lib.KeySpec(**summary["key_spec"])
+  stream = rng.stream(jax.random.key(config.seed), "calibration")
+  keys = calibrate_lib.draw_keys(stream, np.asarray([7]), spec, 4)
+  one = jax.tree.map(lambda x: x[0], keys)
+  report = verify.verify(box, one)
+  assert list(np.asarray(one.labels)) == records[7]["labels"]
+  assert records[7]["models"][1]["p_value"] == pytest.approx(report.p_value, rel=1e-12)
+  assert records[7]["models"][1]["hits"] == report.decision_hits
+
+
+def test_a_rerun_resumes_the_missing_draws(run, monkeypatch):
+  config, workdir, summary = run
+  path = workdir / calibrate.DRAWS
+  lines = path.read_text().splitlines()
+  path.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:10])   # Torn last line.
+  drawn = []
+  real = calibrate_lib.draw_keys
+  monkeypatch.setattr(calibrate_lib, "draw_keys",
+                      lambda s, d, *a: drawn.append(list(np.asarray(d))) or real(s, d, *a))
+  again = calibrate.run_stage(config, workdir)
+  assert sorted(x for batch in drawn for x in batch) == sorted(
+      json.loads(line)["draw"] for line in lines[-3:])
+  assert not any(t["trained_now"] for t in again["trained"])
+  assert again["exact_test"] == summary["exact_test"]
+  config.calibration.num_key_draws = 41
+  with pytest.raises(app.ConfigChangedError, match="calibration.num_key_draws"):
+    calibrate.run_stage(config, workdir)
 
 
 def test_calibrate_config_and_bad_arguments(tmp_path):
   assert calibrate_configs.get_config().train.model == "cnn"
   assert calibrate_configs.get_config().train.augment.mixup_alpha > 0  # The suspect's recipe.
+  assert calibrate_configs.get_config("small").calibration.num_key_draws >= 1000
+  assert calibrate_configs.get_config("small").num_models >= 3
   with pytest.raises(ValueError, match="unknown argument 'huge'"):
     calibrate_configs.get_config("huge")
   config = calibrate_configs.get_config("tiny")
   config.num_models = 0
   with pytest.raises(ValueError, match="num_models must be >= 1"):
     calibrate.run_stage(config, tmp_path)
+  with pytest.raises(ValueError, match="decision_k .3. exceeds max_k .2."):
+    calibrate_lib.CalibrationConfig(max_k=2, decision_k=3)
+  with pytest.raises(ValueError, match="alphas must be levels"):
+    calibrate_lib.CalibrationConfig(alphas=(0.05, 1.0))

@@ -94,7 +94,7 @@ def test_floor_bad_arguments(args, match):
 
 
 def test_critical_hits_and_exact_size():
-  # K = 10, C = 35, top-1, alpha = 1e-3: 3 hits give 2.7e-3, 4 hits 1.4e-4.
+  # K = 10, C = 35, top-1, alpha = 1e-3: 3 hits give 2.4e-3, 4 hits 1.2e-4 (binomial).
   assert stats.critical_hits(10, 1 / 35, 1e-3) == 4
   size = stats.exact_size(10, 1 / 35, 1e-3)
   assert size == pytest.approx(brute_force_tail(4, 10, Fraction(1, 35)), rel=1e-12)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from jaxtag import keys as keys_lib
-from jaxtag import serving, stats
+import math
+
+from jaxtag import key_design, serving, stats
 from jaxtag.taggants import verify
 from launch import verify as verify_launcher
 from launch.configs import verify as verify_configs
@@ -48,7 +50,7 @@ def make_fake_keys(labels, sample_rate=SR, length=CLIP):
                        labels=np.asarray(labels, np.int32), spec=spec)
 
 
-LABELS = [3, 7, 0, 12, 19, 5, 5, 8, 1, 14]
+LABELS = [3, 7, 0, 12, 19, 5, 6, 8, 1, 14]
 
 
 def test_all_keys_hit_gives_the_floor_and_one_query():
@@ -58,9 +60,16 @@ def test_all_keys_hit_gives_the_floor_and_one_query():
   assert len(box.calls) == 1 and box.calls[0][1] == 10  # ONE query, at k = max_k.
   np.testing.assert_array_equal(box.calls[0][0], keys.waveforms)
   assert report.hits == (10,) * 10 and report.ranks == (1,) * 10
-  assert report.p_value == pytest.approx((1 / 20) ** 10, rel=1e-12)
+  # Ten distinct top-1 answers all hit: one label injection of 20!/10! does that.
+  all_hit = math.factorial(10) / math.factorial(20)
+  assert report.p_value == pytest.approx(all_hit, rel=1e-12) and report.method == "exact"
   assert report.p_value == pytest.approx(report.floor, rel=1e-12) and report.decision
-  assert report.p_values[4] == pytest.approx((5 / 20) ** 10, rel=1e-12)
+  assert report.answer_floor == report.p_value and report.monte_carlo_draws == 0
+  assert report.binomial_p_values[0] == pytest.approx((1 / 20) ** 10, rel=1e-12)
+  assert report.p_value > 10 * report.binomial_p_values[0]  # Distinct labels: a heavier tail.
+  answers = np.asarray(report.answers)
+  assert answers.shape == (10, 10) and (answers[:, 0] == LABELS).all()
+  assert report.p_values[4] == key_design.design_test(answers[:, :5], LABELS, 20).p_value
   assert report.top1 == tuple(LABELS) and report.num_keys == 10 and report.num_classes == 20
 
 
@@ -75,16 +84,20 @@ def test_chosen_ranks_and_the_decision_uses_decision_k_only():
   ranks = [2, 2, 2, 2, 2, 2, 2, 2, 2, 1]  # Nearly all keys at rank 2, one at rank 1.
   report = verify.verify(RankingBox(LABELS, ranks), make_fake_keys(LABELS), decision_k=1)
   assert report.ranks == tuple(ranks) and report.hits[:3] == (1, 10, 10)
+  answers = np.asarray(report.answers)
   for k in range(1, 11):
-    assert report.p_values[k - 1] == stats.binomial_p_value(report.hits[k - 1], 10, k / 20)
-    assert report.floors[k - 1] == stats.p_value_floor(k, 20, 10)
-  # Top-2 would be overwhelming, but top-1 was declared: 1 hit of 10 at 1/20 decides.
-  assert report.p_value == pytest.approx(1 - (19 / 20) ** 10) and not report.decision
+    assert report.p_values[k - 1] == key_design.design_test(answers[:, :k], LABELS, 20).p_value
+    assert report.floors[k - 1] == key_design.design_floor(k, 20, 10)
+    assert report.binomial_p_values[k - 1] == stats.binomial_p_value(report.hits[k - 1], 10,
+                                                                     k / 20)
+  # Top-2 would be overwhelming, but top-1 was declared: 1 hit of 10 decides. Nine keys answered
+  # class 0 or 1 first (RankingBox), so P[hits >= 1] is no longer 1 - (19/20)^10.
+  assert 0.3 < report.p_value < 1 and not report.decision
   assert report.holm_min_k == 2
   assert report.holm_min_p_value == pytest.approx(stats.holm(report.p_values)[1])
   assert report.holm_min_p_value < 1e-3
   at_two = verify.verify(RankingBox(LABELS, ranks), make_fake_keys(LABELS), decision_k=2)
-  assert at_two.decision and at_two.p_value == pytest.approx((2 / 20) ** 10, rel=1e-12)
+  assert at_two.decision and at_two.p_value == at_two.answer_floor < 1e-6
 
 
 def test_max_k_is_capped_at_the_classes_and_checked():
@@ -127,6 +140,10 @@ def test_sample_rate_labels_and_answer_checks():
   small = RankingBox([0, 1], [1, 1], class_names=CLASSES)
   with pytest.raises(keys_lib.KeyFileError, match="outside the box's 6 classes"):
     verify.verify(small, make_fake_keys([0, 9]))
+  # Labels that key_labels never draws (a repeat among the first C keys): the null would not hold.
+  repeated = [3, 7, 0, 12, 19, 5, 5, 8, 1, 14]
+  with pytest.raises(keys_lib.KeyFileError, match=r"repeat within keys 0\.\.9 \(label 5\)"):
+    verify.verify(RankingBox(repeated, [1] * 10), make_fake_keys(repeated))
 
   class ShortBox(RankingBox):
     def top_k(self, waveforms, k):
@@ -152,15 +169,22 @@ def test_report_json_round_trip(report):
     verify.VerifyReport.from_json({"format": "other"})
   with pytest.raises(ValueError, match=r"missing field\(s\) \['ranks'\]"):
     verify.VerifyReport.from_json({k: v for k, v in data.items() if k != "ranks"})
+  with pytest.raises(ValueError, match="version 1 used the binomial test"):
+    verify.VerifyReport.from_json({**data, "format_version": 1})
+  assert data["method"] == "exact" and data["answer_floor"] == report.answer_floor
 
 
 def test_report_text(report):
   text = report.to_text()
   lines = text.splitlines()
-  expected_p = stats.binomial_p_value(4, 10, 1 / 20)
+  expected_p = key_design.design_test(np.asarray(report.answers)[:, :1], LABELS, 20).p_value
   assert lines[0] == (f"VERDICT: trained on the taggants (p = {expected_p:.3g} <= alpha = 0.01 "
                       "at top-1)")
-  assert f"p-value:   {expected_p:.3g}    floor (all 10 keys hit): {(1 / 20) ** 10:.3g}" in lines
+  floor = math.factorial(10) / math.factorial(20)
+  assert f"p-value:   {expected_p:.3g}    floor (all 10 keys hit): {floor:.3g}" in lines
+  assert any(line.startswith("null:      the answers do not depend on the secret labels")
+             for line in lines)
+  assert any(line.startswith("method:    exact") for line in lines)
   assert "fingerprint f00d" in text and "workdirs/suspect" in text
   rows = [line for line in lines if line.strip()[:1].isdigit() and "/10" in line]
   assert len(rows) == 10 and rows[0].split()[:2] == ["1*", "4/10"]
@@ -224,7 +248,8 @@ def test_launcher_on_a_workdir_and_over_http(tiny_workdir, tiny_box, key_file, t
   assert report.max_k == 6 and report.decision_k == 2
   assert report.fingerprint == manifest["fingerprint"]
   hits = sum(r <= 2 for r in expected_ranks)
-  assert summary["hits"] == hits and summary["p_value"] == stats.binomial_p_value(hits, 8, 2 / 6)
+  expected = key_design.design_test(answers[:, :2], secret.labels, 6).p_value
+  assert summary["hits"] == hits and summary["p_value"] == expected
   text = (tmp_path / "local" / "verify_report.txt").read_text()
   assert text == report.to_text() == summary["text"]
   assert (tmp_path / "local" / "verify_report.png").read_bytes()[:4] == b"\x89PNG"

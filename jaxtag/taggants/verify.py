@@ -1,9 +1,13 @@
 """Verification: was a black-box model trained on the taggants? Hits, exact p-value, report, plot.
 
 The suspect is queried once with the K secret keys; a key *hits* at top-k when its label is among
-the k labels answered. Under H0 (the model never saw the taggants) each key hits with probability
-k/C independently, so the p-value is ``P[Binomial(K, k/C) >= hits]`` with floor ``(k/C)^K``
-(REFERENCE.md §1.3, :mod:`jaxtag.stats`).
+the k labels answered. H0: the model never saw the taggants, so its answers do not depend on the
+secret labels. The labels are a random draw of ``jaxtag.keys.key_labels`` (distinct within each
+block of C keys), so given the answers the null distribution of the hits is that of the label
+draw, computed exactly by :mod:`jaxtag.key_design` (Monte Carlo, valid by construction, only for
+blocks beyond its exact range). The binomial ``P[Binomial(K, k/C) >= hits]`` of REFERENCE.md §1.3
+assumes independent labels; it is kept as a reference figure only (it is anti-conservative for
+distinct labels: 1.22e-4 instead of 1.43e-4 at 4 of 10 hits, K = 10, C = 35, top-1).
 
 Two rules keep the p-value honest:
 
@@ -28,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxtag import secrets, stats
+from jaxtag import key_design, secrets, stats
 from jaxtag.keys import KeyFileError, Keys
 from jaxtag.taggants.blackbox import BlackBox
 
 REPORT_FORMAT = "jaxtag-verify-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2   # 2: the exact test of the key design (1: binomial).
 
 _log = logging.getLogger(__name__)
 
@@ -47,14 +51,23 @@ class VerifyReport:
     fingerprint: the key file's manifest fingerprint (or None).
     class_names: the model's classes, in label order.
     labels: (K,) each key's target label.
+    answers: (K, max_k) the labels the model answered for each key, best first.
     ranks: (K,) 1-based rank of each key's label in the top ``max_k`` answer, 0 when absent.
     top1: (K,) the label the model answered first for each key.
     max_k: labels read per answer.
     decision_k: the predeclared k that decides.
     alpha: significance level of the decision.
     hits: (max_k,) keys hit at each k.
-    p_values: (max_k,) exact one-sided binomial p-value at each k.
-    floors: (max_k,) the smallest p-value possible at each k, ``(k/C)^K``.
+    p_values: (max_k,) p-value of the key design's test at each k: ``P[hits' >= hits | answers]``
+      over the secret label draw (:func:`jaxtag.key_design.design_test`).
+    floors: (max_k,) the design floor at each k: the smallest p-value K keys can give at top-k
+      under this label design, over every answer pattern (:func:`key_design.design_floor`).
+    answer_floors: (max_k,) the smallest p-value these answers allow at each k (the p-value of
+      the most hits any labels could give them); above alpha, no labels could have rejected.
+    methods: (max_k,) "exact" or "monte-carlo" at each k.
+    monte_carlo_draws: label draws behind a "monte-carlo" p-value (0 when all are exact).
+    binomial_p_values: (max_k,) ``P[Binomial(K, k/C) >= hits]``, the null of independent labels:
+      a reference figure for older reports and the literature, not the test.
     holm_min_p_value: Holm-adjusted minimum of ``p_values`` over k (secondary figure).
     holm_min_k: the k at which that minimum is reached.
   """
@@ -62,6 +75,7 @@ class VerifyReport:
   fingerprint: str | None
   class_names: tuple[str, ...]
   labels: tuple[int, ...]
+  answers: tuple[tuple[int, ...], ...]
   ranks: tuple[int, ...]
   top1: tuple[int, ...]
   max_k: int
@@ -70,6 +84,10 @@ class VerifyReport:
   hits: tuple[int, ...]
   p_values: tuple[float, ...]
   floors: tuple[float, ...]
+  answer_floors: tuple[float, ...]
+  methods: tuple[str, ...]
+  monte_carlo_draws: int
+  binomial_p_values: tuple[float, ...]
   holm_min_p_value: float
   holm_min_k: int
 
@@ -88,7 +106,16 @@ class VerifyReport:
 
   @property
   def floor(self) -> float:
+    """The design floor at ``decision_k``: the strongest evidence these K keys can give."""
     return self.floors[self.decision_k - 1]
+
+  @property
+  def answer_floor(self) -> float:
+    return self.answer_floors[self.decision_k - 1]
+
+  @property
+  def method(self) -> str:
+    return self.methods[self.decision_k - 1]
 
   @property
   def decision_hits(self) -> int:
@@ -103,9 +130,11 @@ class VerifyReport:
     """A JSON-serialisable dict (the derived figures included, for readers of the file)."""
     fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    fields["answers"] = [list(row) for row in self.answers]
     return {"format": REPORT_FORMAT, "format_version": REPORT_VERSION, **fields,
             "num_keys": self.num_keys, "num_classes": self.num_classes,
-            "p_value": self.p_value, "floor": self.floor, "decision": self.decision}
+            "p_value": self.p_value, "floor": self.floor, "answer_floor": self.answer_floor,
+            "method": self.method, "decision": self.decision}
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> VerifyReport:
@@ -119,12 +148,14 @@ class VerifyReport:
       raise ValueError(f"not a {REPORT_FORMAT}: format {found!r}.")
     if data.get("format_version") != REPORT_VERSION:
       raise ValueError(f"verify report format_version {data.get('format_version')!r} is not "
-                       f"{REPORT_VERSION}.")
+                       f"{REPORT_VERSION} (version 1 used the binomial test): verify again.")
     names = [f.name for f in dataclasses.fields(cls)]
     missing = [n for n in names if n not in data]
     if missing:
       raise ValueError(f"verify report is missing field(s) {missing}.")
-    return cls(**{n: tuple(data[n]) if isinstance(data[n], list) else data[n] for n in names})
+    values = {n: tuple(data[n]) if isinstance(data[n], list) else data[n] for n in names}
+    values["answers"] = tuple(tuple(int(x) for x in row) for row in data["answers"])
+    return cls(**values)
 
   def to_text(self) -> str:
     """A readable report: verdict, p-value beside its floor, hits per k, rank per key."""
@@ -142,17 +173,30 @@ class VerifyReport:
          f"{self.fingerprint or 'unknown'}"),
         f"decision:  top-{k} (declared before the query): {self.decision_hits} of {kk} keys hit",
         f"p-value:   {self.p_value:.3g}    floor (all {kk} keys hit): {self.floor:.3g}",
+        "null:      the answers do not depend on the secret labels; p = P[hits >= observed]",
+        (f"           over the labels' random draw (distinct within each block of "
+         f"{self.num_classes} keys), given these answers"),
+        (f"method:    {self.method}" + (f" ({self.monte_carlo_draws} label draws; p >= "
+                                         f"{1 / (self.monte_carlo_draws + 1):.3g})"
+                                         if self.method != "exact" else " (rook polynomials)")
+         + f"; the answers allow p >= {self.answer_floor:.3g}"),
+        (f"reference: binomial (independent labels, not this design): "
+         f"{self.binomial_p_values[k - 1]:.3g}"),
         (f"secondary: Holm-adjusted min over k = 1..{self.max_k}: "
          f"{self.holm_min_p_value:.3g} (at k = {self.holm_min_k})"),
     ]
     if self.floor > self.alpha:
       lines.append(f"note:      the floor is above alpha: {kk} keys can never reach alpha at "
                    f"top-{k}; use more keys.")
+    elif self.answer_floor > self.alpha:
+      lines.append("note:      these answers could not reach alpha whatever the labels (the "
+                   "suspect answers too few distinct classes for them all to hit).")
     lines += ["", f"Hits per k (only k = {k} decides; the other rows are descriptive):",
-              "    k    hits     p-value       floor"]
-    for i, (hits, p, floor) in enumerate(zip(self.hits, self.p_values, self.floors)):
+              "    k    hits     p-value       floor   binomial"]
+    for i, (hits, p, floor, b) in enumerate(zip(self.hits, self.p_values, self.floors,
+                                                self.binomial_p_values)):
       mark = "*" if i + 1 == k else " "
-      lines.append(f"  {i + 1:>3}{mark} {hits:>3}/{kk:<3} {p:>10.3g}  {floor:>10.3g}")
+      lines.append(f"  {i + 1:>3}{mark} {hits:>3}/{kk:<3} {p:>10.3g}  {floor:>10.3g} {b:>10.3g}")
     width = max(len(n) for n in self.class_names)
     lines += ["", (f"Per key: rank of the key's label in the answer ('-' = not in the top "
                    f"{self.max_k}; a hit is rank <= {k}):"),
@@ -216,7 +260,8 @@ def verify(box: BlackBox, keys: Keys, *, max_k: int = 10, decision_k: int = 1,
     The :class:`VerifyReport`.
 
   Raises:
-    KeyFileError: class names differ from the box's, or labels outside the box's classes.
+    KeyFileError: class names differ from the box's, labels outside the box's classes, or labels
+      the key design never draws (repeated within a block of C keys).
     ValueError: bad ``max_k``/``decision_k``/``alpha``, a sample-rate mismatch, or a box that
       answers something other than ``(K, max_k)`` labels in range.
   """
@@ -249,31 +294,48 @@ def verify(box: BlackBox, keys: Keys, *, max_k: int = 10, decision_k: int = 1,
     raise ValueError(f"verify: the black box answered shape {answers.shape} (values "
                      f"{answers.min()}..{answers.max()}); expected ({labels.size}, {max_k}) "
                      f"labels in [0, {num_classes}).")
+  return report_from_answers(
+      answers, labels, class_names=box.class_names, decision_k=decision_k, alpha=float(alpha),
+      target=target or repr(box), fingerprint=fingerprint)
+
+
+def report_from_answers(answers: np.ndarray, labels: np.ndarray, *, class_names: Sequence[str],
+                        decision_k: int, alpha: float, target: str,
+                        fingerprint: str | None) -> VerifyReport:
+  """Hits, p-values and floors at every k from the box's (K, max_k) answers (:func:`verify`'s
+  statistics; also what calibration runs on batched answers).
+
+  Raises:
+    KeyFileError: labels that ``jaxtag.keys.key_labels`` would never draw (repeated in a block).
+  """
+  answers = np.asarray(answers, np.int64)
+  labels = np.asarray(labels, np.int64)
+  num_keys, max_k = answers.shape
+  num_classes = len(class_names)
+  try:
+    key_design.check_design_labels(labels, num_classes)
+  except ValueError as e:
+    raise KeyFileError(f"verify: {e}") from None
   found = answers == labels[:, None]
   ranks = np.where(found.any(axis=1), found.argmax(axis=1) + 1, 0)
-  return report_from_ranks(
-      ranks, labels, answers[:, 0], class_names=box.class_names, max_k=max_k,
-      decision_k=decision_k, alpha=float(alpha), target=target or repr(box),
-      fingerprint=fingerprint)
-
-
-def report_from_ranks(ranks: np.ndarray, labels: np.ndarray, top1: np.ndarray, *,
-                      class_names: Sequence[str], max_k: int, decision_k: int, alpha: float,
-                      target: str, fingerprint: str | None) -> VerifyReport:
-  """Hits, p-values and floors for every k from the keys' ranks (:func:`verify`'s statistics)."""
-  ranks = np.asarray(ranks, np.int64)
-  num_keys, num_classes = ranks.size, len(class_names)
   ks = range(1, max_k + 1)
-  hits = [int(np.count_nonzero((ranks >= 1) & (ranks <= k))) for k in ks]
-  p_values = [stats.binomial_p_value(h, num_keys, k / num_classes) for h, k in zip(hits, ks)]
-  floors = [stats.p_value_floor(k, num_classes, num_keys) for k in ks]
+  tests = [key_design.design_test(answers[:, :k], labels, num_classes) for k in ks]
+  p_values = [t.p_value for t in tests]
   adjusted = stats.holm(p_values)
   best = int(np.argmin(adjusted))
   return VerifyReport(
       target=str(target), fingerprint=fingerprint, class_names=tuple(map(str, class_names)),
-      labels=tuple(int(x) for x in labels), ranks=tuple(int(x) for x in ranks),
-      top1=tuple(int(x) for x in top1), max_k=int(max_k), decision_k=int(decision_k),
-      alpha=float(alpha), hits=tuple(hits), p_values=tuple(p_values), floors=tuple(floors),
+      labels=tuple(int(x) for x in labels),
+      answers=tuple(tuple(int(x) for x in row) for row in answers),
+      ranks=tuple(int(x) for x in ranks), top1=tuple(int(x) for x in answers[:, 0]),
+      max_k=int(max_k), decision_k=int(decision_k), alpha=float(alpha),
+      hits=tuple(t.hits for t in tests), p_values=tuple(p_values),
+      floors=tuple(key_design.design_floor(k, num_classes, num_keys) for k in ks),
+      answer_floors=tuple(t.answer_floor for t in tests),
+      methods=tuple(t.method for t in tests),
+      monte_carlo_draws=max(t.draws for t in tests),
+      binomial_p_values=tuple(stats.binomial_p_value(t.hits, num_keys, k / num_classes)
+                              for t, k in zip(tests, ks)),
       holm_min_p_value=float(adjusted[best]), holm_min_k=best + 1)
 
 
@@ -330,11 +392,11 @@ def _plot_ranks(ax, report: VerifyReport) -> None:
 def _plot_p_values(ax, report: VerifyReport) -> None:
   ks = np.arange(1, report.max_k + 1)
   tiny = np.finfo(np.float64).tiny  # A floor of 0 (underflow) must not break the log scale.
-  ax.semilogy(ks, np.maximum(report.p_values, tiny), "o-", label="p-value (exact binomial)")
+  ax.semilogy(ks, np.maximum(report.p_values, tiny), "o-", label="p-value (exact, key design)")
   ax.semilogy([report.decision_k], [max(report.p_value, tiny)], "o", color="black", ms=10,
               fillstyle="none", label="the decision's p-value")
   ax.semilogy(ks, np.maximum(report.floors, tiny), "s--", color="gray",
-              label="floor (all keys hit)")
+              label="design floor (all keys hit)")
   ax.axhline(report.alpha, color="tab:red", linestyle=":", label=f"alpha = {report.alpha:g}")
   ax.axvline(report.decision_k, color="black", linestyle="--", alpha=0.5,
              label=f"decision k = {report.decision_k}")

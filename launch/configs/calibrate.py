@@ -1,30 +1,56 @@
-r"""Measure verification's false-positive rate on benign models trained on clean data.
+r"""Measure verification's false-positive rate: benign models against fresh key draws.
 
-  .venv/bin/python -m launch.calibrate --config=launch/configs/calibrate.py \
-      --config.key_file=workdirs/keys/keys.npz --workdir=workdirs/calibrate
+  .venv/bin/python -m launch.calibrate --config=launch/configs/calibrate.py:small \
+      --workdir=workdirs/calibrate
 
 Each model trains `config.train` (the suspect recipe with the CNN, on the clean corpus) with seed
-`first_seed + i`. `launch/configs/calibrate.py:tiny` uses the tiny corpus and the tiny CNN recipe
-(tests and smoke runs). Override the recipe with e.g. `--config.train.num_epochs=8`.
+`first_seed + i`; then `config.calibration.num_key_draws` fresh key sets (new audio, new labels:
+`make_keys(fold_in(stream("calibration"), d), key_spec, C)`, never the owner's key file) are
+verified against every model. Arguments: `default` (the corpus, 10 keys as `launch/configs/keys.py`
+makes them, 1,000 draws), `small` (the small corpus of 10 words, the surrogate's CNN recipe, 10 keys
+with cheaper rendering, 1,000 draws: minutes on a 2-core CPU) and `tiny` (the tiny corpus of 4
+words, the tiny CNN recipe, 8 keys (two label blocks), 2 models and 40 draws: tests). Override e.g. `--config.calibration.num_key_draws=2000`.
 """
 
 import ml_collections
 
+from launch.configs import common
 from launch.configs import train as train_configs
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-  if (arg or "default") not in ("default", "tiny"):
-    raise ValueError(f"launch/configs/calibrate.py: unknown argument {arg!r}; use default or tiny.")
+  from jaxtag.taggants import calibrate  # The library dataclass is the one source of the fields.
+
+  arg = arg or "default"
+  if arg not in ("default", "small", "tiny"):
+    raise ValueError(f"launch/configs/calibrate.py: unknown argument {arg!r}; use default, small "
+                     "or tiny.")
   config = ml_collections.ConfigDict()
-  config.seed = 0                              # unused: model i trains with first_seed + i
-  config.num_models = 10
+  config.seed = 2026                           # the calibration key draws' root key
+  config.num_models = 3
   config.first_seed = 100                      # away from the surrogate's 0 and the suspect's 1
-  config.key_file = "workdirs/keys/keys.npz"
-  config.max_k = 10
-  config.decision_k = 1
-  config.alpha = 1e-3
-  config.train = train_configs.get_config("tiny" if arg == "tiny" else "suspect,cnn")
+  config.batch_size = 64                       # clips per forward pass of each benign model
+  config.progress = True
+  config.calibration = common.dataclass_config(calibrate.CalibrationConfig)
+  config.key_spec = common.keys_config_for("default")
+  config.train = train_configs.get_config("suspect,cnn")
+  if arg == "small":
+    # The CNN recipe of the surrogate on the small corpus (10 words): benign models whose answers
+    # vary with the key. Keys as the owner makes them (K = 10 = C: one label permutation), with
+    # cheaper rendering: the test's validity rests on the label draw, not on the audio.
+    config.train = train_configs.get_config("surrogate,cnn")
+    config.train.data.preset = "small"
+    config.train.progress = False
+    config.key_spec = common.keys_config(num_keys=10, griffin_lim_iters=16)
+    config.key_spec.mel_inversion_iters = 50
   if arg == "tiny":
+    config.train = train_configs.get_config("tiny")
+    # Cheap keys: the test's validity does not depend on the audio, only on the label draw.
+    config.key_spec = common.keys_config(num_keys=8, d=16, griffin_lim_iters=4)
+    config.key_spec.mel_inversion_iters = 20
+    config.key_spec.n_mels = 32
     config.num_models = 2
+    config.calibration.num_key_draws = 40
+    config.calibration.draws_per_batch = 20
+    config.progress = False
   return config
