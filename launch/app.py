@@ -120,13 +120,32 @@ def check_same_config(config: Any, workdir: pathlib.Path) -> bool:
   except ValueError:
     return False  # Not ours to trust (written atomically, so never half written by us).
   changed = _differences(old, _as_json(config))
-  if changed:
-    shown = ", ".join(changed[:12]) + (f" and {len(changed) - 12} more" if len(changed) > 12 else "")
+  if not changed:
+    return True
+  unrecorded = [name for name in changed if not _recorded(old, name)]
+  if len(unrecorded) == len(changed):
     raise ConfigChangedError(
-        f"{workdir} was made with another config; these fields differ from its {CONFIG_JSON}: "
-        f"{shown}. A re-run on the same workdir resumes or reuses what it holds, so it must use "
-        "the same config: pass the recorded values again, use a new --workdir, or delete the "
-        "workdir to redo the stage from scratch.")
+        f"{workdir} was made by an older jaxtag: its {CONFIG_JSON} lacks fields this version's "
+        f"config has ({_shown(unrecorded)}), so no flag can make the configs equal. Use a new "
+        "--workdir (or delete this one) to run the stage with this version.")
+  raise ConfigChangedError(
+      f"{workdir} was made with another config; these fields differ from its {CONFIG_JSON}: "
+      f"{_shown(changed)}. A re-run on the same workdir resumes or reuses what it holds, so it "
+      "must use the same config: pass the recorded values again, use a new --workdir, or delete "
+      "the workdir to redo the stage from scratch.")
+
+
+def _shown(names: list[str], limit: int = 12) -> str:
+  return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                     else "")
+
+
+def _recorded(tree: Any, dotted: str) -> bool:
+  """Whether the recorded JSON config holds the field ``dotted`` (``a.b.c``)."""
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return False
+    tree = tree[part]
   return True
 
 

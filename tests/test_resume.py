@@ -201,3 +201,22 @@ def test_changed_config_is_refused_before_the_recorded_one_is_overwritten(tmp_pa
   with pytest.raises(app.ConfigChangedError):
     app.finished(changed, tmp_path, "train_summary.json")
   assert app.finished(config, tmp_path / "fresh", "train_summary.json") is None
+
+
+def test_a_workdir_of_an_older_jaxtag_is_named_as_such(tmp_path):
+  """A record that lacks fields this version added cannot be matched by any flag: the message
+  says so instead of asking for the recorded values; a real difference still names the field."""
+  from launch import app
+  from launch.configs import train as train_configs
+  config = train_configs.get_config("tiny")
+  app.dump_config(config, tmp_path)
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  del recorded["data"]["on_missing_file"], recorded["data"]["mono"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(app.ConfigChangedError, match=r"older jaxtag: .*data\.mono, "
+                     r"data\.on_missing_file\), so no flag"):
+    app.dump_config(config, tmp_path)
+  config.seed = 7
+  with pytest.raises(app.ConfigChangedError, match=r"another config; .*data\.mono, "
+                     r"data\.on_missing_file, seed\. "):
+    app.dump_config(config, tmp_path)
