@@ -14,7 +14,6 @@ cheaply (8 kHz, 2,000 samples, 2 Griffin-Lim iterations): the audio only seeds t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pathlib
 import platform
@@ -22,24 +21,9 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from jaxtag import keys, rng
 from jaxtag.taggants import calibrate
-
-
-class HashBox:
-  """A benign black box: a ranking seeded by a hash of the clip (and a salt)."""
-
-  def __init__(self, class_names, sample_rate, salt):
-    self.class_names, self.sample_rate, self.salt = tuple(class_names), sample_rate, salt
-
-  def top_k(self, waveforms, k):
-    rows = []
-    for w in np.asarray(waveforms, np.float32):
-      seed = int.from_bytes(hashlib.sha256(self.salt + w.tobytes()).digest()[:8], "little")
-      rows.append(np.random.default_rng(seed).permutation(len(self.class_names))[:k])
-    return np.asarray(rows, np.int32)
 
 
 def main():
@@ -55,7 +39,7 @@ def main():
                       n_fft=256, win_length=200, hop_length=80, n_mels=32,
                       mel_inversion_iters=10, griffin_lim_iters=2)
   names = [f"class_{i}" for i in range(args.num_classes)]
-  boxes = [HashBox(names, 8000, salt) for salt in (b"a", b"b", b"c")]
+  boxes = [calibrate.HashedBenignBox(names, 8000, salt) for salt in (b"a", b"b", b"c")]
   config = calibrate.CalibrationConfig(num_key_draws=args.num_key_draws, draws_per_batch=100,
                                        max_k=args.decision_k, decision_k=args.decision_k)
   start = time.perf_counter()

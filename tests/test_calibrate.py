@@ -2,7 +2,6 @@
 empirical false-positive rate is within alpha (and the check catches an anti-conservative test);
 the statistics are verify's; an interrupted run resumes."""
 
-import hashlib
 import json
 
 import jax
@@ -51,22 +50,6 @@ def test_launcher_trains_benign_models_and_calibrates(run):
       "exact": 80}
 
 
-class HashBox:
-  """A benign black box: its ranking is a pseudo-random function of the audio (and a salt), so it
-  answers differently for every key yet never saw a label."""
-
-  def __init__(self, class_names, sample_rate, salt):
-    self.class_names, self.sample_rate, self.salt = tuple(class_names), sample_rate, salt
-
-  def top_k(self, waveforms, k):
-    rows = []
-    for w in np.asarray(waveforms, np.float32):
-      seed = int.from_bytes(hashlib.sha256(self.salt + w.tobytes()).digest()[:8], "little")
-      rows.append(np.random.default_rng(seed).permutation(len(self.class_names))[:k])
-    return np.asarray(rows, np.int32)
-
-  def __repr__(self):
-    return f"HashBox({self.salt!r})"
 
 
 def test_fresh_key_calibration_against_answering_benign_models(tiny_box, tmp_path):
@@ -77,7 +60,8 @@ def test_fresh_key_calibration_against_answering_benign_models(tiny_box, tmp_pat
   spec = calibrate_lib.KeySpec(num_keys=8, d=8, sample_rate=SR, clip_samples=CLIP, n_fft=256,
                                win_length=200, hop_length=80, n_mels=32, mel_inversion_iters=10,
                                griffin_lim_iters=2)
-  boxes = [tiny_box, HashBox(CLASSES, SR, b"a"), HashBox(CLASSES, SR, b"b")]
+  boxes = [tiny_box, calibrate_lib.HashedBenignBox(CLASSES, SR, b"a"),
+           calibrate_lib.HashedBenignBox(CLASSES, SR, b"b")]
   config = calibrate_lib.CalibrationConfig(num_key_draws=300, draws_per_batch=100, max_k=2)
   summary = calibrate_lib.calibrate(boxes, jax.random.key(11), spec, config,
                                     tmp_path / "draws.jsonl", progress=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import numbers
 import os
@@ -64,6 +65,33 @@ class CalibrationConfig:
                        f"({self.max_k}).")
     if not self.alphas or not all(isinstance(a, numbers.Real) and 0 < a < 1 for a in self.alphas):
       raise ValueError(f"CalibrationConfig.alphas must be levels in (0, 1); got {self.alphas!r}.")
+
+
+class HashedBenignBox:
+  """A benign black box for checking a test's size: its ranking of the classes is a pseudo-random
+  function of the clip's samples (SHA-256 of a salt and the float32 bytes), so it answers
+  differently for every key yet never saw a label, the sharpest H0 a trained model rarely gives
+  (benign models tend to send most keys to one or two classes).
+
+  Attributes:
+    class_names: the classes it ranks.
+    sample_rate: the rate it claims (keys are drawn at it).
+    salt: bytes that make boxes with the same classes answer independently.
+  """
+
+  def __init__(self, class_names: Sequence[str], sample_rate: int, salt: bytes):
+    self.class_names, self.sample_rate, self.salt = tuple(class_names), int(sample_rate), salt
+
+  def top_k(self, waveforms, k: int) -> np.ndarray:
+    """int32 ``(B, k)``: the first ``k`` of each clip's pseudo-random ranking."""
+    rows = []
+    for w in np.asarray(waveforms, np.float32):
+      seed = int.from_bytes(hashlib.sha256(self.salt + w.tobytes()).digest()[:8], "little")
+      rows.append(np.random.default_rng(seed).permutation(len(self.class_names))[:k])
+    return np.asarray(rows, np.int32).reshape(-1, k)
+
+  def __repr__(self):
+    return f"HashedBenignBox({self.salt!r})"
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_classes"))
