@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtag import secrets
 from jaxtag.audio import io as audio_io
 from jaxtag.keys import (ARRAY_NAMES, FORMAT_NAME, FORMAT_VERSION, KeyFileError,
                          KeyFilePermissionWarning, Keys, KeySpec, make_keys)
@@ -83,9 +84,7 @@ def check_outside(path: str | os.PathLike, dataset_root: str | os.PathLike) -> N
   Keys inside the published dataset would be published with it, and then anyone could fake
   or dodge a verification.
   """
-  target = pathlib.Path(path).expanduser().resolve()
-  root = pathlib.Path(dataset_root).expanduser().resolve()
-  if target == root or root in target.parents:
+  if secrets.is_inside(path, dataset_root):
     raise KeyFileError(f"Refusing key path {str(path)!r}: it is inside the dataset directory "
                        f"{str(dataset_root)!r}, which will be published. Keep the keys elsewhere.")
 
