@@ -572,3 +572,32 @@ def test_the_step_compiles_once_per_craft(surrogate, craft_inputs, caplog):
   assert len(r.history) == 4
   assert sum("jit(craft_step)" in m for m in compiled) == 1, compiled
   assert sum("jit(eval_losses)" in m for m in compiled) == 1, compiled
+
+
+def test_key_start_is_each_keys_waveform_at_the_full_budget():
+  keys = np.stack([np.sin(np.arange(100) * 0.3), np.zeros(100), np.arange(100) % 7 - 3.0])
+  start = craft.key_start(keys, 250, 2)            # tiled past the key's length, cut to 250
+  assert start.shape == (3, 2, 250) and start.dtype == np.float32
+  np.testing.assert_allclose(np.sqrt(np.mean(start[[0, 2]] ** 2, -1)), 1.0, rtol=1e-5)
+  assert np.all(start[1] == 0)                    # a silent key starts at zero
+  np.testing.assert_array_equal(start[0, 0], start[0, 1])
+  loud = np.abs(keys[0]) > 0.1
+  ratio = start[0, 0, :100][loud] / keys[0][loud]
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)   # the key's shape, only rescaled
+  np.testing.assert_allclose(start[0, 0, 100:200], start[0, 0, :100], rtol=1e-6)
+
+
+def test_key_init_starts_nearer_the_key_and_refuses_unknown_inits(surrogate, craft_inputs):
+  with pytest.raises(ValueError, match="init"):
+    craft.CraftConfig(init="zeros")
+  config = dataclasses.replace(CONFIG, steps=1, restarts=1, learning_rate=1e-6, init_scale=0.0)
+  r = _craft(surrogate, craft_inputs, sharding.make_mesh(1),
+             config=dataclasses.replace(config, init="key"))
+  mask = craft_inputs["poison_mask"]
+  keys = craft_inputs["key_waveforms"]
+  for k in range(2):
+    for d in r.delta[k][mask[k]]:
+      cos = d @ keys[k] / (np.linalg.norm(d) * np.linalg.norm(keys[k]))
+      assert cos > 0.9, cos                        # the key, up to the box and 16-bit rounding
+  assert np.all(r.snr_db[mask] >= 20.0 - 1e-6)
+  assert np.all(r.snr_db[mask] <= 20.0 + 1.0)      # the start uses the whole budget

@@ -116,6 +116,18 @@ def _put(mesh, array, spec):
   return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
+def key_start(key_waveforms, length: int, n: int) -> np.ndarray:
+  """``CraftConfig.init='key'``'s start in budget units: each key's waveform, cut or tiled to
+  ``length`` samples and scaled to ``rms = 1`` (the full SNR budget), repeated for its ``n``
+  poisons: float32 ``(K, n, length)``. A silent key starts at zero."""
+  keys = np.asarray(key_waveforms, np.float32)
+  reps = -(-length // keys.shape[-1])
+  keys = np.tile(keys, (1, reps))[:, :length]
+  rms = np.sqrt(np.mean(np.square(keys), axis=-1, keepdims=True))
+  keys = np.where(rms > 0, keys / np.where(rms > 0, rms, 1.0), 0.0)
+  return np.repeat(keys[:, None], n, axis=1).astype(np.float32)
+
+
 def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, poison_x,
           poison_labels, poison_mask, config: CraftConfig, key: jax.Array, sample_rate: int,
           pool: np.ndarray | None = None, pool_labels: np.ndarray | None = None, mesh=None,
@@ -225,9 +237,14 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
   eval_fn = jax.jit(functools.partial(eval_losses, clf=clf, config=config, keep=keep,
                                       sample_rate=sample_rate, ensemble=ensemble))
 
+  start = None if config.init == "random" else jnp.asarray(
+      key_start(key_waveforms, length, n).reshape(groups, n_group, length))
+
   def fresh_u(restart):
     k = rng_lib.stream(jax.random.fold_in(key, restart), "init")
     u = config.init_scale * jax.random.uniform(k, (groups, n_group, length), minval=-1, maxval=1)
+    if start is not None:
+      u = u + start
     u = jax.device_put(u, u_sharding)
     return jax.jit(project, out_shardings=u_sharding)(u, inputs.x, inputs.scale)
 

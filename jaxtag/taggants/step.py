@@ -13,7 +13,7 @@ import functools
 import itertools
 import os
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +95,11 @@ class CraftConfig:
     exclude_params: parameters left out of the cosine: a leaf is left out when any of these
       strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
     quantize: make the loss see the 16-bit-quantised clip (straight-through gradient).
-    init_scale: restarts start from ``u`` uniform in ``+-init_scale`` (then projected).
+    init: where each restart starts. ``random``: ``u`` uniform in ``+-init_scale``. ``key``: the
+      poison's own key waveform at the full budget (``rms(u) = 1``) plus that uniform noise, then
+      projected: a first-order guess of the alignment's optimum (a poison whose features resemble
+      its key's pushes the key towards the poison's label), which the optimiser then refines.
+    init_scale: the uniform part of the start (then projected).
     augment: the differentiable augmentation.
     unroll: how the step's loops over groups (keys) and ensemble members are unrolled
       (``lax.scan``'s ``unroll``): ``True`` fully, an int that many iterations per loop trip, or
@@ -112,6 +116,7 @@ class CraftConfig:
   objective: Objective = "per_key"
   exclude_params: tuple[str, ...] = ()
   quantize: bool = True
+  init: Literal["random", "key"] = "random"
   init_scale: float = 0.5
   augment: CraftAugment = CraftAugment()
   unroll: bool | int | None = None
@@ -130,6 +135,10 @@ class CraftConfig:
     if self.objective not in ("per_key", "joint"):
       raise ValueError(f"{name('objective')} must be 'per_key' or 'joint'; got "
                        f"{self.objective!r}.")
+    if self.init not in ("random", "key"):
+      raise ValueError(f"{name('init')} must be 'random' or 'key'; got {self.init!r}.")
+    if self.init_scale < 0:
+      raise ValueError(f"{name('init_scale')} must be >= 0; got {self.init_scale}.")
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (
