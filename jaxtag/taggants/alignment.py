@@ -87,6 +87,17 @@ def tree_cosine(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
   return dot / jnp.maximum(jnp.sqrt(na * nb), 1e-30)
 
 
+def tree_projection(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
+  """``<a, b> / |b|^2`` over the (kept) leaves: ``a``'s component along ``b`` in units of ``b``."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  keep = keep or (True,) * len(la)
+  pairs = [(x.astype(jnp.float32), y.astype(jnp.float32))
+           for x, y, k in zip(la, lb, keep) if k]
+  dot = sum(jnp.vdot(x, y) for x, y in pairs)
+  nb = sum(jnp.vdot(y, y) for _, y in pairs)
+  return dot / jnp.maximum(nb, 1e-30)
+
+
 def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
                   key_labels: jax.Array, *, objective: Objective = "per_key"):
   """The fixed target gradients: one per key (``per_key``, leading axis K) or one (``joint``,

@@ -67,7 +67,8 @@ from jaxtag import errors
 from jaxtag import rng as rng_lib
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
     Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
-    ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine)
+    ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine,
+    tree_projection)
 from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
     PCM16_SCALE, project, quantize_perturbation, snr_scale)
 from jaxtag.taggants.step import (  # noqa: F401  (re-exported: the public crafting API)

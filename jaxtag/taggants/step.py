@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxtag import errors
-from jaxtag.taggants.alignment import Classifier, Objective, cross_entropy, tree_cosine
+from jaxtag.taggants.alignment import (Classifier, Objective, cross_entropy, tree_cosine,
+                                      tree_projection)
 from jaxtag.taggants.constraint import project, quantize_perturbation
 from jaxtag.train import augment as augment_lib
 
@@ -92,6 +93,12 @@ class CraftConfig:
     restarts: independent runs from fresh random starts; each key keeps its best.
     snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)``.
     objective: ``per_key`` (each key its own poisons and cosine) or ``joint``.
+    alignment: what the loss rewards. ``cosine`` (the reference): ``1 - cos(G, g)`` between the
+      summed poison gradient ``G`` and the key gradient ``g``, blind to ``G``'s size. ``inner``:
+      ``1 - <G, g> / |g|^2``, one minus the poisons' first-order step along the key gradient in
+      units of that gradient, so it also rewards poisons whose gradient is large (hard to fit)
+      as long as it points the key's way: a poison the model already fits carries no gradient,
+      however well aligned its direction is.
     exclude_params: parameters left out of the cosine: a leaf is left out when any of these
       strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
     quantize: make the loss see the 16-bit-quantised clip (straight-through gradient).
@@ -114,6 +121,7 @@ class CraftConfig:
   restarts: int = 1
   snr_db: float = 55.0
   objective: Objective = "per_key"
+  alignment: Literal["cosine", "inner"] = "cosine"
   exclude_params: tuple[str, ...] = ()
   quantize: bool = True
   init: Literal["random", "key"] = "random"
@@ -139,6 +147,9 @@ class CraftConfig:
       raise ValueError(f"{name('init')} must be 'random' or 'key'; got {self.init!r}.")
     if self.init_scale < 0:
       raise ValueError(f"{name('init_scale')} must be >= 0; got {self.init_scale}.")
+    if self.alignment not in ("cosine", "inner"):
+      raise ValueError(f"{name('alignment')} must be 'cosine' or 'inner'; got "
+                       f"{self.alignment!r}.")
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (
@@ -339,7 +350,8 @@ def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.
 def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, params,
                batch_stats, config: CraftConfig, keep, sample_rate, pool, pool_targets,
                augment: bool = True, ensemble: bool = False):
-  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group.
+  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group (or, with
+  ``config.alignment == "inner"``, ``1 - <sum, key gradient> / |key gradient|^2``).
 
   With ``ensemble``, ``params``, ``batch_stats`` and ``g_key`` carry a leading member axis and the
   loss is the mean over members (every member sees the same augmented clips).
@@ -364,7 +376,10 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
     return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats), tgts))
 
   def member_loss(p, stats, g):
-    return 1.0 - tree_cosine(jax.grad(poison_loss)(p, stats), g, keep)
+    grads = jax.grad(poison_loss)(p, stats)
+    if config.alignment == "inner":
+      return 1.0 - tree_projection(grads, g, keep)
+    return 1.0 - tree_cosine(grads, g, keep)
 
   if ensemble:
     return jnp.mean(sequential_map(lambda m: member_loss(*m), (params, batch_stats, g_key),
