@@ -628,3 +628,25 @@ def test_inner_alignment_loss_is_one_minus_the_projection_and_crafting_lowers_it
         clf.classify(p, stats, clf.features(p, stats, waves)), tgt)))(params)
     want = 1.0 - float(craft.tree_projection(grads, jax.tree.map(lambda x: x[k], g)))
     assert r.losses[k] == pytest.approx(want, rel=1e-3, abs=1e-4)
+
+
+def test_contrastive_key_target_subtracts_the_other_keys_gradient_for_the_same_label(surrogate):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  waves = jnp.asarray(_clips(3, length=tc.CLIP, seed=11, amp=0.2))
+  labels = jnp.asarray([1, 4, 2])
+  own = craft.key_gradients(clf, params, stats, waves, labels)
+  lam = 0.7
+  got = craft.key_gradients(clf, params, stats, waves, labels, contrast=lam)
+  for k in range(3):
+    others = [craft.key_gradients(clf, params, stats, waves[j:j + 1], labels[k:k + 1])
+              for j in range(3) if j != k]
+    want = jax.tree.map(lambda o, a, b: o[k] - lam * (a[0] + b[0]) / 2, own, *others)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a[k], b, atol=1e-5)
+  joint = craft.key_gradients(clf, params, stats, waves, labels, objective="joint", contrast=lam)
+  for a, b in zip(jax.tree.leaves(joint), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a[0], np.mean(b, 0), atol=1e-6)
+  with pytest.raises(ValueError, match="two keys"):
+    craft.key_gradients(clf, params, stats, waves[:1], labels[:1], contrast=1.0)
+  with pytest.raises(ValueError, match="key_contrast"):
+    craft.CraftConfig(key_contrast=-1.0)

@@ -205,7 +205,8 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     keep = leaf_keep(params, tuple(config.exclude_params))
   repl = jax.sharding.NamedSharding(mesh, P())
   grads_fn = jax.jit(functools.partial(
-      ensemble_key_gradients if ensemble else key_gradients, clf, objective=config.objective),
+      ensemble_key_gradients if ensemble else key_gradients, clf, objective=config.objective,
+      contrast=config.key_contrast),
       out_shardings=repl)
 
   def surrogate(params, batch_stats):

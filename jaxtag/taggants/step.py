@@ -99,6 +99,9 @@ class CraftConfig:
       units of that gradient, so it also rewards poisons whose gradient is large (hard to fit)
       as long as it points the key's way: a poison the model already fits carries no gradient,
       however well aligned its direction is.
+    key_contrast: ``lam`` of the contrastive key target (``jaxtag.taggants.alignment.key_gradients``):
+      key ``k``'s target gradient becomes ``g(key_k, y_k) - lam * mean_{j != k} g(key_j, y_k)``,
+      so that its poisons move key ``k`` and not the others (0: the reference's target).
     exclude_params: parameters left out of the cosine: a leaf is left out when any of these
       strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
     quantize: make the loss see the 16-bit-quantised clip (straight-through gradient).
@@ -122,6 +125,7 @@ class CraftConfig:
   snr_db: float = 55.0
   objective: Objective = "per_key"
   alignment: Literal["cosine", "inner"] = "cosine"
+  key_contrast: float = 0.0
   exclude_params: tuple[str, ...] = ()
   quantize: bool = True
   init: Literal["random", "key"] = "random"
@@ -150,6 +154,8 @@ class CraftConfig:
     if self.alignment not in ("cosine", "inner"):
       raise ValueError(f"{name('alignment')} must be 'cosine' or 'inner'; got "
                        f"{self.alignment!r}.")
+    if self.key_contrast < 0:
+      raise ValueError(f"{name('key_contrast')} must be >= 0; got {self.key_contrast}.")
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (

@@ -23,6 +23,7 @@ def craft_config(**overrides) -> ml_collections.ConfigDict:
       time_mask_width=0, num_time_masks=1))
   fields = dict(steps=250, learning_rate=0.1, milestones=(40, 93, 156, 218), decay=0.3,
                 restarts=1, snr_db=55.0, objective="per_key", alignment="cosine",
+                key_contrast=0.0,
                 exclude_params=(),
                 quantize=True, init="random", init_scale=0.5,
                 # loop unrolling over keys/members: None = step.default_unroll: fully on CPU
