@@ -49,9 +49,12 @@ def _parse(argv):
 
 
 def _train_split(args, suspect_config):
+  from jaxtag import train
   from jaxtag.data import sources
-  if args.data_root:
-    source = sources.DataSource(kind="speech_commands", root=args.data_root)
+  if args.data_root:   # At the rate and clip length the suspect was trained on.
+    info = train.read_model_info(args.suspect)
+    source = sources.DataSource(kind="speech_commands", root=args.data_root,
+                                sample_rate=info.sample_rate, clip_samples=info.clip_samples)
   elif suspect_config and "data" in suspect_config:
     source = sources.DataSource(**suspect_config["data"])
   else:
