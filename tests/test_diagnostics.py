@@ -141,8 +141,9 @@ def test_signal_statistics_match_numpy_on_flattened_gradients():
   g, big_g, s = tree(3), tree(3), tree()
   big_g["a"][1] = -2.0 * g["a"][1]                                   # key 1: exactly opposed
   big_g["b"][1] = -2.0 * g["b"][1]
-  stats = diagnostics.signal_statistics(g, big_g, s)
+  stats = diagnostics.signal_statistics(g, big_g, s, jax.tree.map(lambda x: x.sum(0), big_g))
   fs = _flat(s)
+  fc = fs - _flat(jax.tree.map(lambda x: x.sum(0), big_g))             # the clean clips' part
   for k in range(3):
     fg = _flat(jax.tree.map(lambda x, k=k: x[k], g))
     fp = _flat(jax.tree.map(lambda x, k=k: x[k], big_g))
@@ -155,6 +156,10 @@ def test_signal_statistics_match_numpy_on_flattened_gradients():
     np.testing.assert_allclose(stats["whole_cos"][k], fs @ fg / np.linalg.norm(fs)
                                / np.linalg.norm(fg), rtol=1e-10)
     np.testing.assert_allclose(stats["projection_share"][k], (fp @ fg) / (fs @ fg), rtol=1e-10)
+    np.testing.assert_allclose(stats["clean_projection"][k], fc @ fg / np.linalg.norm(fg),
+                               rtol=1e-10)
+    np.testing.assert_allclose(stats["clean_cos"][k], fc @ fg / np.linalg.norm(fc)
+                               / np.linalg.norm(fg), rtol=1e-10)
   np.testing.assert_allclose(stats["poison_cos"][1], -1.0, rtol=1e-12)
   np.testing.assert_allclose(stats["whole_grad_norm"], np.linalg.norm(fs), rtol=1e-12)
   cos = jax.vmap(alignment.tree_cosine)(jax.tree.map(jnp.asarray, big_g),
@@ -196,6 +201,10 @@ def test_signal_at_agrees_with_direct_gradients_and_the_subset_estimate(tiny_mod
     np.testing.assert_allclose(rec["whole_cos"], fs @ fg / np.linalg.norm(fs)
                                / np.linalg.norm(fg), atol=1e-4)
     assert rec["num_poisons"] == int(np.sum(poisons.keys == k))
+    clean_rows = np.setdiff1d(np.arange(len(x)), poisons.rows)
+    np.testing.assert_allclose(rec["clean_projection"],
+                               per_clip[clean_rows].sum(0) @ fg / np.linalg.norm(fg),
+                               rtol=1e-3, atol=1e-4)
   scores = diagnostics.key_scores(trained, Keys(spectrograms=np.zeros((3, 4, 4), np.float32),
                                                 waveforms=keys_x, labels=keys_y,
                                                 spec=KeySpec(num_keys=3)))

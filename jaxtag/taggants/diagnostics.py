@@ -192,13 +192,17 @@ def _batched_dot(a, b) -> np.ndarray:
   return np.asarray(total)
 
 
-def signal_statistics(key_grads, poison_grads, whole_grad) -> dict[str, np.ndarray]:
+def signal_statistics(key_grads, poison_grads, whole_grad,
+                      all_poison_grad=None) -> dict[str, np.ndarray]:
   """How the poisons' and the whole set's gradients stand to each key's gradient.
 
   Args:
     key_grads: ``g``, a tree whose leaves are ``(K, ...)`` (``alignment.key_gradients``).
     poison_grads: ``G``, the same layout (:func:`grouped_gradients` of the poisons by key).
     whole_grad: ``S``, one tree without the leading axis (the training set's summed gradient).
+    all_poison_grad: ``A``, the summed gradient of every poison (one tree); with it, also
+      ``clean_cos`` cos(S - A, g) and ``clean_projection`` <S - A, g>/|g|: what the clean clips
+      alone push along each key's gradient.
 
   Returns:
     Per key ``(K,)`` arrays: ``key_grad_norm`` |g|, ``poison_grad_norm`` |G|, ``poison_cos``
@@ -212,8 +216,15 @@ def signal_statistics(key_grads, poison_grads, whole_grad) -> dict[str, np.ndarr
   pg, sg = _batched_dot(poison_grads, key_grads), _batched_dot(whole, key_grads)
   g_norm, p_norm, s_norm = np.sqrt(gg), np.sqrt(pp), float(np.sqrt(ss[0]))
   tiny = 1e-30
+  clean = {}
+  if all_poison_grad is not None:
+    rest = jax.tree.map(lambda w, a: np.asarray(w, np.float64) - np.asarray(a, np.float64),
+                        whole, jax.tree.map(lambda x: np.asarray(x)[None], all_poison_grad))
+    cg, c_norm = _batched_dot(rest, key_grads), float(np.sqrt(_batched_dot(rest, rest)[0]))
+    clean = {"clean_cos": cg / np.maximum(c_norm * g_norm, tiny),
+             "clean_projection": cg / np.maximum(g_norm, tiny)}
   with np.errstate(divide="ignore", invalid="ignore"):
-    return {
+    return {**clean,
         "key_grad_norm": g_norm, "poison_grad_norm": p_norm,
         "poison_cos": pg / np.maximum(p_norm * g_norm, tiny),
         "poison_projection": pg / np.maximum(g_norm, tiny),
@@ -297,9 +308,9 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
 
   Returns:
     ``{"keys": [per-key dict], "means": {...}, "whole_set": {...}}``: per key the
-    :func:`signal_statistics`, the key's label log-probability and rank, and its poisons' mean
-    loss and accuracy; ``means`` averages the per-key numbers over keys and adds the whole-set
-    ones (|S|, the summed gradient of all poisons and its share of |S|, the poisons' and the
+    :func:`signal_statistics` (with the clean clips' part), the key's label log-probability and
+    rank, and its poisons' mean loss and accuracy; ``means`` averages the per-key numbers over
+    keys (``projection_share``: the median) and adds the whole-set ones (|S|, the summed gradient of all poisons and its share of |S|, the poisons' and the
     set's mean loss and accuracy).
 
   Raises:
@@ -328,7 +339,7 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
     scale = (n - p) / order.size
     whole_grad = jax.tree.map(lambda c, q: scale * c + q, whole.grad, all_poisons)
     described = {"mode": "clean_subset", "clips": int(order.size), "scale": scale}
-  stats = signal_statistics(key_grads, poison.grad, whole_grad)
+  stats = signal_statistics(key_grads, poison.grad, whole_grad, all_poisons)
   scores = key_log_probs(clf, params, batch_stats, key_waveforms, key_labels)
   with np.errstate(divide="ignore", invalid="ignore"):
     poison_loss = poison.loss_sum / poison.count
@@ -344,6 +355,9 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
   all_norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
                                for x in jax.tree.leaves(all_poisons))))
   means = {name: _mean(v) for name, v in stats.items() if np.ndim(v)}
+  # A ratio whose denominator <S, g_k> crosses zero: its mean over keys says little.
+  finite = stats["projection_share"][np.isfinite(stats["projection_share"])]
+  means["projection_share"] = float(np.median(finite)) if finite.size else None
   means.update(
       key_log_prob=_mean(scores.log_prob), key_rank=_mean(scores.rank),
       keys_top1=int(np.sum(scores.rank == 1)),
