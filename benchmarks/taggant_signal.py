@@ -1,8 +1,9 @@
 """Where does the taggant signal die? Per saved epoch of a suspect's training, at its own weights:
 the keys' gradients, the poisons' summed gradient per key (its norm, its cosine with and
 projection on the key's gradient), the poisons' share of the whole training set's gradient,
-the keys' label log-probabilities and ranks, and whether the poisons are fit (see
-``jaxtag.taggants.diagnostics.signal_at`` for the definitions and signs).
+the keys' label log-probabilities and ranks, whether the poisons are fit, and the same clips
+before crafting as a control (see ``jaxtag.taggants.diagnostics.signal_at`` for the definitions
+and signs).
 
 Train the suspect with every epoch kept (``--config.max_to_keep=100``), then:
 
@@ -109,6 +110,10 @@ def main(argv=None) -> dict:
     raise ValueError(f"{key_file} is not the key file {craft} crafted with (fingerprints differ).")
   poisons = diagnostics.poison_set(record["indices"], record["keys"], files=record["files"],
                                    paths=data.paths)
+  # The poisons before crafting: the protected clips minus the recorded 16-bit perturbation.
+  unperturbed = None
+  if "delta" in record.files:
+    unperturbed = data.waveforms[poisons.rows] - record["delta"].astype(np.float32)
   reference = None
   if args.reference_clips:
     clean = np.setdiff1d(np.arange(len(data)), poisons.rows)
@@ -130,7 +135,7 @@ def main(argv=None) -> dict:
         clf, trained.params, trained.batch_stats, key_waveforms=np.asarray(secret.waveforms),
         key_labels=np.asarray(secret.labels), train_waveforms=data.waveforms,
         train_labels=data.labels, poisons=poisons, reference_rows=reference,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, unperturbed_poisons=unperturbed)
     epochs.append({"epoch": epoch, "step": step, "source": "init" if workdir is None else "suspect",
                    **point})
     m = point["means"]

@@ -187,9 +187,13 @@ def test_signal_at_agrees_with_direct_gradients_and_the_subset_estimate(tiny_mod
   trained, clf, params, stats = tiny_model
   x, y, keys_x, keys_y = _signal_inputs()
   poisons = diagnostics.PoisonSet(np.array([1, 4, 7, 10, 13]), np.array([0, 1, 1, 2, 0]))
+  before = 0.5 * x[poisons.rows]                                 # "the clips before crafting"
   out = diagnostics.signal_at(clf, params, stats, key_waveforms=keys_x, key_labels=keys_y,
-                              train_waveforms=x, train_labels=y, poisons=poisons, batch_size=4)
+                              train_waveforms=x, train_labels=y, poisons=poisons, batch_size=4,
+                              unperturbed_poisons=before)
   per_clip = np.stack([_clip_gradient(clf, params, stats, x[i], y[i]) for i in range(len(x))])
+  per_before = np.stack([_clip_gradient(clf, params, stats, w, y[i])
+                         for w, i in zip(before, poisons.rows)])
   fs = per_clip.sum(0)
   for k, rec in enumerate(out["keys"]):
     fg = _clip_gradient(clf, params, stats, keys_x[k], keys_y[k])
@@ -201,6 +205,10 @@ def test_signal_at_agrees_with_direct_gradients_and_the_subset_estimate(tiny_mod
     np.testing.assert_allclose(rec["whole_cos"], fs @ fg / np.linalg.norm(fs)
                                / np.linalg.norm(fg), atol=1e-4)
     assert rec["num_poisons"] == int(np.sum(poisons.keys == k))
+    fb = per_before[poisons.keys == k].sum(0)
+    np.testing.assert_allclose(rec["unperturbed_cos"], fb @ fg / np.linalg.norm(fb)
+                               / np.linalg.norm(fg), atol=1e-4)
+    np.testing.assert_allclose(rec["unperturbed_grad_norm"], np.linalg.norm(fb), rtol=1e-3)
     clean_rows = np.setdiff1d(np.arange(len(x)), poisons.rows)
     np.testing.assert_allclose(rec["clean_projection"],
                                per_clip[clean_rows].sum(0) @ fg / np.linalg.norm(fg),
@@ -289,8 +297,9 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
   labels = np.asarray(secret.labels)
   rows = np.concatenate([np.flatnonzero(data.labels == label)[:2] for label in labels])
   owners = np.repeat(np.arange(3), 2)
+  delta = np.round(0.02 * np.random.default_rng(2).standard_normal((6, tc.CLIP)) * 32768) / 32768
   np.savez(craft / "perturbations.npz", indices=np.arange(6) + 100, keys=owners,
-           files=np.array([data.paths[i] for i in rows]), delta=np.zeros((6, tc.CLIP)))
+           files=np.array([data.paths[i] for i in rows]), delta=delta.astype(np.float32))
   (craft / "craft_summary.json").write_text(json.dumps({"key_file": str(key_file),
                                                         "key_fingerprint": fingerprint}))
   suspect = tmp_path / "suspect"
@@ -313,6 +322,13 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
   assert [e["epoch"] for e in epochs] == [0.0] + [s / 4 for s in steps]
   assert [e["source"] for e in epochs] == ["init"] + ["suspect"] * len(steps)
   assert [r["num_poisons"] for r in epochs[-1]["keys"]] == [2, 2, 2]
+  last = train.restore_for_inference(suspect)
+  clf, params, stats = alignment.classifier_from_trained(last)
+  clean = diagnostics.grouped_gradients(clf, params, stats, data.waveforms[rows] - delta,
+                                        data.labels[rows], owners, 3)
+  np.testing.assert_allclose([r["unperturbed_loss"] for r in epochs[-1]["keys"]],
+                             clean.loss_sum / 2, rtol=1e-4)
+  assert all(r["unperturbed_cos"] != r["poison_cos"] for r in epochs[-1]["keys"])
   assert out["whole_set"]["mode"] == "all" and out["whole_set"]["clips"] == 32
   for epoch, workdir in ((epochs[0], tiny_workdir), (epochs[-1], suspect)):
     expected = diagnostics.key_scores(train.restore_for_inference(workdir), secret)

@@ -292,7 +292,8 @@ def _mean(x) -> float | None:
 
 def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, key_labels,
               train_waveforms: np.ndarray, train_labels: np.ndarray, poisons: PoisonSet,
-              reference_rows: np.ndarray | None = None, batch_size: int = 64) -> dict[str, Any]:
+              reference_rows: np.ndarray | None = None, batch_size: int = 64,
+              unperturbed_poisons: np.ndarray | None = None) -> dict[str, Any]:
   """The taggant signal at one set of weights (one checkpoint of a suspect), per key and averaged.
 
   Args:
@@ -305,6 +306,11 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
       clips (no poison) whose summed gradient, scaled by (clean clips) / len(rows), stands for
       the clean clips' part of ``S``; the poisons' own gradient is added exactly.
     batch_size: clips per chunk of the whole-set gradient.
+    unperturbed_poisons: optional ``(P, T)``, the poisons before crafting (in the order of
+      ``poisons.rows``): a control, since a key's poisons come from its label's class and would
+      push towards it unperturbed too. Adds per key ``unperturbed_grad_norm``,
+      ``unperturbed_cos`` and ``unperturbed_projection`` (as for the poisons) and
+      ``unperturbed_loss``.
 
   Returns:
     ``{"keys": [per-key dict], "means": {...}, "whole_set": {...}}``: per key the
@@ -344,6 +350,20 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
   with np.errstate(divide="ignore", invalid="ignore"):
     poison_loss = poison.loss_sum / poison.count
     poison_acc = poison.correct / poison.count
+  control = {}
+  if unperturbed_poisons is not None:
+    if np.shape(unperturbed_poisons)[0] != rows.size:
+      raise ValueError(f"{np.shape(unperturbed_poisons)[0]} unperturbed poisons for "
+                       f"{rows.size} poisons.")
+    clean = grouped_gradients(clf, params, batch_stats, np.asarray(unperturbed_poisons),
+                              train_labels[rows], poisons.keys, num_keys)
+    base = signal_statistics(key_grads, clean.grad, whole_grad)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      control = {"unperturbed_grad_norm": base["poison_grad_norm"],
+                 "unperturbed_cos": base["poison_cos"],
+                 "unperturbed_projection": base["poison_projection"],
+                 "unperturbed_loss": clean.loss_sum / clean.count}
+    stats = {**stats, **control}
   per_key = []
   for k in range(num_keys):
     record = {name: float(v[k]) for name, v in stats.items() if np.ndim(v)}
@@ -378,20 +398,32 @@ PLOTTED = (("poison_grad_norm", "|G_k| (poisons' summed gradient)"),
            ("poison_loss", "poisons' loss (eval mode)"))
 
 
+# The unperturbed poisons' counterpart of a plotted quantity, drawn beside it when measured.
+CONTROLS = {"poison_grad_norm": "unperturbed_grad_norm", "poison_cos": "unperturbed_cos",
+            "poison_loss": "unperturbed_loss"}
+
+
 def plot_signal(epochs: Sequence[dict[str, Any]], *, title: str = ""):
   """A figure of the per-epoch means of :func:`signal_at` (one panel per quantity of
-  :data:`PLOTTED`); ``epochs`` are dicts with ``epoch`` and ``means``. Returns the PNG bytes."""
+  :data:`PLOTTED`, and the unperturbed poisons' counterpart where measured); ``epochs`` are dicts
+  with ``epoch`` and ``means``. Returns the PNG bytes."""
   import io
 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  def series(name):
+    return [np.nan if e["means"].get(name) is None else e["means"][name] for e in epochs]
+
   x = [e["epoch"] for e in epochs]
   fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
   for ax, (name, label) in zip(axes.ravel(), PLOTTED):
-    y = [np.nan if e["means"].get(name) is None else e["means"][name] for e in epochs]
-    ax.plot(x, y, marker="o", lw=1)
+    ax.plot(x, series(name), marker="o", lw=1, label="poisons")
+    control = CONTROLS.get(name)
+    if control and any(control in e["means"] for e in epochs):
+      ax.plot(x, series(control), marker=".", lw=1, ls="--", label="the same clips unperturbed")
+      ax.legend(fontsize=7)
     if name in ("poison_cos", "whole_cos"):
       ax.axhline(0.0, color="grey", lw=0.5)
     ax.set(title=label, xlabel="epoch")
