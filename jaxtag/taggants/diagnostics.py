@@ -316,11 +316,13 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
     ``{"keys": [per-key dict], "means": {...}, "whole_set": {...}}``: per key the
     :func:`signal_statistics` (with the clean clips' part), the key's label log-probability and
     rank, and its poisons' mean loss and accuracy; ``means`` averages the per-key numbers over
-    keys (``projection_share``: the median) and adds the whole-set ones (|S|, the summed gradient of all poisons and its share of |S|, the poisons' and the
-    set's mean loss and accuracy).
+    keys (``projection_share``: the median) and adds the whole-set ones (|S|, the summed
+    gradient of all poisons and its share of |S|, the poisons' and the reference clips' mean
+    loss and accuracy).
 
   Raises:
-    ValueError: ``reference_rows`` that include a poison.
+    ValueError: ``reference_rows`` that include a poison, or ``unperturbed_poisons`` of
+      another length than the poisons.
   """
   key_labels = np.asarray(key_labels)
   num_keys = len(key_labels)
