@@ -4,6 +4,7 @@
     from jaxtag.train import infer
     result = train.train(train.TrainConfig(model="cnn"), train_data=ds, key=key, workdir=wd)
     trained = train.restore_for_inference(wd)   # model, params, class names, sample rate
+    epoch_2 = train.restore_step(wd, train.checkpoint_steps(wd)[1])   # a kept checkpoint
     logits = infer.map_padded(jitted_fn, waveforms, batch_size=128)   # one compilation for N clips
 
 Orbax and tqdm are imported only when a checkpoint is written or a loop runs, and the loop
@@ -12,8 +13,8 @@ that code needing only the steps or the augmentation (e.g. taggant crafting) doe
 """
 
 from jaxtag.train.augment import AugmentConfig
-from jaxtag.train.checkpoint import (ModelInfo, TrainedModel, load_trained, read_model_info,
-                                     restore_for_inference)
+from jaxtag.train.checkpoint import (ModelInfo, TrainedModel, checkpoint_steps, load_trained,
+                                     read_model_info, restore_for_inference, restore_step)
 from jaxtag.train.optim import OptimConfig, make_optimizer, make_schedule
 from jaxtag.train.state import (ModelParts, ModelSpec, StepSignature, TrainState,
                                 abstract_train_state, create_train_state, jit_eval_step,
@@ -23,9 +24,9 @@ from jaxtag.train.steps import cross_entropy, eval_step, forward, train_step
 __all__ = [
     "AugmentConfig", "ModelInfo", "ModelParts", "ModelSpec", "OptimConfig", "StepSignature",
     "TrainConfig", "TrainResult", "TrainState", "TrainedModel", "abstract_train_state",
-    "create_train_state", "cross_entropy", "eval_step", "evaluate", "forward", "jit_eval_step",
+    "checkpoint_steps", "create_train_state", "cross_entropy", "eval_step", "evaluate", "forward", "jit_eval_step",
     "jit_train_step", "load_trained", "make_optimizer", "make_schedule", "read_model_info",
-    "restore_for_inference", "step_signature", "train", "train_step",
+    "restore_for_inference", "restore_step", "step_signature", "train", "train_step",
 ]
 
 _LAZY_LOOP = ("TrainConfig", "TrainResult", "evaluate", "train")

@@ -180,6 +180,31 @@ class TrainedModel(NamedTuple):
     return models.make_apply_fn(self.graphdef, self.other)
 
 
+def _restore_weights(workdir: pathlib.Path, path: pathlib.Path, info: ModelInfo, *, sharding,
+                     partial: bool) -> TrainedModel:
+  """``params`` and ``batch_stats`` read from the orbax item at ``path`` (``partial``: an item
+  that holds more, such as a checkpoint's full TrainState) into the model ``info`` describes."""
+  import orbax.checkpoint as ocp
+  spec = info.spec
+  # `other` (stored dropout streams) is not trained; build it without materialising params.
+  other = jax.jit(lambda: models.split_model(spec.build(nnx.Rngs(0))).other)()
+  abstract = models.split_model(nnx.eval_shape(lambda: spec.build(nnx.Rngs(0))))
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        {"params": abstract.params, "batch_stats": abstract.batch_stats})
+  if partial:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+          item=target, partial_restore=True,
+          restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)))
+  else:
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(path, target)
+  model = models.merge_model(abstract.graphdef, restored["params"], restored["batch_stats"], other)
+  return TrainedModel(model, abstract.graphdef, restored["params"], restored["batch_stats"],
+                      other, info)
+
+
 def restore_for_inference(workdir: str | os.PathLike, *, sharding=None) -> TrainedModel:
   """Loads the final weights of a finished training run.
 
@@ -193,23 +218,49 @@ def restore_for_inference(workdir: str | os.PathLike, *, sharding=None) -> Train
   Raises:
     FileNotFoundError: no ``model.json`` or ``final/`` in ``workdir``.
   """
-  import orbax.checkpoint as ocp
   workdir = pathlib.Path(workdir).absolute()
   info = read_model_info(workdir)
   if not (workdir / FINAL_DIR).exists():
     raise FileNotFoundError(f"{workdir / FINAL_DIR} does not exist; the run did not finish.")
-  spec = info.spec
-  # `other` (stored dropout streams) is not trained; build it without materialising params.
-  other = jax.jit(lambda: models.split_model(spec.build(nnx.Rngs(0))).other)()
-  abstract = models.split_model(nnx.eval_shape(lambda: spec.build(nnx.Rngs(0))))
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        {"params": abstract.params, "batch_stats": abstract.batch_stats})
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(workdir / FINAL_DIR, target)
-  model = models.merge_model(abstract.graphdef, restored["params"], restored["batch_stats"], other)
-  return TrainedModel(model, abstract.graphdef, restored["params"], restored["batch_stats"],
-                      other, info)
+  return _restore_weights(workdir, workdir / FINAL_DIR, info, sharding=sharding, partial=False)
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps of the complete checkpoints kept in ``<workdir>/checkpoints``, ascending (orbax's
+  temporary folders of an unfinished save are not steps)."""
+  folder = pathlib.Path(workdir) / CHECKPOINT_DIR
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir()
+                if p.name.isdigit() and (p / "state").is_dir())
+
+
+def restore_step(workdir: str | os.PathLike, step: int, *, sharding=None) -> TrainedModel:
+  """The weights of the checkpoint at ``step`` of a finished training run, ready for inference
+  (the model as it was during training, e.g. after each epoch; ``info.step`` is ``step``).
+
+  Only ``params`` and ``batch_stats`` are read from the checkpoint's TrainState; the optimiser
+  state stays on disk. Keep every epoch with ``TrainConfig.max_to_keep`` >= the number of epochs.
+
+  Args:
+    workdir: the train stage's workdir (``model.json`` describes the model).
+    step: a step of :func:`checkpoint_steps`.
+    sharding: where to put the weights (default: the first local device).
+
+  Raises:
+    FileNotFoundError: no ``model.json``, or no checkpoint at ``step`` (the message lists those
+      kept).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  info = read_model_info(workdir)
+  kept = checkpoint_steps(workdir)
+  if int(step) not in kept:
+    raise FileNotFoundError(f"{workdir / CHECKPOINT_DIR} holds no checkpoint of step {step}; it "
+                            f"keeps steps {kept} (train with a larger max_to_keep to keep every "
+                            "epoch).")
+  path = workdir / CHECKPOINT_DIR / str(int(step)) / "state"
+  return _restore_weights(workdir, path, dataclasses.replace(info, step=int(step)),
+                          sharding=sharding, partial=True)
 
 
 def load_trained(workdir: str | os.PathLike, **kwargs) -> TrainedModel:
