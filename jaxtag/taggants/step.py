@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxtag import errors
+from jaxtag.audio import spectral
 from jaxtag.taggants.alignment import Classifier, Objective, cross_entropy, tree_cosine
-from jaxtag.taggants.constraint import project, quantize_perturbation
+from jaxtag.taggants.constraint import (StftMask, project, quantize_perturbation,
+                                        round_to_grid)
 from jaxtag.train import augment as augment_lib
 
 REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
@@ -90,7 +92,31 @@ class CraftConfig:
       ``decay``; the taggants schedule is x0.3 at 40, 93, 156 and 218.
     decay: the factor at each milestone.
     restarts: independent runs from fresh random starts; each key keeps its best.
-    snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)``.
+    snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)`` (with
+      ``constraint="snr"``; under ``stft_mask`` the SNR is only reported).
+    constraint: what bounds the perturbation (:mod:`jaxtag.taggants.constraint`). ``snr``: the
+      per-clip SNR floor ``snr_db`` (an L2 ball). ``stft_mask``: a perceptual bound in every
+      time-frequency bin, ``|STFT(delta)| <= max(|STFT(x)| * 10^(-mask_db/20), floor)``:
+      enforced approximately while crafting (``mask_iterations`` rounds of alternating
+      projections after every step) and exactly by the 16-bit export
+      (:func:`jaxtag.taggants.constraint.quantize_under_mask`, applied by
+      :func:`jaxtag.taggants.protect.protect_dataset`). Under ``stft_mask`` the unit of ``u`` (and
+      of ``learning_rate`` and ``init_scale``) is ``rms(x) * 10^(-mask_db/20)``: ``rms(u) = 1``
+      is a perturbation as loud overall as the mask lets it be.
+    mask_db: ``stft_mask``: the perturbation stays this many dB under the clean clip's own STFT
+      magnitude in every bin.
+    mask_floor_db: ``stft_mask``: the per-bin floor of the bound in dBFS, 0 dBFS being the peak
+      bin of a full-scale sine (``|X| = sum(window) / 2``), so that silent bins (digital silence,
+      pauses) may carry a tiny perturbation. The default, -100 dBFS, is 20 dB above the 16-bit
+      rounding noise per bin (uniform +-0.5 step: ``2^-15 / sqrt(12) * sqrt(sum(w^2)) /
+      (sum(w) / 2)``, -120.4 dBFS for a 512-point Hann window), so rounding the perturbation to
+      the grid does not by itself break the floor; white noise at the floor is about -81 dBFS RMS
+      (3 steps of 16 bits), inaudible under any listening level that does not clip the clip.
+    mask_n_fft, mask_hop_length, mask_window: ``stft_mask``: the STFT geometry of the bound
+      (centred frames, zero padding). The defaults (512 / 128 / ``hann``: 32 ms frames, 8 ms hop
+      at 16 kHz) resolve speech harmonics and syllables; hop at most ``n_fft / 2``.
+    mask_iterations: ``stft_mask``: rounds of alternating projections per step (more: closer to
+      the bound while crafting, so less shrinking at export; each costs one STFT and ISTFT).
     objective: ``per_key`` (each key its own poisons and cosine) or ``joint``.
     exclude_params: parameters left out of the cosine: a leaf is left out when any of these
       strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
@@ -113,6 +139,13 @@ class CraftConfig:
   decay: float = 0.3
   restarts: int = 1
   snr_db: float = 55.0
+  constraint: Literal["snr", "stft_mask"] = "snr"
+  mask_db: float = 20.0
+  mask_floor_db: float = -100.0
+  mask_n_fft: int = 512
+  mask_hop_length: int = 128
+  mask_window: str = "hann"
+  mask_iterations: int = 4
   objective: Objective = "per_key"
   exclude_params: tuple[str, ...] = ()
   quantize: bool = True
@@ -139,12 +172,49 @@ class CraftConfig:
       raise ValueError(f"{name('init')} must be 'random' or 'key'; got {self.init!r}.")
     if self.init_scale < 0:
       raise ValueError(f"{name('init_scale')} must be >= 0; got {self.init_scale}.")
+    self._check_constraint(name)
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (
         not isinstance(self.unroll, int) or self.unroll < 1):
       raise ValueError(f"{name('unroll')} must be None, a bool or an int >= 1; got "
                        f"{self.unroll!r}.")
+
+  def _check_constraint(self, name) -> None:
+    if self.constraint not in ("snr", "stft_mask"):
+      raise ValueError(f"{name('constraint')} must be 'snr' or 'stft_mask'; got "
+                       f"{self.constraint!r}.")
+    if not 0 <= self.mask_db < float("inf"):
+      raise ValueError(f"{name('mask_db')} must be a finite number of dB >= 0; got {self.mask_db}.")
+    if not -200 <= self.mask_floor_db <= 0:
+      raise ValueError(f"{name('mask_floor_db')} must be in [-200, 0] dBFS; got "
+                       f"{self.mask_floor_db}.")
+    if self.mask_n_fft < 2:
+      raise ValueError(f"{name('mask_n_fft')} must be >= 2; got {self.mask_n_fft}.")
+    if not 1 <= self.mask_hop_length <= self.mask_n_fft // 2:
+      raise ValueError(f"{name('mask_hop_length')} must be in [1, {name('mask_n_fft')} // 2 = "
+                       f"{self.mask_n_fft // 2}] (overlapping frames reconstruct every sample); "
+                       f"got {self.mask_hop_length}.")
+    try:
+      spectral.get_window(self.mask_window, self.mask_n_fft, self.mask_n_fft)
+    except ValueError as e:
+      raise ValueError(f"{name('mask_window')}: {e}") from None
+    if self.mask_iterations < 0:
+      raise ValueError(f"{name('mask_iterations')} must be >= 0; got {self.mask_iterations}.")
+
+  @property
+  def unit_db(self) -> float:
+    """The dB of ``u``'s unit ``rms(x) * 10^(-unit_db/20)``: ``snr_db``, or ``mask_db`` under
+    ``stft_mask``."""
+    return self.snr_db if self.constraint == "snr" else self.mask_db
+
+  def stft_mask(self) -> StftMask | None:
+    """The bound of ``constraint="stft_mask"`` (None under ``snr``)."""
+    if self.constraint != "stft_mask":
+      return None
+    return StftMask(mask_db=self.mask_db, floor_db=self.mask_floor_db, n_fft=self.mask_n_fft,
+                    hop_length=self.mask_hop_length, window=self.mask_window,
+                    iterations=self.mask_iterations)
 
   def loop_unroll(self) -> bool | int:
     """``unroll`` resolved for the default backend and jaxlib (``None``: :func:`default_unroll`).
@@ -328,10 +398,14 @@ class CraftInputs(NamedTuple):
 
 def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.Array:
   """``delta`` of ``u``: scaled by the budget and, with ``config.quantize``, 16-bit quantised with a
-  straight-through gradient."""
+  straight-through gradient (under ``stft_mask``: rounded to the grid, which the export then
+  shrinks where a bin would cross the bound)."""
   delta = u * inputs.scale[..., None]
   if config.quantize:
-    delta_q = quantize_perturbation(inputs.x, delta, config.snr_db)
+    if config.constraint == "snr":
+      delta_q = quantize_perturbation(inputs.x, delta, config.snr_db)
+    else:
+      delta_q = round_to_grid(delta)
     delta = delta + jax.lax.stop_gradient(delta_q - delta)
   return delta
 
@@ -391,7 +465,8 @@ def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool
                                              inputs.weights, inputs.scale, inputs.key_grads),
                                  unroll=config.loop_unroll())
   updates, opt_state = tx.update(grads, state.opt_state, state.u)
-  u = project(optax.apply_updates(state.u, updates), inputs.x, inputs.scale)
+  u = project(optax.apply_updates(state.u, updates), inputs.x, inputs.scale,
+              mask=config.stft_mask())
   return dataclasses.replace(state, u=u, opt_state=opt_state, step=state.step + 1), losses
 
 
