@@ -94,7 +94,9 @@ class CraftResult:
 
   Attributes:
     delta: float32 ``(G, n, T)`` the quantised perturbations (exactly what the 16-bit export
-      adds when ``config.quantize``), zero on padding.
+      adds when ``config.quantize``; under ``constraint="stft_mask"`` rounded to the grid, and
+      :func:`jaxtag.taggants.protect.export_under_mask` makes them exact under the bound), zero
+      on padding.
     losses: ``(G,)`` final alignment loss per group (no augmentation; for an ensemble the mean
       over members), best restart.
     initial_losses: ``(G,)`` the loss of the unperturbed poisons (on the surrogate as given,
