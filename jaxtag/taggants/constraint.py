@@ -20,11 +20,14 @@ A poison's perturbation is held in units of a per-clip scale: ``delta = u * s`` 
   ``|STFT|`` is within ``B`` in every bin, shrinking (to zero in the worst case) what the
   approximate projection and the rounding left over.
 
-The mask's STFT is centred with zero padding (``pad_mode="constant"``): with it the repo's
-:func:`jaxtag.audio.spectral.istft` is the orthogonal projection onto consistent spectrograms (the
-STFT's Gram matrix is the diagonal window sum of squares), so each alternating-projection round is
-a pair of exact projections onto convex sets and never increases the distance to the allowed set
-(:func:`mask_excess`). Pure ``jnp``; shapes are ``(..., T)``, spectrograms ``(..., frames, bins)``.
+The mask's STFT is :func:`jaxtag.audio.spectral.stft` centred with zero padding
+(``pad_mode="constant"``): with it the weighted overlap-add inverse (``spectral.istft``) is the
+orthogonal projection onto consistent spectrograms (the STFT's Gram matrix is the diagonal window
+sum of squares), so each alternating-projection round is a pair of exact projections onto convex
+sets and never increases the distance to the allowed set (:func:`mask_excess`). Its DFT is a
+product with a constant matrix rather than an FFT (:meth:`StftMask.stft`), so that under the
+craft's sharding (poisons split over devices) the projection stays on each device's poisons.
+Pure ``jnp``; shapes are ``(..., T)``, spectrograms ``(..., frames, bins)``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def snr_scale(x: jax.Array, snr_db: float) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# The SNR ball
+# The projection (SNR ball or mask) and the 16-bit grid
 # --------------------------------------------------------------------------------------------
 
 
