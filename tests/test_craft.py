@@ -97,6 +97,8 @@ def test_config_errors_name_the_field():
     craft.CraftConfig(objective="both")
   with pytest.raises(ValueError, match="views"):
     craft.CraftAugment(views=0)
+  with pytest.raises(ValueError, match="alignment"):
+    craft.CraftConfig(alignment="dot")
 
 
 def test_tree_cosine_matches_numpy_and_excludes_leaves():
@@ -111,6 +113,11 @@ def test_tree_cosine_matches_numpy_and_excludes_leaves():
       (1 * 0.5 - 2 * 4) / np.linalg.norm([1, -2]) / np.linalg.norm([0.5, 4]), rel=1e-6)
   with pytest.raises(ValueError, match="leaves no parameter"):
     craft.leaf_keep(a, ("head", "conv"))
+  assert float(craft.tree_projection(a, b)) == pytest.approx(fa @ fb / (fb @ fb), rel=1e-6)
+  assert float(craft.tree_projection(a, b, keep)) == pytest.approx(
+      (1 * 0.5 - 2 * 4) / (0.5 ** 2 + 4 ** 2), rel=1e-6)
+  twice = jax.tree.map(lambda x: 2 * x, a)           # unlike the cosine, it sees the size
+  assert float(craft.tree_projection(twice, b)) == pytest.approx(2 * fa @ fb / (fb @ fb), rel=1e-6)
 
 
 # ------------------------------------------------------------------ selection
@@ -675,3 +682,45 @@ def test_key_init_starts_nearer_the_key_and_refuses_unknown_inits(surrogate, cra
       assert cos > 0.9, cos                        # the key, up to the box and 16-bit rounding
   assert np.all(r.snr_db[mask] >= 20.0 - 1e-6)
   assert np.all(r.snr_db[mask] <= 20.0 + 1.0)      # the start uses the whole budget
+
+
+def test_inner_alignment_loss_is_one_minus_the_projection_and_crafting_lowers_it(
+    surrogate, craft_inputs):
+  config = dataclasses.replace(CONFIG, alignment="inner", restarts=1, steps=8)
+  r = _craft(surrogate, craft_inputs, sharding.make_mesh(1), config=config)
+  assert np.all(r.losses < r.initial_losses - 0.01), (r.initial_losses, r.losses)
+  # The reported loss is 1 - <G, g>/|g|^2 of the exported poisons (no augmentation).
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  ci = craft_inputs
+  g = craft.key_gradients(clf, params, stats, jnp.asarray(ci["key_waveforms"]),
+                          jnp.asarray(ci["key_labels"]))
+  for k in range(2):
+    m = ci["poison_mask"][k]
+    waves = jnp.asarray(ci["poison_x"][k][m] + r.delta[k][m])
+    tgt = jax.nn.one_hot(jnp.asarray(ci["poison_labels"][k][m]), clf.num_classes)
+    grads = jax.grad(lambda p: jnp.sum(craft.cross_entropy(
+        clf.classify(p, stats, clf.features(p, stats, waves)), tgt)))(params)
+    want = 1.0 - float(craft.tree_projection(grads, jax.tree.map(lambda x: x[k], g)))
+    assert r.losses[k] == pytest.approx(want, rel=1e-3, abs=1e-4)
+
+
+def test_contrastive_key_target_subtracts_the_other_keys_gradient_for_the_same_label(surrogate):
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  waves = jnp.asarray(_clips(3, length=tc.CLIP, seed=11, amp=0.2))
+  labels = jnp.asarray([1, 4, 2])
+  own = craft.key_gradients(clf, params, stats, waves, labels)
+  lam = 0.7
+  got = craft.key_gradients(clf, params, stats, waves, labels, contrast=lam)
+  for k in range(3):
+    others = [craft.key_gradients(clf, params, stats, waves[j:j + 1], labels[k:k + 1])
+              for j in range(3) if j != k]
+    want = jax.tree.map(lambda o, a, b: o[k] - lam * (a[0] + b[0]) / 2, own, *others)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a[k], b, atol=1e-5)
+  joint = craft.key_gradients(clf, params, stats, waves, labels, objective="joint", contrast=lam)
+  for a, b in zip(jax.tree.leaves(joint), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a[0], np.mean(b, 0), atol=1e-6)
+  with pytest.raises(ValueError, match="two keys"):
+    craft.key_gradients(clf, params, stats, waves[:1], labels[:1], contrast=1.0)
+  with pytest.raises(ValueError, match="key_contrast"):
+    craft.CraftConfig(key_contrast=-1.0)

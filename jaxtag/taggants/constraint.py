@@ -122,7 +122,12 @@ class StftMask:
   Attributes:
     mask_db: how far under the clean clip's own STFT magnitude the perturbation stays, per bin.
     floor_db: the absolute per-bin floor in dBFS, where 0 dBFS is the peak bin of a full-scale
-      sine (``|X| = sum(window) / 2``); see ``CraftConfig.mask_floor_db`` for the default.
+      sine (``|X| = sum(window) / 2``), so that silent bins (digital silence, pauses) may carry a
+      tiny perturbation. The default, -100 dBFS, is 20 dB above the 16-bit rounding noise per
+      bin (uniform +-0.5 step: ``2^-15 / sqrt(12) * sqrt(sum(w^2)) / (sum(w) / 2)``, -120.4 dBFS
+      for a 512-point Hann window; :attr:`rounding_noise`), so that rounding the perturbation to
+      the grid does not by itself break the floor; white noise at the floor is about -81 dBFS
+      RMS (3 steps of 16 bits), inaudible at any listening level that does not clip the clip.
     n_fft, hop_length, window: the STFT geometry (centred frames, zero padding).
     iterations: rounds of alternating projections in :func:`project_mask`.
   """
@@ -211,6 +216,35 @@ class StftMask:
     if self.n_fft % 2 == 0:
       w[-1] = 1.0
     return w
+
+
+def check_mask_settings(config, name) -> None:
+  """Validates ``CraftConfig``'s ``constraint`` and ``mask_*`` settings (``config``: anything
+  with those attributes); ``name(field)`` spells an option for the message.
+
+  Raises:
+    ValueError: a setting out of range, naming its option.
+  """
+  if config.constraint not in ("snr", "stft_mask"):
+    raise ValueError(f"{name('constraint')} must be 'snr' or 'stft_mask'; got "
+                     f"{config.constraint!r}.")
+  if not 0 <= config.mask_db < float("inf"):
+    raise ValueError(f"{name('mask_db')} must be a finite number of dB >= 0; got {config.mask_db}.")
+  if not -200 <= config.mask_floor_db <= 0:
+    raise ValueError(f"{name('mask_floor_db')} must be in [-200, 0] dBFS; got "
+                     f"{config.mask_floor_db}.")
+  if config.mask_n_fft < 2:
+    raise ValueError(f"{name('mask_n_fft')} must be >= 2; got {config.mask_n_fft}.")
+  if not 1 <= config.mask_hop_length <= config.mask_n_fft // 2:
+    raise ValueError(f"{name('mask_hop_length')} must be in [1, {name('mask_n_fft')} // 2 = "
+                     f"{config.mask_n_fft // 2}] (overlapping frames reconstruct every sample); "
+                     f"got {config.mask_hop_length}.")
+  try:
+    spectral.get_window(config.mask_window, config.mask_n_fft, config.mask_n_fft)
+  except ValueError as e:
+    raise ValueError(f"{name('mask_window')}: {e}") from None
+  if config.mask_iterations < 0:
+    raise ValueError(f"{name('mask_iterations')} must be >= 0; got {config.mask_iterations}.")
 
 
 def mask_bound(x: jax.Array, mask: StftMask) -> jax.Array:

@@ -69,7 +69,8 @@ from jaxtag import errors
 from jaxtag import rng as rng_lib
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
     Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
-    ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine)
+    ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine,
+    tree_projection)
 from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
     PCM16_SCALE, project, quantize_perturbation, snr_scale)
 from jaxtag.taggants.step import (  # noqa: F401  (re-exported: the public crafting API)
@@ -208,7 +209,8 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     keep = leaf_keep(params, tuple(config.exclude_params))
   repl = jax.sharding.NamedSharding(mesh, P())
   grads_fn = jax.jit(functools.partial(
-      ensemble_key_gradients if ensemble else key_gradients, clf, objective=config.objective),
+      ensemble_key_gradients if ensemble else key_gradients, clf, objective=config.objective,
+      contrast=config.key_contrast),
       out_shardings=repl)
 
   def surrogate(params, batch_stats):

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxtag import errors
-from jaxtag.audio import spectral
-from jaxtag.taggants.alignment import Classifier, Objective, cross_entropy, tree_cosine
-from jaxtag.taggants.constraint import (StftMask, project, quantize_perturbation,
-                                        round_to_grid)
+from jaxtag.taggants.alignment import (Classifier, Objective, cross_entropy, tree_cosine,
+                                      tree_projection)
+from jaxtag.taggants.constraint import (StftMask, check_mask_settings, project,
+                                        quantize_perturbation, round_to_grid)
 from jaxtag.train import augment as augment_lib
 
 REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
@@ -105,19 +105,24 @@ class CraftConfig:
       is a perturbation as loud overall as the mask lets it be.
     mask_db: ``stft_mask``: the perturbation stays this many dB under the clean clip's own STFT
       magnitude in every bin.
-    mask_floor_db: ``stft_mask``: the per-bin floor of the bound in dBFS, 0 dBFS being the peak
-      bin of a full-scale sine (``|X| = sum(window) / 2``), so that silent bins (digital silence,
-      pauses) may carry a tiny perturbation. The default, -100 dBFS, is 20 dB above the 16-bit
-      rounding noise per bin (uniform +-0.5 step: ``2^-15 / sqrt(12) * sqrt(sum(w^2)) /
-      (sum(w) / 2)``, -120.4 dBFS for a 512-point Hann window), so rounding the perturbation to
-      the grid does not by itself break the floor; white noise at the floor is about -81 dBFS RMS
-      (3 steps of 16 bits), inaudible under any listening level that does not clip the clip.
+    mask_floor_db: ``stft_mask``: the per-bin floor of the bound in dBFS (0 dBFS: a full-scale
+      sine's peak bin), so that silent bins may carry a tiny perturbation. The default, -100, is
+      20 dB above the 16-bit rounding noise per bin (:attr:`StftMask.floor_db` explains it).
     mask_n_fft, mask_hop_length, mask_window: ``stft_mask``: the STFT geometry of the bound
       (centred frames, zero padding). The defaults (512 / 128 / ``hann``: 32 ms frames, 8 ms hop
       at 16 kHz) resolve speech harmonics and syllables; hop at most ``n_fft / 2``.
     mask_iterations: ``stft_mask``: rounds of alternating projections per step (more: closer to
       the bound while crafting, so less shrinking at export; each costs one STFT and ISTFT).
     objective: ``per_key`` (each key its own poisons and cosine) or ``joint``.
+    alignment: what the loss rewards. ``cosine`` (the reference): ``1 - cos(G, g)`` between the
+      summed poison gradient ``G`` and the key gradient ``g``, blind to ``G``'s size. ``inner``:
+      ``1 - <G, g> / |g|^2``, one minus the poisons' first-order step along the key gradient in
+      units of that gradient, so it also rewards poisons whose gradient is large (hard to fit)
+      as long as it points the key's way: a poison the model already fits carries no gradient,
+      however well aligned its direction is.
+    key_contrast: ``lam`` of the contrastive key target (``jaxtag.taggants.alignment.key_gradients``):
+      key ``k``'s target gradient becomes ``g(key_k, y_k) - lam * mean_{j != k} g(key_j, y_k)``,
+      so that its poisons move key ``k`` and not the others (0: the reference's target).
     exclude_params: parameters left out of the cosine: a leaf is left out when any of these
       strings occurs in its path (``"/"``-joined, e.g. ``"head"`` or ``"bias"``).
     quantize: make the loss see the 16-bit-quantised clip (straight-through gradient).
@@ -147,6 +152,8 @@ class CraftConfig:
   mask_window: str = "hann"
   mask_iterations: int = 4
   objective: Objective = "per_key"
+  alignment: Literal["cosine", "inner"] = "cosine"
+  key_contrast: float = 0.0
   exclude_params: tuple[str, ...] = ()
   quantize: bool = True
   init: Literal["random", "key"] = "random"
@@ -172,35 +179,18 @@ class CraftConfig:
       raise ValueError(f"{name('init')} must be 'random' or 'key'; got {self.init!r}.")
     if self.init_scale < 0:
       raise ValueError(f"{name('init_scale')} must be >= 0; got {self.init_scale}.")
-    self._check_constraint(name)
+    if self.alignment not in ("cosine", "inner"):
+      raise ValueError(f"{name('alignment')} must be 'cosine' or 'inner'; got "
+                       f"{self.alignment!r}.")
+    if self.key_contrast < 0:
+      raise ValueError(f"{name('key_contrast')} must be >= 0; got {self.key_contrast}.")
+    check_mask_settings(self, name)
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (
         not isinstance(self.unroll, int) or self.unroll < 1):
       raise ValueError(f"{name('unroll')} must be None, a bool or an int >= 1; got "
                        f"{self.unroll!r}.")
-
-  def _check_constraint(self, name) -> None:
-    if self.constraint not in ("snr", "stft_mask"):
-      raise ValueError(f"{name('constraint')} must be 'snr' or 'stft_mask'; got "
-                       f"{self.constraint!r}.")
-    if not 0 <= self.mask_db < float("inf"):
-      raise ValueError(f"{name('mask_db')} must be a finite number of dB >= 0; got {self.mask_db}.")
-    if not -200 <= self.mask_floor_db <= 0:
-      raise ValueError(f"{name('mask_floor_db')} must be in [-200, 0] dBFS; got "
-                       f"{self.mask_floor_db}.")
-    if self.mask_n_fft < 2:
-      raise ValueError(f"{name('mask_n_fft')} must be >= 2; got {self.mask_n_fft}.")
-    if not 1 <= self.mask_hop_length <= self.mask_n_fft // 2:
-      raise ValueError(f"{name('mask_hop_length')} must be in [1, {name('mask_n_fft')} // 2 = "
-                       f"{self.mask_n_fft // 2}] (overlapping frames reconstruct every sample); "
-                       f"got {self.mask_hop_length}.")
-    try:
-      spectral.get_window(self.mask_window, self.mask_n_fft, self.mask_n_fft)
-    except ValueError as e:
-      raise ValueError(f"{name('mask_window')}: {e}") from None
-    if self.mask_iterations < 0:
-      raise ValueError(f"{name('mask_iterations')} must be >= 0; got {self.mask_iterations}.")
 
   @property
   def unit_db(self) -> float:
@@ -413,7 +403,8 @@ def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.
 def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, params,
                batch_stats, config: CraftConfig, keep, sample_rate, pool, pool_targets,
                augment: bool = True, ensemble: bool = False):
-  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group.
+  """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group (or, with
+  ``config.alignment == "inner"``, ``1 - <sum, key gradient> / |key gradient|^2``).
 
   With ``ensemble``, ``params``, ``batch_stats`` and ``g_key`` carry a leading member axis and the
   loss is the mean over members (every member sees the same augmented clips).
@@ -438,7 +429,10 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
     return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats), tgts))
 
   def member_loss(p, stats, g):
-    return 1.0 - tree_cosine(jax.grad(poison_loss)(p, stats), g, keep)
+    grads = jax.grad(poison_loss)(p, stats)
+    if config.alignment == "inner":
+      return 1.0 - tree_projection(grads, g, keep)
+    return 1.0 - tree_cosine(grads, g, keep)
 
   if ensemble:
     return jnp.mean(sequential_map(lambda m: member_loss(*m), (params, batch_stats, g_key),

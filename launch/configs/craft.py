@@ -26,7 +26,8 @@ def craft_config(**overrides) -> ml_collections.ConfigDict:
                 # snr | stft_mask (per-bin: mask_db under the clean STFT, floor in dBFS per bin)
                 constraint="snr", mask_db=20.0, mask_floor_db=-100.0, mask_n_fft=512,
                 mask_hop_length=128, mask_window="hann", mask_iterations=4,
-                objective="per_key", exclude_params=(),
+                objective="per_key", alignment="cosine", key_contrast=0.0,
+                exclude_params=(),
                 quantize=True, init="random", init_scale=0.5,
                 # loop unrolling over keys/members: None = step.default_unroll: fully on CPU
                 # with jaxlib < 0.11 (3.4x faster there), rolled on CPU with jaxlib >= 0.11
