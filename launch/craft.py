@@ -28,7 +28,10 @@ inside the input dataset or the output, and a key file others can read is refuse
                                 every clean training clip over the total perturbation energy; not
                                 a per-poison figure), and PESQ wideband and STOI of the exported
                                 poisons against their clean clips (None, with the reason, without
-                                the `quality` extra: pip install 'jaxtag[quality]')
+                                the `quality` extra: pip install 'jaxtag[quality]').
+                                With `--config.craft.constraint=stft_mask`, `mask_margin_db_max`:
+                                the worst time-frequency bin over every poison, 20 log10(|STFT(d)|
+                                / B) of the exported perturbation against the mask's bound (<= 0)
 The dataset is written into a temporary folder beside `<output_dir>`, read back there (every
 split: its files and clip count, each poison carrying exactly the crafted perturbation, every
 other clip equal to the input; every copied input file byte-equal) and only then renamed into

@@ -14,7 +14,7 @@ import tiny_classifier as tc
 from jaxtag import sharding, train
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.keys import Keys, KeySpec
-from jaxtag.taggants import craft, protect, select
+from jaxtag.taggants import constraint, craft, protect, select
 
 # ------------------------------------------------------------------ constraint and quantisation
 
@@ -325,11 +325,85 @@ def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
   np.testing.assert_array_equal(protected.labels, data.labels)
   assert np.all(y[report.poison_indices] == np.array([0, 3])[report.poison_keys])
   assert np.all(report.snr_db >= 20.0 - 1e-6)
+  assert report.mask_margin_db is None and "mask_margin_db_max" not in report.summary()
   assert np.all(np.isfinite(report.alignment_before)) and np.all(np.isfinite(report.alignment_after))
   bad = dataclasses.replace(data, class_names=tuple(reversed(tc.CLASSES)))
   with pytest.raises(ValueError, match="classes"):
     protect.protect_dataset(surrogate, keys, bad, config=config, key=jax.random.key(0),
                             progress=False)
+
+
+# ------------------------------------------------------------------ the STFT-mask constraint
+
+# 10 dB: on these tones a 20 dB mask leaves ~41 dB SNR (noise bins allow little), too little for a
+# 4-step craft to move the loss clearly; 10 dB leaves ~30 dB.
+MASK_CONFIG = dataclasses.replace(CONFIG, constraint="stft_mask", mask_db=10.0, steps=4,
+                                  restarts=1)
+
+
+@pytest.fixture(scope="module")
+def mask_result_1dev(surrogate, craft_inputs):
+  return _craft(surrogate, craft_inputs, sharding.make_mesh(1), config=MASK_CONFIG)
+
+
+def test_stft_mask_craft_lowers_the_loss_and_its_export_holds_the_bound(mask_result_1dev,
+                                                                        craft_inputs):
+  r = mask_result_1dev
+  assert np.all(r.losses < r.initial_losses - 0.005), (r.initial_losses, r.losses)
+  mask = craft_inputs["poison_mask"]
+  assert np.all(r.delta[~mask] == 0)
+  x, delta = craft_inputs["poison_x"][mask], r.delta[mask]
+  stft_mask = MASK_CONFIG.stft_mask()
+  bound = constraint.mask_bound(jnp.asarray(x), stft_mask)
+  crafted = np.asarray(constraint.mask_margin_db(jnp.asarray(delta), bound, stft_mask))
+  # 4 steps of 4 rounds from a white start: still far from the bound (a 250-step craft ends
+  # within a dB); the export must make it exact anyway.
+  assert np.all(crafted > 0), crafted
+  q = protect.export_under_mask(x, delta, stft_mask)
+  margins = protect.mask_margins(x, x + q, stft_mask)
+  assert np.all(margins <= 0) and np.all(np.isfinite(margins)), margins   # every poison carries
+  np.testing.assert_array_equal(q * craft.PCM16_SCALE, np.round(q * craft.PCM16_SCALE))
+  np.testing.assert_allclose(
+      np.asarray(constraint.mask_margin_db(jnp.asarray(q), bound, stft_mask)), margins, atol=1e-4)
+  assert np.all(np.isfinite(r.snr_db[mask]))      # the SNR is still reported
+
+
+def test_stft_mask_craft_on_8_devices_equals_1_device(surrogate, craft_inputs, mask_result_1dev,
+                                                      num_devices):
+  if num_devices < 8:
+    pytest.skip("needs 8 (fake) devices")
+  r8 = _craft(surrogate, craft_inputs, sharding.make_mesh(8), config=MASK_CONFIG)
+  a, b = r8.delta.ravel(), mask_result_1dev.delta.ravel()
+  cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+  # Sign steps amplify float noise (here the per-device products of the mask's DFT): compare the
+  # losses loosely and the perturbations as signals.
+  np.testing.assert_allclose(r8.losses, mask_result_1dev.losses, atol=2e-3)
+  assert cos > 0.98, cos
+
+
+def test_protect_dataset_under_the_stft_mask_exports_within_the_bound(surrogate):
+  _, _, data, keys = _tone_data_and_keys()
+  config = protect.ProtectConfig(budget=0.1, diagnostics=False,
+                                 craft=dataclasses.replace(MASK_CONFIG, steps=2))
+  protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
+                                              key=jax.random.key(0), mesh=sharding.make_mesh(1),
+                                              progress=False)
+  idx = report.poison_indices
+  clean, perturbed = data.waveforms[idx], protected.waveforms[idx]
+  assert report.mask_margin_db.shape == (idx.size,) == (6,)
+  assert np.all(report.mask_margin_db <= 0) and np.all(np.isfinite(report.mask_margin_db))
+  summary = report.summary()
+  assert summary["mask_margin_db_max"] == pytest.approx(float(report.mask_margin_db.max()))
+  assert len(report.to_json()["mask_margin_db"]) == idx.size
+  # Measured on what was exported: the protected clips' own perturbations.
+  stft_mask = config.craft.stft_mask()
+  np.testing.assert_allclose(protect.mask_margins(clean, perturbed, stft_mask),
+                             report.mask_margin_db, atol=1e-6)
+  delta = perturbed.astype(np.float64) - clean
+  np.testing.assert_allclose(report.snr_db, 10 * np.log10(np.sum(clean.astype(np.float64)**2, -1)
+                                                          / np.sum(delta**2, -1)), rtol=1e-9)
+  changed = np.flatnonzero(np.any(protected.waveforms != data.waveforms, axis=1))
+  assert set(changed.tolist()) <= set(idx.tolist())
 
 
 # ------------------------------------------------------------------ surrogate ensembles

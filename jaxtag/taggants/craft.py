@@ -18,7 +18,9 @@ key loss.
 The perturbation is parameterised per clip in units of its SNR budget: ``delta = u * s`` with
 ``s = rms(x) * 10 ** (-snr_db / 20)``, so the SNR floor is ``rms(u) <= 1`` (an L2 ball) and the
 [-1, 1] range is a per-sample box; :func:`project` (from :mod:`jaxtag.taggants.constraint`,
-re-exported here) enforces both after every step. The optimiser is
+re-exported here) enforces both after every step. With ``CraftConfig.constraint="stft_mask"``
+the bound is perceptual instead, per time-frequency bin (``s`` then only a unit, at ``mask_db``;
+see :mod:`jaxtag.taggants.constraint`). The optimiser is
 sign-Adam (Adam on the sign of the gradient) with the taggants step schedule, and restarts keep the
 lowest final loss per key. Every step sees each poison ``views`` times with independent,
 differentiable augmentation draws (time shift, gain, noise, mixup with clean clips, SpecAugment
@@ -93,7 +95,9 @@ class CraftResult:
 
   Attributes:
     delta: float32 ``(G, n, T)`` the quantised perturbations (exactly what the 16-bit export
-      adds when ``config.quantize``), zero on padding.
+      adds when ``config.quantize``; under ``constraint="stft_mask"`` rounded to the grid, and
+      :func:`jaxtag.taggants.protect.export_under_mask` makes them exact under the bound), zero
+      on padding.
     losses: ``(G,)`` final alignment loss per group (no augmentation; for an ensemble the mean
       over members), best restart.
     initial_losses: ``(G,)`` the loss of the unperturbed poisons (on the surrogate as given,
@@ -193,7 +197,7 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     targets = targets.reshape(1, num_keys * n, -1)
     weights = weights.reshape(1, num_keys * n)
   groups, n_group = weights.shape
-  scale = np.asarray(snr_scale(jnp.asarray(poison_x), config.snr_db)) * (weights > 0)
+  scale = np.asarray(snr_scale(jnp.asarray(poison_x), config.unit_db)) * (weights > 0)
 
   ensemble = isinstance(params, list)    # a list of trees; a single tree may itself be a tuple
   if ensemble:
@@ -248,7 +252,8 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
     if start is not None:
       u = u + start
     u = jax.device_put(u, u_sharding)
-    return jax.jit(project, out_shardings=u_sharding)(u, inputs.x, inputs.scale)
+    return jax.jit(functools.partial(project, mask=config.stft_mask()),
+                   out_shardings=u_sharding)(u, inputs.x, inputs.scale)
 
   def new_state():
     u = fresh_u(0)

@@ -14,6 +14,7 @@ Everything stays in memory; writing the dataset in its folder layout is the call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from jaxtag import errors
 from jaxtag import rng as rng_lib
 from jaxtag.data.dataset import AudioDataset
+from jaxtag.taggants import constraint as constraint_lib
 from jaxtag.taggants import craft as craft_lib
 from jaxtag.taggants import select as select_lib
 
@@ -45,7 +47,7 @@ class ProtectConfig:
       on the data crafted so far, at evenly spaced steps of the craft (needs a ``retrain``
       function, see :func:`protect_dataset`, and ``craft.restarts == 1``); 0: never.
     min_budget_lsb: with ``craft.quantize``, only clips whose perturbation budget (RMS at the
-      SNR floor) is at least this many 16-bit steps may be poisons: under about one step the
+      SNR floor; under ``craft.constraint="stft_mask"``, at ``mask_db``) is at least this many 16-bit steps may be poisons: under about one step the
       exported perturbation rounds to nothing (at 55 dB, clips quieter than about -35 dBFS RMS;
       5 of the demo's 56 random poisons were). 0: every clip of the key's class.
   """
@@ -84,6 +86,10 @@ class ProtectReport:
       key's gradient (mean over the members of an ensemble; NaN without diagnostics).
     history: per-step mean loss.
     seconds: crafting wall time.
+    mask_margin_db: ``(P,)`` under ``craft.constraint="stft_mask"``, each poison's worst bin
+      ``max 20 log10(|STFT(delta)| / B)`` (<= 0: the bound holds; -inf: no perturbation),
+      measured on the 16-bit values of the protected clips (what the export writes, and the
+      craft launcher's read-back check finds exactly); None under ``snr``.
   """
 
   poison_indices: np.ndarray
@@ -96,10 +102,16 @@ class ProtectReport:
   alignment_after: np.ndarray
   history: list[dict[str, float]]
   seconds: float
+  mask_margin_db: np.ndarray | None = None
 
   def summary(self) -> dict[str, Any]:
-    """The headline numbers."""
+    """The headline numbers (``mask_margin_db_max``: the worst bin over every poison, under
+    ``stft_mask`` only; None when no poison carries a perturbation)."""
     finite = self.snr_db[np.isfinite(self.snr_db)]
+    mask = {}
+    if self.mask_margin_db is not None:
+      carried = self.mask_margin_db[np.isfinite(self.mask_margin_db)]
+      mask["mask_margin_db_max"] = float(carried.max()) if carried.size else None
     return {
         "num_poisons": int(self.poison_indices.size),
         "snr_db_min": float(finite.min()) if finite.size else float("inf"),
@@ -109,6 +121,7 @@ class ProtectReport:
         "alignment_before_mean": float(np.nanmean(self.alignment_before)),
         "alignment_after_mean": float(np.nanmean(self.alignment_after)),
         "craft_seconds": round(self.seconds, 2),
+        **mask,
     }
 
   def to_json(self) -> dict[str, Any]:
@@ -116,6 +129,8 @@ class ProtectReport:
     for field in ("poison_indices", "poison_keys", "snr_db", "initial_losses", "final_losses",
                   "restart_losses", "alignment_before", "alignment_after"):
       out[field] = np.asarray(getattr(self, field)).tolist()
+    if self.mask_margin_db is not None:
+      out["mask_margin_db"] = np.asarray(self.mask_margin_db).tolist()
     out["history"] = self.history
     return out
 
@@ -175,8 +190,47 @@ def carries_perturbation(waveforms: np.ndarray, config: ProtectConfig) -> np.nda
   (``config.min_budget_lsb``); None when every clip qualifies by construction."""
   if not config.craft.quantize or config.min_budget_lsb <= 0:
     return None
-  budget_lsb = clip_rms(waveforms) * 10 ** (-config.craft.snr_db / 20) * craft_lib.PCM16_SCALE
+  budget_lsb = clip_rms(waveforms) * 10 ** (-config.craft.unit_db / 20) * craft_lib.PCM16_SCALE
   return budget_lsb >= config.min_budget_lsb
+
+
+def _by_chunks(fn, *arrays, chunk: int) -> np.ndarray:
+  """``fn`` over the leading axis of host ``arrays``, ``chunk`` rows at a time (the last chunk
+  repeats its last row: one compiled shape)."""
+  n = len(arrays[0])
+  out = None
+  rows = max(1, min(chunk, n))
+  for start in range(0, n, rows):
+    idx = np.pad(np.arange(start, min(start + rows, n)), (0, max(0, start + rows - n)),
+                 mode="edge")
+    part = np.asarray(fn(*(jnp.asarray(a[idx]) for a in arrays)))
+    if out is None:
+      out = np.empty((n, *part.shape[1:]), part.dtype)
+    out[start:start + rows] = part[:min(rows, n - start)]
+  return np.empty((0,), np.float32) if out is None else out
+
+
+def export_under_mask(clean: np.ndarray, delta: np.ndarray, mask: constraint_lib.StftMask, *,
+                      chunk: int = 64) -> np.ndarray:
+  """:func:`jaxtag.taggants.constraint.quantize_under_mask` over host clips ``(P, T)``: the
+  16-bit perturbations of ``clean + delta`` that hold the mask's bound exactly."""
+  fn = jax.jit(functools.partial(constraint_lib.quantize_under_mask, mask=mask))
+  return _by_chunks(fn, clean, delta, chunk=chunk).reshape(np.shape(delta))
+
+
+def mask_margins(clean: np.ndarray, perturbed: np.ndarray, mask: constraint_lib.StftMask, *,
+                 chunk: int = 64) -> np.ndarray:
+  """Each clip's worst bin ``max 20 log10(|STFT(d)| / B)`` in dB (<= 0: the bound holds) of the
+  perturbation ``d`` that the 16-bit export of ``perturbed`` carries over ``clean`` (``(P, T)``,
+  ``clean`` on the 16-bit grid): ``perturbed`` goes through the export's own conversion
+  (:func:`jaxtag.audio.io.to_pcm16`) first."""
+  from jaxtag.audio import io as audio_io
+  exported = audio_io.to_pcm16(np.asarray(perturbed)).astype(np.float32) / craft_lib.PCM16_SCALE
+
+  def margin(x, y):
+    return constraint_lib.mask_margin_db(y - x, constraint_lib.mask_bound(x, mask), mask)
+
+  return _by_chunks(jax.jit(margin), np.asarray(clean, np.float32), exported, chunk=chunk)
 
 
 def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.ndarray, *,
@@ -193,6 +247,14 @@ def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.n
     norms = fn(jnp.asarray(data.waveforms[padded]), jnp.asarray(data.labels[padded]))
     scores[chunk] = np.asarray(norms)[:chunk.size]
   return scores
+
+
+def _snr_db(clean: np.ndarray, delta: np.ndarray) -> np.ndarray:
+  """Per-clip SNR ``10 log10(|x|^2 / |delta|^2)`` in float64 (inf for a zero ``delta``), as
+  :class:`jaxtag.taggants.craft.CraftResult` reports it."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return 10 * np.log10(np.sum(np.square(clean, dtype=np.float64), -1) /
+                         np.sum(np.square(delta, dtype=np.float64), -1))
 
 
 def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig,
@@ -220,6 +282,10 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
       Make it resumable (e.g. train into a workdir per round): a resumed craft calls it again
       with the same data. The returned models' diagnostics are not reported; the report's
       alignment diagnostics use the surrogates given in ``trained``.
+
+  Under ``config.craft.constraint="stft_mask"`` the crafted perturbations are exported by
+  :func:`export_under_mask` (exact under the bound on the 16-bit clips; the report's ``snr_db``
+  and ``mask_margin_db`` are those of the exported perturbations).
 
   Raises:
     ValueError: the surrogate's classes or sample rate differ from the dataset's, or
@@ -294,9 +360,16 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
   indices = padded.indices[mask]
   keys_of = np.nonzero(mask)[0]
   delta = result.delta[mask]
+  snr_db = result.snr_db[mask]
+  stft_mask = config.craft.stft_mask()
+  if stft_mask is not None:   # the bound holds exactly on the 16-bit clips
+    delta = export_under_mask(train.waveforms[indices], delta, stft_mask)
+    snr_db = _snr_db(train.waveforms[indices], delta)
   waveforms = train.waveforms.copy()
   waveforms[indices] = train.waveforms[indices] + delta
   protected = train.with_waveforms(waveforms)
+  margin = None if stft_mask is None else mask_margins(
+      train.waveforms[indices], waveforms[indices], stft_mask)
 
   before = after = np.full(indices.size, np.nan, np.float32)
   if config.diagnostics:
@@ -312,7 +385,8 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     before, after = np.mean(before, axis=0), np.mean(after, axis=0)
   report = ProtectReport(
       poison_indices=indices.astype(np.int64), poison_keys=keys_of.astype(np.int64),
-      snr_db=result.snr_db[mask], initial_losses=result.initial_losses,
+      snr_db=snr_db, initial_losses=result.initial_losses,
       final_losses=result.losses, restart_losses=result.restart_losses,
-      alignment_before=before, alignment_after=after, history=result.history, seconds=seconds)
+      alignment_before=before, alignment_after=after, history=result.history, seconds=seconds,
+      mask_margin_db=margin)
   return protected, report

@@ -22,7 +22,8 @@ import optax
 from jaxtag import errors
 from jaxtag.taggants.alignment import (Classifier, Objective, cross_entropy, tree_cosine,
                                       tree_projection)
-from jaxtag.taggants.constraint import project, quantize_perturbation
+from jaxtag.taggants.constraint import (StftMask, check_mask_settings, project,
+                                        quantize_perturbation, round_to_grid)
 from jaxtag.train import augment as augment_lib
 
 REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step craft.
@@ -91,7 +92,27 @@ class CraftConfig:
       ``decay``; the taggants schedule is x0.3 at 40, 93, 156 and 218.
     decay: the factor at each milestone.
     restarts: independent runs from fresh random starts; each key keeps its best.
-    snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)``.
+    snr_db: per-clip SNR floor of the perturbation, ``10 log10(|x|^2 / |delta|^2)`` (with
+      ``constraint="snr"``; under ``stft_mask`` the SNR is only reported).
+    constraint: what bounds the perturbation (:mod:`jaxtag.taggants.constraint`). ``snr``: the
+      per-clip SNR floor ``snr_db`` (an L2 ball). ``stft_mask``: a perceptual bound in every
+      time-frequency bin, ``|STFT(delta)| <= max(|STFT(x)| * 10^(-mask_db/20), floor)``:
+      enforced approximately while crafting (``mask_iterations`` rounds of alternating
+      projections after every step) and exactly by the 16-bit export
+      (:func:`jaxtag.taggants.constraint.quantize_under_mask`, applied by
+      :func:`jaxtag.taggants.protect.protect_dataset`). Under ``stft_mask`` the unit of ``u`` (and
+      of ``learning_rate`` and ``init_scale``) is ``rms(x) * 10^(-mask_db/20)``: ``rms(u) = 1``
+      is a perturbation as loud overall as the mask lets it be.
+    mask_db: ``stft_mask``: the perturbation stays this many dB under the clean clip's own STFT
+      magnitude in every bin.
+    mask_floor_db: ``stft_mask``: the per-bin floor of the bound in dBFS (0 dBFS: a full-scale
+      sine's peak bin), so that silent bins may carry a tiny perturbation. The default, -100, is
+      20 dB above the 16-bit rounding noise per bin (:attr:`StftMask.floor_db` explains it).
+    mask_n_fft, mask_hop_length, mask_window: ``stft_mask``: the STFT geometry of the bound
+      (centred frames, zero padding). The defaults (512 / 128 / ``hann``: 32 ms frames, 8 ms hop
+      at 16 kHz) resolve speech harmonics and syllables; hop at most ``n_fft / 2``.
+    mask_iterations: ``stft_mask``: rounds of alternating projections per step (more: closer to
+      the bound while crafting, so less shrinking at export; each costs one STFT and ISTFT).
     objective: ``per_key`` (each key its own poisons and cosine) or ``joint``.
     alignment: what the loss rewards. ``cosine`` (the reference): ``1 - cos(G, g)`` between the
       summed poison gradient ``G`` and the key gradient ``g``, blind to ``G``'s size. ``inner``:
@@ -123,6 +144,13 @@ class CraftConfig:
   decay: float = 0.3
   restarts: int = 1
   snr_db: float = 55.0
+  constraint: Literal["snr", "stft_mask"] = "snr"
+  mask_db: float = 20.0
+  mask_floor_db: float = -100.0
+  mask_n_fft: int = 512
+  mask_hop_length: int = 128
+  mask_window: str = "hann"
+  mask_iterations: int = 4
   objective: Objective = "per_key"
   alignment: Literal["cosine", "inner"] = "cosine"
   key_contrast: float = 0.0
@@ -156,12 +184,27 @@ class CraftConfig:
                        f"{self.alignment!r}.")
     if self.key_contrast < 0:
       raise ValueError(f"{name('key_contrast')} must be >= 0; got {self.key_contrast}.")
+    check_mask_settings(self, name)
     if isinstance(self.augment, dict):
       object.__setattr__(self, "augment", CraftAugment(**self.augment))
     if self.unroll is not None and not isinstance(self.unroll, bool) and (
         not isinstance(self.unroll, int) or self.unroll < 1):
       raise ValueError(f"{name('unroll')} must be None, a bool or an int >= 1; got "
                        f"{self.unroll!r}.")
+
+  @property
+  def unit_db(self) -> float:
+    """The dB of ``u``'s unit ``rms(x) * 10^(-unit_db/20)``: ``snr_db``, or ``mask_db`` under
+    ``stft_mask``."""
+    return self.snr_db if self.constraint == "snr" else self.mask_db
+
+  def stft_mask(self) -> StftMask | None:
+    """The bound of ``constraint="stft_mask"`` (None under ``snr``)."""
+    if self.constraint != "stft_mask":
+      return None
+    return StftMask(mask_db=self.mask_db, floor_db=self.mask_floor_db, n_fft=self.mask_n_fft,
+                    hop_length=self.mask_hop_length, window=self.mask_window,
+                    iterations=self.mask_iterations)
 
   def loop_unroll(self) -> bool | int:
     """``unroll`` resolved for the default backend and jaxlib (``None``: :func:`default_unroll`).
@@ -345,10 +388,14 @@ class CraftInputs(NamedTuple):
 
 def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.Array:
   """``delta`` of ``u``: scaled by the budget and, with ``config.quantize``, 16-bit quantised with a
-  straight-through gradient."""
+  straight-through gradient (under ``stft_mask``: rounded to the grid, which the export then
+  shrinks where a bin would cross the bound)."""
   delta = u * inputs.scale[..., None]
   if config.quantize:
-    delta_q = quantize_perturbation(inputs.x, delta, config.snr_db)
+    if config.constraint == "snr":
+      delta_q = quantize_perturbation(inputs.x, delta, config.snr_db)
+    else:
+      delta_q = round_to_grid(delta)
     delta = delta + jax.lax.stop_gradient(delta_q - delta)
   return delta
 
@@ -412,7 +459,8 @@ def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool
                                              inputs.weights, inputs.scale, inputs.key_grads),
                                  unroll=config.loop_unroll())
   updates, opt_state = tx.update(grads, state.opt_state, state.u)
-  u = project(optax.apply_updates(state.u, updates), inputs.x, inputs.scale)
+  u = project(optax.apply_updates(state.u, updates), inputs.x, inputs.scale,
+              mask=config.stft_mask())
   return dataclasses.replace(state, u=u, opt_state=opt_state, step=state.step + 1), losses
 
 

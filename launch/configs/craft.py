@@ -22,8 +22,11 @@ def craft_config(**overrides) -> ml_collections.ConfigDict:
       mixup_alpha=0.0, mixup_prob=0.5, freq_mask_width=0, num_freq_masks=1,
       time_mask_width=0, num_time_masks=1))
   fields = dict(steps=250, learning_rate=0.1, milestones=(40, 93, 156, 218), decay=0.3,
-                restarts=1, snr_db=55.0, objective="per_key", alignment="cosine",
-                key_contrast=0.0,
+                restarts=1, snr_db=55.0,
+                # snr | stft_mask (per-bin: mask_db under the clean STFT, floor in dBFS per bin)
+                constraint="snr", mask_db=20.0, mask_floor_db=-100.0, mask_n_fft=512,
+                mask_hop_length=128, mask_window="hann", mask_iterations=4,
+                objective="per_key", alignment="cosine", key_contrast=0.0,
                 exclude_params=(),
                 quantize=True, init="random", init_scale=0.5,
                 # loop unrolling over keys/members: None = step.default_unroll: fully on CPU
