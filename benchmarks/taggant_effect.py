@@ -52,6 +52,9 @@ def main(argv=None) -> list[dict]:
       p = record["paired"]
       line += (f"; vs control: mean {p['mean']:+.3f} nats (min {p['min']:+.3f}, max "
                f"{p['max']:+.3f}), per key {[round(d, 2) for d in p['delta_log_prob']]}")
+      if "specific" in p:
+        line += (f"; other keys' labels {p['others']:+.3f}, key-specific part "
+                 f"{p['specific']:+.3f}")
     print(line)
     records.append(record)
   if args.json:

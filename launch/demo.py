@@ -70,12 +70,21 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
         workdir / "keys")
     done(keys)
   key_file = keys["key_file"]
+  # finetune: every model starts from the public backbone; scratch: from random weights.
+  start = {}
+  backbone = None
+  if config.scenario == "finetune":
+    with stage("backbone") as done:
+      backbone = train.run_stage(_stage_config(config, "backbone", workdir / "backbone"),
+                                 workdir / "backbone")
+      done(backbone)
+    start = {"init_from": str(workdir / "backbone")}
   surrogate_dirs = [workdir / ("surrogate" if i == 0 else f"surrogate_{i}")
                     for i in range(config.num_surrogates)]
   with stage("surrogate") as done:
     surrogates = [   # an ensemble: the same recipe, other seeds
         train.run_stage(_stage_config(config, "surrogate", directory,
-                                      seed=config.surrogate.seed + 1000 * i), directory)
+                                      seed=config.surrogate.seed + 1000 * i, **start), directory)
         for i, directory in enumerate(surrogate_dirs)]
     for s in surrogates:
       done(s)
@@ -91,11 +100,11 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   protected_data.root = crafted["protected_dataset"]
   with stage("suspect") as done:
     suspect = train.run_stage(
-        _stage_config(config, "suspect", workdir / "suspect", data=protected_data),
+        _stage_config(config, "suspect", workdir / "suspect", data=protected_data, **start),
         workdir / "suspect")
     done(suspect)
   with stage("benign") as done:
-    benign = train.run_stage(_stage_config(config, "benign", workdir / "benign"),
+    benign = train.run_stage(_stage_config(config, "benign", workdir / "benign", **start),
                              workdir / "benign")
     done(benign)
   verdicts = {}
@@ -107,6 +116,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                         key_file=key_file), stage_dir)
       done(verdicts[name])
   report = {
+      "scenario": config.scenario, "backbone": backbone,
       "data": data, "keys": keys, "surrogates": surrogates, "craft": crafted,
       "suspect": suspect, "benign": benign,
       "verify": {k: {f: v for f, v in d.items() if f != "text"} for k, d in verdicts.items()},
@@ -201,6 +211,10 @@ def main(config, workdir):
   print(f"key-label shift (white-box, suspect - benign, same seed): log p(key label) "
         f"{effect['mean']:+.3f} nats on average (min {effect['min']:+.3f}, max "
         f"{effect['max']:+.3f})")
+  if "specific" in effect:
+    print(f"  of which key-specific: {effect['specific']:+.3f} nats (the other keys' labels on each "
+          f"key moved {effect['others']:+.3f}; only the specific part can make a key's own label "
+          "win)")
   print("  a white-box diagnostic of this pair of models, not a bound on the taggants' effect and "
         "not what the black-box verification sees: it includes any effect of merely changing "
         "those clips, which can move keys either way (placebo: benchmarks/RESULTS.md); a top-1 "

@@ -21,6 +21,7 @@ def test_ranks_agree_with_the_black_box_and_log_probs_are_probabilities(tiny_wor
   answers = np.asarray(tiny_box.top_k(np.asarray(keys.waveforms), len(tc.CLASSES)))
   black_box_rank = 1 + np.argmax(answers == np.asarray(keys.labels)[:, None], axis=1)
   np.testing.assert_array_equal(scores.rank, black_box_rank)
+  np.testing.assert_allclose(np.diag(scores.cross), scores.log_prob, rtol=1e-6)
 
 
 def test_paired_effect():
@@ -30,6 +31,19 @@ def test_paired_effect():
   np.testing.assert_allclose(effect["delta_log_prob"], [0.5, -0.5])
   assert effect["mean"] == 0.0 and effect["min"] == -0.5 and effect["max"] == 0.5
   assert effect["rank_treated"] == [3, 2] and effect["rank_control"] == [5, 2]
+  assert "specific" not in effect                   # no cross matrix: not claimed
+
+
+def test_paired_effect_separates_a_general_lift_from_a_key_specific_one():
+  control = np.log(np.full((3, 3), 0.1))
+  general = control + 1.0                           # every key's label up on every key
+  specific = control + np.diag([1.0, 1.0, 1.0])     # each key's own label only
+  scores = lambda m: diagnostics.KeyScores(np.diag(m), np.ones(3, int), m)
+  lift = diagnostics.paired_effect(scores(general), scores(control))
+  assert lift["mean"] == pytest.approx(1.0) and lift["others"] == pytest.approx(1.0)
+  assert lift["specific"] == pytest.approx(0.0, abs=1e-12)
+  own = diagnostics.paired_effect(scores(specific), scores(control))
+  assert own["others"] == pytest.approx(0.0) and own["specific"] == pytest.approx(1.0)
 
 
 def test_script_scores_models_against_a_control(tiny_workdir, tmp_path):

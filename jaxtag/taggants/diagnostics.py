@@ -40,10 +40,13 @@ from jaxtag.train import infer
 
 
 class KeyScores(NamedTuple):
-  """Per key: ``log_prob`` of its label (natural log) and its label's ``rank`` (1 = top-1)."""
+  """Per key: ``log_prob`` of its label (natural log) and its label's ``rank`` (1 = top-1);
+  ``cross`` (optional) ``(K, K)``: ``cross[k, j] = log p(label_j | key_k)``, every key's label on
+  every key (its diagonal is ``log_prob``)."""
 
   log_prob: np.ndarray
   rank: np.ndarray
+  cross: np.ndarray | None = None
 
 
 def key_scores(trained, keys, *, batch_size: int = 64) -> KeyScores:
@@ -60,17 +63,31 @@ def key_scores(trained, keys, *, batch_size: int = 64) -> KeyScores:
   log_probs = infer.map_padded(apply, waves, batch_size=max(1, min(batch_size, len(waves))))
   own = log_probs[np.arange(len(labels)), labels]
   rank = 1 + np.sum(log_probs > own[:, None], axis=1)
-  return KeyScores(own, rank)
+  return KeyScores(own, rank, log_probs[:, labels])
 
 
 def paired_effect(treated: KeyScores, control: KeyScores) -> dict:
   """Per key, treated minus control log-probability of the key's label (the change between the
   two models: the taggants' effect plus that of changing the clips at all, see the module
-  docstring), with the mean, the minimum and the maximum, and both models' ranks."""
+  docstring), with the mean, the minimum and the maximum, and both models' ranks.
+
+  When both scores carry ``cross``, also how *specific* the change is: ``others`` is the mean
+  change of the other keys' labels on each key (``D[k, j]``, ``j != k``, with ``D`` the treated
+  minus control ``cross``) and ``specific = mean - others``. A protection that only lifts every
+  poisoned class on every key (the keys sound alike to a model: benchmarks/RESULTS.md) has
+  ``specific`` near 0 however large ``mean`` is, and gives black-box verification nothing, which
+  asks whether key k's *own* label wins.
+  """
   delta = treated.log_prob - control.log_prob
-  return {"delta_log_prob": delta.tolist(), "mean": float(delta.mean()),
-          "min": float(delta.min()), "max": float(delta.max()),
-          "rank_treated": treated.rank.tolist(), "rank_control": control.rank.tolist()}
+  out = {"delta_log_prob": delta.tolist(), "mean": float(delta.mean()),
+         "min": float(delta.min()), "max": float(delta.max()),
+         "rank_treated": treated.rank.tolist(), "rank_control": control.rank.tolist()}
+  if treated.cross is not None and control.cross is not None and len(delta) > 1:
+    d = np.asarray(treated.cross) - np.asarray(control.cross)
+    off = d[~np.eye(len(d), dtype=bool)]
+    out["others"] = float(off.mean())
+    out["specific"] = float(np.diag(d).mean() - off.mean())
+  return out
 
 
 class GradientSum(NamedTuple):
