@@ -21,16 +21,16 @@ from typing import Any
 from launch import app, craft, make_corpus, make_keys, train, verify
 
 
-def _top_level_config(config: Any, workdir: pathlib.Path, *names: str):
+def top_level_config(config: Any, workdir: pathlib.Path, *names: str):
   """The demo's top-level fields ``names`` as a stage config (the fields of that stage's own
-  launcher config), recorded in the stage's workdir like ``_stage_config``."""
+  launcher config), recorded in the stage's workdir like ``stage_config``."""
   import ml_collections
   sub = ml_collections.ConfigDict({n: config[n] for n in names}).copy_and_resolve_references()
   app.dump_config(sub, workdir)
   return sub
 
 
-def _stage_config(config: Any, name: str, workdir: pathlib.Path, **fields):
+def stage_config(config: Any, name: str, workdir: pathlib.Path, **fields):
   """The sub-config of one stage with ``fields`` set, recorded in the stage's workdir as its
   launcher would record it (so the stage can be re-run alone with the same settings)."""
   sub = config[name].copy_and_resolve_references()
@@ -61,12 +61,12 @@ class _Stages:
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   stage = _Stages()
   with stage("corpus") as done:
-    data = make_corpus.run_stage(_top_level_config(config, workdir / "corpus", "seed", "data"),
+    data = make_corpus.run_stage(top_level_config(config, workdir / "corpus", "seed", "data"),
                                  workdir / "corpus")
     done(data)
   with stage("keys") as done:
     keys = make_keys.run_stage(
-        _top_level_config(config, workdir / "keys", "seed", "data", "key_spec", "export_wav"),
+        top_level_config(config, workdir / "keys", "seed", "data", "key_spec", "export_wav"),
         workdir / "keys")
     done(keys)
   key_file = keys["key_file"]
@@ -75,7 +75,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   backbone = None
   if config.scenario == "finetune":
     with stage("backbone") as done:
-      backbone = train.run_stage(_stage_config(config, "backbone", workdir / "backbone"),
+      backbone = train.run_stage(stage_config(config, "backbone", workdir / "backbone"),
                                  workdir / "backbone")
       done(backbone)
     start = {"init_from": str(workdir / "backbone")}
@@ -83,14 +83,14 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                     for i in range(config.num_surrogates)]
   with stage("surrogate") as done:
     surrogates = [   # an ensemble: the same recipe, other seeds
-        train.run_stage(_stage_config(config, "surrogate", directory,
+        train.run_stage(stage_config(config, "surrogate", directory,
                                       seed=config.surrogate.seed + 1000 * i, **start), directory)
         for i, directory in enumerate(surrogate_dirs)]
     for s in surrogates:
       done(s)
   with stage("craft") as done:
     crafted = craft.run_stage(
-        _stage_config(config, "craft", workdir / "craft",
+        stage_config(config, "craft", workdir / "craft",
                       surrogate=",".join(str(d) for d in surrogate_dirs),
                       key_file=key_file, output_dir=str(workdir / "protected")),
         workdir / "craft")
@@ -100,11 +100,11 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   protected_data.root = crafted["protected_dataset"]
   with stage("suspect") as done:
     suspect = train.run_stage(
-        _stage_config(config, "suspect", workdir / "suspect", data=protected_data, **start),
+        stage_config(config, "suspect", workdir / "suspect", data=protected_data, **start),
         workdir / "suspect")
     done(suspect)
   with stage("benign") as done:
-    benign = train.run_stage(_stage_config(config, "benign", workdir / "benign", **start),
+    benign = train.run_stage(stage_config(config, "benign", workdir / "benign", **start),
                              workdir / "benign")
     done(benign)
   verdicts = {}
@@ -112,7 +112,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     for name in ("suspect", "benign"):
       stage_dir = workdir / f"verify_{name}"
       verdicts[name] = verify.run_stage(
-          _stage_config(config, "verify", stage_dir, target=str(workdir / name),
+          stage_config(config, "verify", stage_dir, target=str(workdir / name),
                         key_file=key_file), stage_dir)
       done(verdicts[name])
   report = {
@@ -120,7 +120,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "data": data, "keys": keys, "surrogates": surrogates, "craft": crafted,
       "suspect": suspect, "benign": benign,
       "verify": {k: {f: v for f, v in d.items() if f != "text"} for k, d in verdicts.items()},
-      "taggant_effect": _taggant_effect(workdir, key_file),
+      "taggant_effect": taggant_effect(workdir / "suspect", workdir / "benign", key_file),
       "stages": stage.status,
       "wall_time_s": {k: round(v, 2) for k, v in stage.wall.items()},
   }
@@ -128,7 +128,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   return report
 
 
-def _taggant_effect(workdir: pathlib.Path, key_file: str) -> dict[str, Any]:
+def taggant_effect(suspect: pathlib.Path, benign: pathlib.Path, key_file: str) -> dict[str, Any]:
   """White-box: how far each key's label moved, suspect minus its paired benign control (same
   seed, recipe and data order; the owner's lab diagnostic, not what the black-box verification
   sees: that only gets top-k labels). It measures the taggants' effect on this one pair of models
@@ -140,8 +140,8 @@ def _taggant_effect(workdir: pathlib.Path, key_file: str) -> dict[str, Any]:
   from jaxtag.taggants import diagnostics
 
   secret, _ = keys_lib.load_keys(key_file)
-  scores = {name: diagnostics.key_scores(train_lib.restore_for_inference(workdir / name), secret)
-            for name in ("suspect", "benign")}
+  scores = {name: diagnostics.key_scores(train_lib.restore_for_inference(directory), secret)
+            for name, directory in (("suspect", suspect), ("benign", benign))}
   return diagnostics.paired_effect(scores["suspect"], scores["benign"])
 
 
