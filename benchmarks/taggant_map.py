@@ -117,6 +117,7 @@ def parse_args(argv=None):
   parser.add_argument("--out", help="output prefix: <out>.json and <out>.png (default: "
                       "benchmarks/results/taggant_map_<UTC date>)")
   args = parser.parse_args(argv)
+  args.command = sys.argv if argv is None else ["benchmarks/taggant_map.py", *argv]
   try:
     if args.preset not in PRESETS:
       raise ValueError(f"--preset: unknown preset {args.preset!r}; use {' or '.join(PRESETS)}.")
@@ -364,7 +365,7 @@ def sweep(args) -> dict[str, Any]:
   root = pathlib.Path(args.workdir).expanduser().absolute()
   progress = Progress()
   first = args.configs[args.scenarios[0]]
-  result = {"benchmark": "taggant_map", "complete": False, "command": sys.argv,
+  result = {"benchmark": "taggant_map", "complete": False, "command": args.command,
             "workdir": str(root), "preset": args.preset, "scenarios": args.scenarios,
             "constraints": args.constraints, "snr_db": args.snr_db, "mask_db": args.mask_db,
             "seeds": args.seeds, "overrides": args.applied,
@@ -413,6 +414,9 @@ def main(argv=None) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 -- one line, as the launchers print (launch/app.py).
       from launch import app
       print(app.failure_line(e), file=sys.stderr, flush=True)
+      if isinstance(e, app.ConfigChangedError):
+        print(f"note: {args.workdir} holds a sweep of other settings (--preset or --set); a map "
+              "of these settings needs its own --workdir.", file=sys.stderr, flush=True)
       sys.exit(1)
   print(records.format_table(result["points"]))
   ran = [k for k, v in result["stages"].items() if v == "ran"]

@@ -228,5 +228,7 @@ def test_tiny_sweep_records_every_point_and_a_rerun_reuses_every_stage(tmp_path)
 
   # Another budget on the same workdir: refused at the craft, naming the field (in one line).
   other = _sweep(workdir, out, env, "--set", "craft.budget=0.5")
-  assert other.returncode == 1 and "craft.budget" in other.stderr, other.stderr[-3000:]
-  assert "Traceback" not in other.stderr
+  assert other.returncode == 1, other.stderr[-3000:]
+  assert "snr_20/craft was made with another config" in other.stderr, other.stderr[-3000:]
+  assert "differ from its config.json: budget." in other.stderr, other.stderr[-3000:]
+  assert "needs its own --workdir" in other.stderr and "Traceback" not in other.stderr
