@@ -122,7 +122,7 @@ def plot_map(points: Sequence[dict[str, Any]], *, alpha: float, title: str = "")
                    marker=marker, s=24, facecolors="none", zorder=3)
       ax_acc.scatter([p["snr_db_median"]] * 2, [s["key_top1"], s["key_top5"]], color=color,
                      marker=marker, s=24, zorder=3)
-  ax_p.axhline(alpha, color="red", ls=":", lw=1, label=f"alpha {alpha:g}")
+  ax_p.axhline(alpha, color="black", ls=":", lw=1, label=f"alpha {alpha:g}")
   ax_p.set(yscale="log", xlabel="measured median per-poison SNR (dB)",
            ylabel="p-value (filled: suspect, hollow: benign)", title="verification p-value")
   ax_acc.set(xlabel="measured median per-poison SNR (dB)", ylabel="fraction of keys",
