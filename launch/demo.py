@@ -3,7 +3,9 @@ r"""The README's main command: runs every pipeline stage on the embedded corpus 
   make demo
   # = .venv/bin/python -m launch.demo --config=launch/configs/demo.py --workdir=workdirs/demo
 
-corpus -> keys -> surrogate -> craft -> suspect (protected data) + benign (clean data) -> verify.
+corpus -> keys -> [backbone] -> surrogate -> craft -> suspect (protected data) + benign (clean
+data) -> verify. In the default `finetune` scenario a public backbone is trained first on another
+draw of the corpus and every model fine-tunes it; `demo.py:default,scratch` trains from scratch.
 Each stage writes its own sub-workdir and is the same code as its own launcher, so a stage can be
 re-run alone. Re-running the demo on the same workdir, after an interruption or a finished run,
 continues where it stopped: a finished stage is reused (its summary is written last), training

@@ -3,10 +3,13 @@ r"""The README's main command: every pipeline stage on the embedded corpus.
   make demo
   # = .venv/bin/python -m launch.demo --config=launch/configs/demo.py --workdir=workdirs/demo
 
-Stages: corpus -> keys -> surrogate (train) -> craft (protected dataset) -> suspect (train on the
-protected data, another seed than the surrogate's, SpecAugment + mixup) and benign (the suspect's
-recipe and seed on the clean data: its paired control) -> verify both. `launch/configs/demo.py:tiny` runs the same chain on the tiny
-corpus in a few minutes (tests and smoke runs). Any stage's settings can be overridden, e.g.
+Stages: corpus -> keys -> backbone (the `finetune` scenario, the default: a "public" model trained
+on another draw of the corpus, other speakers) -> surrogate (fine-tuned from it) -> craft (protected
+dataset) -> suspect (fine-tuned on the protected data, another seed than the surrogate's,
+SpecAugment + mixup + noise) and benign (the suspect's recipe and seed on the clean data: its
+paired control) -> verify both. `demo.py:default,scratch` trains every model from random weights
+instead (the harder setting). `launch/configs/demo.py:tiny` runs the same chain on the tiny corpus
+in a few minutes (tests and smoke runs). Any stage's settings can be overridden, e.g.
 `--config.craft.craft.steps=100 --config.suspect.num_epochs=8`; `--config.num_surrogates=4` crafts
 against an ensemble of four surrogates (other seeds; the default crafts against two), and
 `--config.craft.retrain_rounds=2 --config.craft.craft.restarts=1` retrains them twice during the
@@ -48,6 +51,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.export_wav = True
   model = "tiny" if tiny else "surrogate,cnn"
   config.surrogate = train_configs.get_config(model)
+  # Craft against an ensemble of surrogates (seeds +1000 apart; Witches' Brew's lever for
+  # transfer): two moved the suspect's keys 1.6x further than one at the same budget
+  # (benchmarks/RESULTS.md).
   config.num_surrogates = 1 if tiny else 2
   config.suspect = train_configs.get_config(("tiny" if tiny else "suspect") + ",cnn")
   if tiny:
