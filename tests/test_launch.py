@@ -20,7 +20,7 @@ def _run(module, *args, env):
   return proc.stdout
 
 
-STAGES = {"corpus", "keys", "surrogate", "craft", "suspect", "benign", "verify"}
+STAGES = {"corpus", "keys", "backbone", "surrogate", "craft", "suspect", "benign", "verify"}
 
 
 def test_demo_prints_summary_and_writes_artifacts(demo_run):
@@ -35,6 +35,14 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
   for name in ("surrogate", "suspect", "benign"):
     assert (workdir / name / "final").is_dir() and (workdir / name / "model.json").exists()
   assert [s["workdir"] for s in summary["surrogates"]] == [str(workdir / "surrogate")]
+  # The finetune scenario: every model starts from the backbone, trained on another corpus draw.
+  assert summary["scenario"] == "finetune"
+  backbone = json.loads((workdir / "backbone" / "config.json").read_text())
+  assert backbone["data"]["corpus_seed"] != json.loads(
+      (workdir / "surrogate" / "config.json").read_text())["data"]["corpus_seed"]
+  for name in ("surrogate", "suspect", "benign"):
+    stage = json.loads((workdir / name / "config.json").read_text())
+    assert stage["init_from"] == str(workdir / "backbone"), name
   for name in ("suspect", "benign"):
     report = json.loads((workdir / f"verify_{name}" / "verify_report.json").read_text())
     assert report["num_keys"] == summary["keys"]["num_keys"]
