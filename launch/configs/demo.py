@@ -51,10 +51,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.export_wav = True
   model = "tiny" if tiny else "surrogate,cnn"
   config.surrogate = train_configs.get_config(model)
-  # Craft against an ensemble of surrogates (seeds +1000 apart; Witches' Brew's lever for
-  # transfer): two moved the suspect's keys 1.6x further than one at the same budget
-  # (benchmarks/RESULTS.md).
-  config.num_surrogates = 1 if tiny else 2
+  # An ensemble of surrogates (seeds +1000 apart; Witches' Brew's lever for transfer) moved
+  # from-scratch suspects' keys 1.6x further than one (benchmarks/RESULTS.md);
+  # the operating point below crafts against one.
+  config.num_surrogates = 1
   config.suspect = train_configs.get_config(("tiny" if tiny else "suspect") + ",cnn")
   if tiny:
     config.suspect.model_overrides = config.surrogate.model_overrides
@@ -81,5 +81,21 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.craft.data = config.data
   if tiny:
     config.craft.budget = 0.25   # 8 training clips, 2 keys: one poison each
+  else:
+    # The least costly operating point measured to detect on this 5,600-clip corpus (one seed,
+    # fine-tuned suspect; benchmarks/RESULTS.md, "An operating point that detects"): far louder
+    # than the paper's 1% at > 55 dB, which detects nothing here. Sparse keys (the default dense
+    # keys sound alike to a model, so the taggants lifted every key's label together), 10% of the
+    # training clips, 5 dB per poison, the inner-product alignment started from the key waveform.
+    config.key_spec.distribution = "bernoulli"
+    config.key_spec.p = 0.05
+    config.key_spec.d = 8
+    config.key_spec.interpolation = "nearest"
+    config.num_surrogates = 1
+    config.craft.budget = 0.10
+    config.craft.craft.snr_db = 5.0
+    config.craft.craft.alignment = "inner"
+    config.craft.craft.init = "key"
+    config.craft.craft.steps = 40
   config.verify = verify_configs.get_config()
   return config
