@@ -75,26 +75,25 @@ def leaf_keep(tree, exclude: tuple[str, ...]) -> tuple[bool, ...]:
   return keep
 
 
-def tree_cosine(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
-  """Cosine between two parameter trees over the concatenation of their (kept) leaves."""
+def _tree_products(a, b, keep: tuple[bool, ...] | None):
+  """``(<a, b>, <a, a>, <b, b>)`` over the concatenation of the (kept) leaves, in float32."""
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   keep = keep or (True,) * len(la)
   pairs = [(x.astype(jnp.float32), y.astype(jnp.float32))
            for x, y, k in zip(la, lb, keep) if k]
-  dot = sum(jnp.vdot(x, y) for x, y in pairs)
-  na = sum(jnp.vdot(x, x) for x, _ in pairs)
-  nb = sum(jnp.vdot(y, y) for _, y in pairs)
+  return (sum(jnp.vdot(x, y) for x, y in pairs), sum(jnp.vdot(x, x) for x, _ in pairs),
+          sum(jnp.vdot(y, y) for _, y in pairs))
+
+
+def tree_cosine(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
+  """Cosine between two parameter trees over the concatenation of their (kept) leaves."""
+  dot, na, nb = _tree_products(a, b, keep)
   return dot / jnp.maximum(jnp.sqrt(na * nb), 1e-30)
 
 
 def tree_projection(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
   """``<a, b> / |b|^2`` over the (kept) leaves: ``a``'s component along ``b`` in units of ``b``."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  keep = keep or (True,) * len(la)
-  pairs = [(x.astype(jnp.float32), y.astype(jnp.float32))
-           for x, y, k in zip(la, lb, keep) if k]
-  dot = sum(jnp.vdot(x, y) for x, y in pairs)
-  nb = sum(jnp.vdot(y, y) for _, y in pairs)
+  dot, _, nb = _tree_products(a, b, keep)
   return dot / jnp.maximum(nb, 1e-30)
 
 
