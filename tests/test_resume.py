@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, demo_command, demo_env
 
-STAGES = ("corpus", "keys", "surrogate", "craft", "suspect", "benign", "verify")
+STAGES = ("corpus", "keys", "backbone", "surrogate", "craft", "suspect", "benign", "verify")
 # Bookkeeping of the run, not its results: wall times, how far a stage had got when resumed,
 # and whether it was reused.
 VOLATILE = {"reused", "resumed_from", "train_seconds", "steps_per_s", "craft_seconds",
@@ -83,6 +83,7 @@ def _under_way(stage, workdir, data_dir):
   stages that take a second or two): its first checkpoint, or the corpus's first clips."""
   signs = {
       "corpus": lambda: any(pathlib.Path(data_dir).glob("corpus/.*.partial/*/*.wav")),
+      "backbone": lambda: (workdir / "backbone" / "checkpoints" / "1").is_dir(),
       "surrogate": lambda: (workdir / "surrogate" / "checkpoints" / "1").is_dir(),
       "craft": lambda: any((workdir / "craft" / "craft_ckpt").glob("[0-9]*")),
       "suspect": lambda: (workdir / "suspect" / "checkpoints" / "1").is_dir(),
