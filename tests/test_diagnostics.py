@@ -358,3 +358,25 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
   with pytest.raises(ValueError, match="fingerprints differ"):
     taggant_signal.main(["--craft", str(craft), "--suspect", str(suspect), "--key_file",
                          str(other_file), "--out", str(tmp_path / "x")])
+
+
+def test_key_similarity_cosines_and_greedy_pick(tiny_workdir, tmp_path):
+  import os
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks import key_similarity
+
+  cos = np.array([[1.0, 0.9, 0.2], [0.9, 1.0, 0.3], [0.2, 0.3, 1.0]])
+  assert key_similarity.off_diagonal_mean(cos) == pytest.approx((0.9 + 0.2 + 0.3) / 3)
+  assert key_similarity.least_alike(cos, 2) == [2, 0]
+  trained = train.restore_for_inference(tiny_workdir)
+  clf, params, stats = alignment.classifier_from_trained(trained)
+  rng = np.random.default_rng(0)
+  waves = 0.1 * rng.standard_normal((3, tc.CLIP)).astype(np.float32)
+  got = key_similarity.gradient_cosines(clf, params, stats, np.concatenate([waves, waves[:1]]), 1,
+                                        chunk=2)
+  np.testing.assert_allclose(np.diag(got), 1.0, rtol=1e-6)
+  assert got[0, 3] == pytest.approx(1.0, abs=1e-6)          # the same key twice
+  g = alignment.key_gradients(clf, params, stats, jnp.asarray(waves[:2]), jnp.array([1, 1]))
+  a, b = (np.concatenate([np.ravel(x[i]) for x in jax.tree.leaves(g)]) for i in (0, 1))
+  assert got[0, 1] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), rel=1e-4)
