@@ -59,8 +59,8 @@ if _ROOT not in sys.path:
 
 from benchmarks import taggant_map_records as records  # noqa: E402
 from benchmarks.taggant_map_records import CONSTRAINTS, point_name  # noqa: E402
+from launch.configs.demo import PRESETS  # noqa: E402  (the demo config's own list)
 
-PRESETS = ("default", "tiny")
 # Set by the sweep itself: a --set of one of them would silently disagree with the map's axes.
 SWEPT = ("scenario", "craft.craft.constraint", "craft.craft.snr_db", "craft.craft.mask_db")
 # The seeds a replicate shifts (the public backbone and the corpus stay fixed).

@@ -199,9 +199,12 @@ def main(config, workdir):
         "training clips)")
   craft_cfg = config.craft
   print(f"  operating point: {100 * craft_cfg.budget:g}% of the training clips, per-poison SNR "
-        f"floor {craft_cfg.craft.snr_db:g} dB, {config.scenario} scenario (the paper reports 1% "
-        "at > 55 dB; on this corpus that detects nothing, and this is the least costly setting "
-        "measured to detect: benchmarks/RESULTS.md)")
+        f"floor {craft_cfg.craft.snr_db:g} dB, "
+        + (f"{craft_cfg.craft.steps} {craft_cfg.craft.alignment} alignment steps from a "
+           f"{craft_cfg.craft.init} start" if craft_cfg.craft.steps else
+           "key insertion (the keys at the budget, no alignment steps)")
+        + f", {config.scenario} scenario"
+        + (f" ({config.note})" if config.get("note") else ""))
   print(f"  {_budget_line(crafted)}; alignment loss "
         f"{crafted['loss_initial_mean']:.3f} -> {crafted['loss_final_mean']:.3f}")
   print("  " + _perceptual_line(crafted.get("quality")))

@@ -684,6 +684,29 @@ def test_key_init_starts_nearer_the_key_and_refuses_unknown_inits(surrogate, cra
   assert np.all(r.snr_db[mask] <= 20.0 + 1.0)      # the start uses the whole budget
 
 
+def test_zero_steps_inserts_the_keys_at_the_budget_and_is_refused_off_the_key_start(
+    surrogate, craft_inputs):
+  for bad in (dict(init="random", init_scale=0.0), dict(init="key", init_scale=0.5),
+              dict(init="key", init_scale=0.0, restarts=2)):
+    with pytest.raises(ValueError, match="steps.*=0"):
+      craft.CraftConfig(steps=0, **bad)
+  with pytest.raises(ValueError, match="steps.*>= 0"):
+    craft.CraftConfig(steps=-1)
+  base = dataclasses.replace(CONFIG, restarts=1, init="key", init_scale=0.0)
+  mesh = sharding.make_mesh(1)
+  inserted = _craft(surrogate, craft_inputs, mesh, config=dataclasses.replace(base, steps=0))
+  # One step of a vanishing rate from the same start: the same perturbation, through the loop.
+  stepped = _craft(surrogate, craft_inputs, mesh,
+                   config=dataclasses.replace(base, steps=1, learning_rate=1e-9))
+  assert inserted.history == [] and len(stepped.history) == 1
+  np.testing.assert_allclose(inserted.delta, stepped.delta, atol=1e-6)
+  np.testing.assert_allclose(inserted.losses, stepped.losses, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(inserted.restart_losses[0], inserted.losses)
+  mask = craft_inputs["poison_mask"]
+  assert np.all(np.abs(inserted.snr_db[mask] - 20.0) <= 1.0)   # the key at the whole budget
+  assert np.any(inserted.delta[mask] != 0)
+
+
 def test_inner_alignment_loss_is_one_minus_the_projection_and_crafting_lowers_it(
     surrogate, craft_inputs):
   config = dataclasses.replace(CONFIG, alignment="inner", restarts=1, steps=8)

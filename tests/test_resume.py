@@ -202,6 +202,14 @@ def test_changed_config_is_refused_before_the_recorded_one_is_overwritten(tmp_pa
   with pytest.raises(app.ConfigChangedError):
     app.finished(changed, tmp_path, "train_summary.json")
   assert app.finished(config, tmp_path / "fresh", "train_summary.json") is None
+  from launch.configs import demo as demo_configs
+  demo = demo_configs.get_config("small")
+  app.dump_config(demo, tmp_path / "demo")
+  demo.note = "another description of the preset"   # a description, not a setting
+  app.dump_config(demo, tmp_path / "demo")
+  demo.craft.budget = 0.25
+  with pytest.raises(app.ConfigChangedError, match=r"craft\.budget"):
+    app.dump_config(demo, tmp_path / "demo")
 
 
 def test_a_workdir_of_an_older_jaxtag_is_named_as_such(tmp_path):

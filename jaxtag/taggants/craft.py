@@ -340,6 +340,10 @@ def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, po
   if manager is not None:
     manager.wait_until_finished()
     manager.close()
+  if total == 0:   # key insertion (CraftConfig.steps = 0): the projected start is the result
+    final = eval_fn(state.u, inputs, params, batch_stats)
+    state = dataclasses.replace(state, best_u=state.u, best_loss=final,
+                                restart_losses=state.restart_losses.at[0].set(final))
 
   best_u = np.asarray(jax.device_get(state.best_u))
   delta = np.asarray(perturbation(jnp.asarray(best_u), host_inputs, config))

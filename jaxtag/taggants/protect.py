@@ -61,10 +61,10 @@ class ProtectConfig:
   min_budget_lsb: float = 1.0
 
   def __post_init__(self):
-    if self.retrain_rounds < 0 or self.retrain_rounds >= self.craft.steps:
+    if self.retrain_rounds < 0 or self.retrain_rounds >= max(self.craft.steps, 1):
       raise ValueError(f"{errors.option('retrain_rounds', owner='ProtectConfig')} must be in "
                        f"[0, {errors.option('steps', owner='CraftConfig')}) = "
-                       f"[0, {self.craft.steps}); got {self.retrain_rounds}.")
+                       f"[0, {max(self.craft.steps, 1)}); got {self.retrain_rounds}.")
 
   def retrain_steps(self) -> tuple[int, ...]:
     """The craft steps before which the surrogates are retrained (evenly spaced)."""

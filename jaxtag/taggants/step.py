@@ -86,7 +86,9 @@ class CraftConfig:
   """How to craft.
 
   Attributes:
-    steps: optimisation steps per restart (the reference: 250).
+    steps: optimisation steps per restart (the reference: 250). 0 (with ``init="key"``,
+      ``init_scale=0`` and one restart): no alignment at all, each poison is its clip plus its
+      key's waveform at the budget: key insertion, the control that tells what the alignment adds.
     learning_rate: sign-Adam step size, in units of each clip's SNR budget (``u`` above).
     milestones: steps (for a 250-step craft; scaled to ``steps``) where the rate is multiplied by
       ``decay``; the taggants schedule is x0.3 at 40, 93, 156 and 218.
@@ -165,9 +167,15 @@ class CraftConfig:
     def name(field: str) -> str:
       return errors.option(field, owner="CraftConfig")
 
-    for field in ("steps", "restarts"):
-      if getattr(self, field) < 1:
-        raise ValueError(f"{name(field)} must be >= 1; got {getattr(self, field)}.")
+    if self.restarts < 1:
+      raise ValueError(f"{name('restarts')} must be >= 1; got {self.restarts}.")
+    if self.steps < 0:
+      raise ValueError(f"{name('steps')} must be >= 0; got {self.steps}.")
+    if self.steps == 0 and (self.init != "key" or self.init_scale != 0 or self.restarts != 1):
+      raise ValueError(
+          f"{name('steps')}=0 (key insertion: no alignment) needs {name('init')}='key', "
+          f"{name('init_scale')}=0 and {name('restarts')}=1; got {self.init!r}, "
+          f"{self.init_scale} and {self.restarts}.")
     if self.learning_rate <= 0:
       raise ValueError(f"{name('learning_rate')} must be > 0; got {self.learning_rate}.")
     if not 0 < self.decay <= 1:
