@@ -51,6 +51,26 @@ def test_project_holds_the_snr_ball_and_the_box():
   np.testing.assert_allclose(proj[:5][inside[:5]], small[:5][inside[:5]], rtol=1e-6)
 
 
+def test_a_loud_perturbation_at_the_positive_rail_exports_exactly():
+  """A clip near full scale pushed up by a loud perturbation (5 dB, as key insertion does) stays
+  at or under 32767/32768, the largest 16-bit sample: the 16-bit export writes exactly what was
+  crafted (+1 would be written one step lower, and the read-back refuses that)."""
+  from jaxtag.audio import io as audio_io
+  x = _clips(4, amp=0.3, seed=3)
+  x[:, 100:140] = 32760 / 32768                  # the positive rail, on the 16-bit grid
+  x[:, 200:240] = -1.0                           # and the negative one
+  scale = craft.snr_scale(jnp.asarray(x), 5.0)
+  u = jnp.asarray(np.sign(x) + 0.0 * x) * 3.0    # away from zero on both rails
+  delta = np.asarray(craft.perturbation(craft.project(u, jnp.asarray(x), scale),
+                                        craft.CraftInputs(jnp.asarray(x), None, None, scale, None),
+                                        craft.CraftConfig(snr_db=5.0)))
+  crafted = x + delta
+  assert crafted.max() <= 32767 / 32768 and crafted.min() >= -1.0
+  assert crafted.max() == 32767 / 32768          # the rail was reached: the test binds
+  written = audio_io.to_pcm16(crafted).astype(np.float32) / 32768
+  np.testing.assert_array_equal(written, crafted)
+
+
 @pytest.mark.parametrize("snr_db", [40.0, 55.0, 70.0])
 def test_quantised_perturbation_is_on_the_grid_and_keeps_the_floor(snr_db):
   x = _clips(64, amp=0.05, seed=1)

@@ -64,10 +64,12 @@ def snr_scale(x: jax.Array, snr_db: float) -> jax.Array:
 
 
 def _box(u: jax.Array, x: jax.Array, scale: jax.Array) -> jax.Array:
-  """``u`` clipped so that ``x + u * scale`` lies in [-1, 1]; zero where ``scale == 0``."""
+  """``u`` clipped so that ``x + u * scale`` lies in what a 16-bit sample holds, [-1, 32767/32768]
+  (a clip pushed to +1 would be written as 32767/32768: one step off what was crafted, which the
+  export's read-back refuses); zero where ``scale == 0``."""
   s = scale[..., None]
   safe = jnp.where(s > 0, s, 1.0)
-  u = jnp.clip(u, (-1.0 - x) / safe, (1.0 - x) / safe)
+  u = jnp.clip(u, (-1.0 - x) / safe, (PCM16_MAX - x) / safe)
   return jnp.where(s > 0, u, 0.0)
 
 
