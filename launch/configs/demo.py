@@ -89,10 +89,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.craft.budget = 0.25   # 8 training clips, 2 keys: one poison each
   else:
     # The least costly operating point measured to detect on this 5,600-clip corpus (one seed,
-    # fine-tuned suspect; benchmarks/RESULTS.md, "An operating point that detects"): far louder
-    # than the paper's 1% at > 55 dB, which detects nothing here. Sparse keys (the default dense
-    # keys sound alike to a model, so the taggants lifted every key's label together), 10% of the
-    # training clips, 5 dB per poison, the inner-product alignment started from the key waveform.
+    # fine-tuned suspect; benchmarks/RESULTS.md, "An operating point that detects" and "Key
+    # insertion"): far louder than the paper's 1% at > 55 dB, which detects nothing here. Sparse
+    # keys (the default dense keys sound alike to a model, so the taggants lifted every key's
+    # label together), 10% of the training clips, 5 dB per poison.
     config.key_spec.distribution = "bernoulli"
     config.key_spec.p = 0.05
     config.key_spec.d = 8
@@ -100,12 +100,20 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.num_surrogates = 1
     config.craft.budget = 0.10
     config.craft.craft.snr_db = 5.0
+    # Key insertion: each poison is its clip plus its key's waveform at the budget, with no
+    # alignment steps. At this point the 40 inner-product alignment steps measured so far added
+    # no detection over it and cost more test accuracy and STOI (RESULTS); steps=40 crafts.
     config.craft.craft.alignment = "inner"
     config.craft.craft.init = "key"
-    config.craft.craft.steps = 40
-    # 20 epochs, as people train to convergence: at 10 epochs this point detected in one draw of
-    # three (p 3.4e-6, 2.3e-3, 2.0e-3); at 20 the demo's own draw detects (p 3.4e-6).
+    config.craft.craft.init_scale = 0.0
+    config.craft.craft.steps = 0
+    # 20 epochs, as people train to convergence (10-epoch suspects detected in one draw of three).
     config.suspect.num_epochs = config.benign.num_epochs = 20
+    # The decision reads the top-3: keys' noise-like sounds lean to one or two attractor classes,
+    # and the taggants' effect puts a key's own label second or third behind it about as often
+    # as first (chosen on pilot draws, the demo's own among them, and fixed here before two fresh
+    # draws confirmed it: RESULTS).
+    config.verify.decision_k = 3
     config.note = ("the default preset's point: the least costly setting measured to detect on "
                    "this corpus; the paper's 1% at > 55 dB detects nothing here: "
                    "benchmarks/RESULTS.md")
@@ -114,11 +122,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       # x epochs: 16 x 60 = 960 against 56 x 20 = 1,120) takes half of each class and 60 epochs
       # (benchmarks/RESULTS.md, "A reduced configuration that detects").
       config.craft.budget = 0.5
-      config.craft.craft.steps = 20
+      config.craft.craft.init_scale = 0.5
+      config.craft.craft.steps = 20   # crafted (CI tests the alignment's chain end to end)
       config.suspect.num_epochs = config.benign.num_epochs = 60
-      # With 10 classes, keys' noise-like sounds share an attractor class that a key's own label
-      # reaches rank 2-3 behind: the decision reads the top-3 (fixed here, before the seeds that
-      # confirmed it were run; RESULTS).
-      config.verify.decision_k = 3
       config.note = "the small preset: CI's detection test, not a recommended operating point"
   return config
