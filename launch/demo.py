@@ -208,13 +208,16 @@ def main(config, workdir):
   print(f"  {_budget_line(crafted)}; alignment loss "
         f"{crafted['loss_initial_mean']:.3f} -> {crafted['loss_final_mean']:.3f}")
   print("  " + _perceptual_line(crafted.get("quality")))
-  print(f"{'model':<10}{'trained on':<12}{'test acc':>9}{'key top-1':>11}{'key top-5':>11}"
-        f"{'p-value':>11}{'floor':>10}  verdict")
+  # Key accuracy at top-1, at the decision's k and at top-5 (each once).
+  ks = sorted({1, int(config.verify.decision_k), 5})
+  print(f"{'model':<10}{'trained on':<12}{'test acc':>9}"
+        + "".join(f"{f'key top-{k}':>11}" for k in ks)
+        + f"{'p-value':>11}{'floor':>10}  verdict")
   for name, data in (("suspect", "protected"), ("benign", "clean")):
     v = verdicts[name]
     print(f"{name:<10}{data:<12}{report[name].get('test/accuracy', float('nan')):>9.3f}"
-          f"{_key_accuracy(workdir, name, 1):>11.2f}{_key_accuracy(workdir, name, 5):>11.2f}"
-          f"{v['p_value']:>11.2e}{v['floor']:>10.1e}  "
+          + "".join(f"{_key_accuracy(workdir, name, k):>11.2f}" for k in ks)
+          + f"{v['p_value']:>11.2e}{v['floor']:>10.1e}  "
           f"{'TRAINED ON THE TAGGANTS' if v['decision'] else 'not detected'}"
           f" (alpha {config.verify.alpha:g}, top-{v['decision_k']})")
   effect = report["taggant_effect"]
