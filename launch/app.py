@@ -72,8 +72,8 @@ def transfer_guard_level() -> str:
 
 
 CONFIG_JSON = "config.json"
-# Fields that change how a stage reports, never what it computes: they may differ on a re-run.
-# Fields that change no result: a re-run may change them (``note``: a preset's description).
+# Fields that change how a stage reports or describes itself, never what it computes: they may
+# differ on a re-run (``note``: a preset's description).
 _COSMETIC_FIELDS = frozenset({"progress", "note"})
 
 

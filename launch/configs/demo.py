@@ -10,8 +10,8 @@ SpecAugment + mixup + noise) and benign (the suspect's recipe and seed on the cl
 paired control) -> verify both. `demo.py:default,scratch` trains every model from random weights
 instead (the harder setting). `launch/configs/demo.py:tiny` runs the same chain on the tiny corpus
 in a few minutes (tests and smoke runs); `demo.py:small` is the reduced configuration that still
-detects (10 words x 40 speakers, 320 training clips, about 3 minutes on 2 cores: CI's detection
-test). Any stage's settings can be overridden, e.g.
+detects (10 words x 40 speakers, 320 training clips, about 4-5 minutes on 2 cores: CI's
+detection test). Any stage's settings can be overridden, e.g.
 `--config.craft.craft.steps=100 --config.suspect.num_epochs=8`; `--config.num_surrogates=4` crafts
 against an ensemble of four surrogates (other seeds; the default crafts against one), and
 `--config.craft.retrain_rounds=2 --config.craft.craft.restarts=1` retrains them twice during the
@@ -88,7 +88,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if tiny:
     config.craft.budget = 0.25   # 8 training clips, 2 keys: one poison each
   else:
-    # The least costly operating point measured to detect on this 5,600-clip corpus (one seed,
+    # The least costly operating point measured to detect on this 5,600-clip corpus (three draws,
     # fine-tuned suspect; benchmarks/RESULTS.md, "An operating point that detects" and "Key
     # insertion"): far louder than the paper's 1% at > 55 dB, which detects nothing here. Sparse
     # keys (the default dense keys sound alike to a model, so the taggants lifted every key's
