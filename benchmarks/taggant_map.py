@@ -59,7 +59,7 @@ if _ROOT not in sys.path:
 
 from benchmarks import taggant_map_records as records  # noqa: E402
 from benchmarks.taggant_map_records import CONSTRAINTS, point_name  # noqa: E402
-from launch.configs.demo import PRESETS  # noqa: E402  (the demo config's own list)
+from launch.configs import demo as demo_configs  # noqa: E402
 
 # Set by the sweep itself: a --set of one of them would silently disagree with the map's axes.
 SWEPT = ("scenario", "craft.craft.constraint", "craft.craft.snr_db", "craft.craft.mask_db")
@@ -101,7 +101,7 @@ def parse_list(text: str, convert, option: str, allowed: Sequence[str] | None = 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="root of every stage's workdir (resumable)")
-  parser.add_argument("--preset", default="default", help="|".join(PRESETS))
+  parser.add_argument("--preset", default="default", help="|".join(demo_configs.PRESETS))
   parser.add_argument("--scenarios", default="finetune", help="comma-separated: finetune,scratch")
   parser.add_argument("--constraints", default="snr", help="comma-separated: snr,stft_mask")
   parser.add_argument("--snr_db", default="20,25,30,35,40,55",
@@ -119,9 +119,9 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   args.command = sys.argv if argv is None else ["benchmarks/taggant_map.py", *argv]
   try:
-    if args.preset not in PRESETS:
-      raise ValueError(f"--preset: unknown preset {args.preset!r}; use {' or '.join(PRESETS)}.")
-    from launch.configs import demo as demo_configs
+    if args.preset not in demo_configs.PRESETS:
+      raise ValueError(f"--preset: unknown preset {args.preset!r}; use "
+                       f"{' or '.join(demo_configs.PRESETS)}.")
     args.scenarios = parse_list(args.scenarios, str, "--scenarios", demo_configs.SCENARIOS)
     args.constraints = parse_list(args.constraints, str, "--constraints", tuple(CONSTRAINTS))
     args.snr_db = parse_list(args.snr_db, float, "--snr_db")
@@ -214,7 +214,6 @@ def _unknown(key: str, missing: str, node) -> str:
 def scenario_config(preset: str, scenario: str, overrides: Sequence[str]):
   """The demo config of ``preset,scenario`` with the ``--set`` overrides, and the overrides as
   applied (:func:`apply_overrides`)."""
-  from launch.configs import demo as demo_configs
   config = demo_configs.get_config(f"{preset},{scenario}")
   return config, apply_overrides(config, overrides)
 
