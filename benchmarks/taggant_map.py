@@ -2,11 +2,11 @@ r"""The taggant map: detection against the perturbation budget, over the demo's 
 
   .venv/bin/python benchmarks/taggant_map.py --workdir /tmp/map --preset default \
       --scenarios finetune,scratch --snr_db 20,25,30,35,40,55 --constraints snr,stft_mask \
-      --seeds 0 --out benchmarks/results/taggant_map_<date> [--set craft.budget=0.05 ...]
+      --seeds 0 --out benchmarks/results/taggant_map_<date> [--budgets 0.08,0.1] [--set ...]
 
 For each scenario and seed, the stages that do not depend on the budget run once (keys, the
 public backbone when finetuning, the surrogate(s), the benign control and its verification); for
-each grid point (constraint, dB) the craft, the suspect and its verification run in their own
+each grid point (constraint, dB[, budget]) the craft, the suspect and its verification run in their own
 sub-workdirs. Every stage is the launcher's own ``run_stage`` on a stage config built exactly as
 ``launch/demo.py`` builds it (from ``launch/configs/demo.py:<preset>,<scenario>`` with the
 ``--set`` overrides), so a point of the map is a run of the demo, and a finished stage is reused:
@@ -27,14 +27,17 @@ per-poison SNR actually measured (the median over poisons, from the craft summar
 block), reported for every point beside the grid value; the dataset-level SNR and PESQ/STOI
 are recorded too. Seed ``s`` adds ``s`` to every seed of the owner's and the suspect's runs
 (``seed`` of the keys, ``surrogate``, ``craft``, ``suspect`` and ``benign``); seed 0 is the demo.
+``--budgets`` adds the fraction of training clips perturbed as a third axis (one line per
+budget in the plot); the stages it does not touch are still shared.
 
 Per point, ``<out>.json`` records the SNRs and perceptual scores, the suspect's and the benign
 control's p-value, decision, key top-1/top-5 accuracy and test accuracy, and the white-box
 key-label shift of the suspect against its benign control (``mean``, ``others``, ``specific``:
-``jaxtag.taggants.diagnostics.paired_effect``), with the environment (versions, device, date).
+``jaxtag.taggants.diagnostics.paired_effect``), the accuracy cost clip by clip with its paired
+interval (``diagnostics.accuracy_cost``), with the environment (versions, device, date).
 It is rewritten after every point (``complete`` false until the last); ``<out>.png`` plots the
 p-value (log axis, the decision's alpha as a line) and key accuracy against the measured median
-per-poison SNR, one line per (constraint, scenario), one marker per seed. Neither names the keys'
+per-poison SNR, one line per (constraint, scenario[, budget]), one marker per seed. Neither names the keys'
 labels (the workdirs do, owner-only).
 """
 
@@ -108,6 +111,9 @@ def parse_args(argv=None):
                       help="grid (dB): craft.craft.snr_db of snr points, and mask_db of stft_mask "
                       "points unless --mask_db is given")
   parser.add_argument("--mask_db", help="grid (dB) of stft_mask points (default: --snr_db)")
+  parser.add_argument("--budgets", help="comma-separated fractions of the training clips "
+                      "perturbed (craft.budget), a third axis of the grid; points are then named "
+                      "<constraint>_<dB>_b<budget> (default: the preset's budget, no axis)")
   parser.add_argument("--seeds", default="0", help="comma-separated replicate seeds (0: the demo)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                       help="override a field of launch/configs/demo.py, e.g. craft.budget=0.05 "
@@ -127,6 +133,11 @@ def parse_args(argv=None):
     args.snr_db = parse_list(args.snr_db, float, "--snr_db")
     args.mask_db = parse_list(args.mask_db, float, "--mask_db") if args.mask_db else args.snr_db
     args.seeds = parse_list(args.seeds, int, "--seeds")
+    args.budgets = parse_list(args.budgets, float, "--budgets") if args.budgets else None
+    if args.budgets and any(not 0.0 < b <= 1.0 for b in args.budgets):
+      raise ValueError(f"--budgets: each budget is a fraction in (0, 1]; got {args.budgets}.")
+    if args.budgets and any(o.split("=", 1)[0].strip() == "craft.budget" for o in args.overrides):
+      raise ValueError("--set craft.budget: the budget is swept by --budgets; give it there.")
     if any(not 0 <= s <= MAX_SEED for s in args.seeds):
       raise ValueError(f"--seeds: each seed must lie in [0, {MAX_SEED}] (surrogate ensemble "
                        f"members are seeded 1000 apart); got {args.seeds}.")
@@ -230,11 +241,14 @@ def seeded_config(config, seed: int):
   return out
 
 
-def point_config(config, constraint: str, db: float):
-  """A copy of ``config`` crafting under ``constraint`` at ``db`` (the field it sweeps)."""
+def point_config(config, constraint: str, db: float, budget: float | None = None):
+  """A copy of ``config`` crafting under ``constraint`` at ``db`` (the field it sweeps) and, when
+  given, perturbing the fraction ``budget`` of the training clips."""
   out = config.copy_and_resolve_references()
   out.craft.craft.constraint = constraint
   out.craft.craft[CONSTRAINTS[constraint]] = float(db)
+  if budget is not None:
+    out.craft.budget = float(budget)
   return out
 
 
@@ -328,8 +342,9 @@ def run_point(config, shared: dict[str, Any], name: str, where: str,
         key_file=shared["key_file"]), base / "verify_suspect")
     done(verdict)
   effect = demo.taggant_effect(base / "suspect", shared["dir"] / "benign", shared["key_file"])
+  cost = demo.accuracy_cost(base / "suspect", shared["dir"] / "benign", config.data)
   return {"dir": base, "craft": crafted, "suspect": suspect, "verify_suspect": verdict,
-          "effect": effect}
+          "effect": effect, "cost": cost}
 
 
 # ---------------------------------------------------------------------------------- sweep
@@ -367,6 +382,7 @@ def sweep(args) -> dict[str, Any]:
   result = {"benchmark": "taggant_map", "complete": False, "command": args.command,
             "workdir": str(root), "preset": args.preset, "scenarios": args.scenarios,
             "constraints": args.constraints, "snr_db": args.snr_db, "mask_db": args.mask_db,
+            "budgets": args.budgets,
             "seeds": args.seeds, "overrides": args.applied,
             "alpha": first.verify.alpha, "decision_k": first.verify.decision_k,
             "environment": environment(), "points": [], "stages": progress.status,
@@ -382,18 +398,21 @@ def sweep(args) -> dict[str, Any]:
       shared = run_shared(seeded, root, where, progress)
       benign = records.model_record(shared["verify_benign"], _report(shared["verify_benign"]),
                                     shared["benign"])
-      for constraint in args.constraints:
-        for db in (args.snr_db if constraint == "snr" else args.mask_db):
-          name = point_name(constraint, db)
-          ran = run_point(point_config(seeded, constraint, db), shared, name, where, progress)
-          record = records.point_record(
-              scenario=scenario, seed=seed, constraint=constraint, grid_db=db,
-              crafted=ran["craft"], benign=benign, effect=ran["effect"],
-              suspect=records.model_record(ran["verify_suspect"],
-                                           _report(ran["verify_suspect"]), ran["suspect"]))
-          record["workdir"] = str(ran["dir"])
-          result["points"].append(record)
-          write_outputs(result, args.out, plot=False)
+      grid = [(constraint, db, budget) for budget in (args.budgets or [None])
+              for constraint in args.constraints
+              for db in (args.snr_db if constraint == "snr" else args.mask_db)]
+      for constraint, db, budget in grid:
+        name = point_name(constraint, db, budget)
+        ran = run_point(point_config(seeded, constraint, db, budget), shared, name, where,
+                        progress)
+        record = records.point_record(
+            scenario=scenario, seed=seed, constraint=constraint, grid_db=db,
+            crafted=ran["craft"], benign=benign, effect=ran["effect"], cost=ran["cost"],
+            suspect=records.model_record(ran["verify_suspect"],
+                                         _report(ran["verify_suspect"]), ran["suspect"]))
+        record["workdir"] = str(ran["dir"])
+        result["points"].append(record)
+        write_outputs(result, args.out, plot=False)
   result["complete"] = True
   write_outputs(result, args.out, plot=True)
   return result

@@ -11,9 +11,10 @@ from typing import Any
 CONSTRAINTS = {"snr": "snr_db", "stft_mask": "mask_db"}   # constraint -> the craft field swept
 
 
-def point_name(constraint: str, db: float) -> str:
-  """A grid point's sub-workdir name, e.g. ``snr_20`` or ``stft_mask_12.5``."""
-  return f"{constraint}_{db:g}"
+def point_name(constraint: str, db: float, budget: float | None = None) -> str:
+  """A grid point's sub-workdir name, e.g. ``snr_20`` or ``stft_mask_12.5``; with a swept
+  ``budget`` (the fraction of training clips perturbed), e.g. ``snr_5_b0.08``."""
+  return f"{constraint}_{db:g}" + ("" if budget is None else f"_b{budget:g}")
 
 
 def key_accuracy(report: dict[str, Any], k: int) -> float:
@@ -38,7 +39,7 @@ def _stat(block: dict[str, Any] | None, field: str) -> float | None:
 
 def point_record(*, scenario: str, seed: int, constraint: str, grid_db: float,
                  crafted: dict[str, Any], suspect: dict[str, Any], benign: dict[str, Any],
-                 effect: dict[str, Any]) -> dict[str, Any]:
+                 effect: dict[str, Any], cost: dict[str, Any] | None = None) -> dict[str, Any]:
   """One point of the map from the stages' summaries.
 
   Args:
@@ -46,6 +47,7 @@ def point_record(*, scenario: str, seed: int, constraint: str, grid_db: float,
     crafted: the craft summary (its ``quality`` block; the crafted SNRs without one).
     suspect, benign: :func:`model_record` of each model.
     effect: ``diagnostics.paired_effect`` of the suspect against the benign control.
+    cost: ``diagnostics.accuracy_cost`` of the suspect against it (None: not measured).
 
   Returns:
     A flat-ish JSON-able dict; ``snr_db_median`` (the measured per-poison median SNR) is the
@@ -68,19 +70,22 @@ def point_record(*, scenario: str, seed: int, constraint: str, grid_db: float,
       "loss_final_mean": crafted.get("loss_final_mean"),
       "suspect": suspect, "benign": benign,
       "key_label_shift": {k: effect.get(k) for k in ("mean", "others", "specific", "min", "max")},
+      "accuracy_cost": cost,
   }
 
 
-def series(points: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, float]]]:
-  """Per (constraint, scenario), one entry per grid value, in order of the measured SNR: the
+def series(points: Sequence[dict[str, Any]]
+           ) -> dict[tuple[str, str, float | None], list[dict[str, float]]]:
+  """Per (constraint, scenario, budget), one entry per grid value, in order of the measured SNR: the
   median over seeds of the measured median per-poison SNR and of the suspect's p-value, and
   the mean key top-1/top-5 accuracy. Points without a measured SNR (nothing perturbed) are left
   out."""
-  groups: dict[tuple[str, str], dict[float, list[dict]]] = {}
+  groups: dict[tuple[str, str, float | None], dict[float, list[dict]]] = {}
   for p in points:
     if p["snr_db_median"] is None:
       continue
-    groups.setdefault((p["constraint"], p["scenario"]), {}).setdefault(p["grid_db"], []).append(p)
+    line = (p["constraint"], p["scenario"], p.get("budget"))
+    groups.setdefault(line, {}).setdefault(p["grid_db"], []).append(p)
   out = {}
   for line, by_db in groups.items():
     rows = [{"grid_db": db, "snr_db": statistics.median(p["snr_db_median"] for p in ps),
@@ -104,15 +109,20 @@ def plot_map(points: Sequence[dict[str, Any]], *, alpha: float, title: str = "")
   seeds = sorted({p["seed"] for p in points})
   fig, (ax_p, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for i, ((constraint, scenario), rows) in enumerate(sorted(series(points).items())):
+  budgets = {p.get("budget") for p in points}
+  lines = sorted(series(points).items(), key=lambda item: tuple(map(str, item[0])))
+  for i, ((constraint, scenario, budget), rows) in enumerate(lines):
     color, label = colors[i % len(colors)], f"{constraint}, {scenario}"
+    if len(budgets) > 1:
+      label += f", {100 * budget:g}%"
     x = [r["snr_db"] for r in rows]
     ax_p.plot(x, [max(r["p_value"], 1e-300) for r in rows], color=color, lw=1.2, label=label)
     ax_acc.plot(x, [r["key_top1"] for r in rows], color=color, lw=1.2, label=f"{label}: top-1")
     ax_acc.plot(x, [r["key_top5"] for r in rows], color=color, lw=1.2, ls="--",
                 label=f"{label}: top-5")
     for p in points:
-      if (p["constraint"], p["scenario"]) != (constraint, scenario) or p["snr_db_median"] is None:
+      if ((p["constraint"], p["scenario"], p.get("budget")) != (constraint, scenario, budget)
+          or p["snr_db_median"] is None):
         continue
       marker = markers[seeds.index(p["seed"]) % len(markers)]
       s = p["suspect"]
@@ -141,15 +151,21 @@ def plot_map(points: Sequence[dict[str, Any]], *, alpha: float, title: str = "")
 
 
 def format_table(points: Sequence[dict[str, Any]]) -> str:
-  """The points as a text table (the suspect's verdict, the benign control's p-value and
-  the key-specific key-label shift)."""
-  lines = [f"{'scenario':<9}{'seed':>5} {'point':<15}{'SNR med':>8}{'p suspect':>11}"
-           f"{'top-1':>7}{'top-5':>7}{'p benign':>10}{'specific':>9}"]
+  """The points as a text table (the budget, the suspect's verdict, the benign control's
+  p-value, the key-specific key-label shift and the accuracy cost in points with its paired
+  interval)."""
+  lines = [f"{'scenario':<9}{'seed':>5} {'point':<15}{'budget':>7}{'SNR med':>8}{'p suspect':>11}"
+           f"{'top-1':>7}{'top-5':>7}{'p benign':>10}{'specific':>9}  cost (points)"]
   for p in points:
     snr, spec = p["snr_db_median"], p["key_label_shift"]["specific"]
+    cost = p.get("accuracy_cost")
+    budget = p.get("budget")
     lines.append(f"{p['scenario']:<9}{p['seed']:>5} {point_name(p['constraint'], p['grid_db']):<15}"
+                 f"{'n/a' if budget is None else format(100 * budget, 'g') + '%':>7}"
                  f"{'n/a' if snr is None else format(snr, '.1f'):>8}"
                  f"{p['suspect']['p_value']:>11.2e}{p['suspect']['key_top1']:>7.2f}"
                  f"{p['suspect']['key_top5']:>7.2f}{p['benign']['p_value']:>10.2e}"
-                 f"{'n/a' if spec is None else format(spec, '+.3f'):>9}")
+                 f"{'n/a' if spec is None else format(spec, '+.3f'):>9}  "
+                 + ("n/a" if not cost else f"{100 * cost['cost']:+.1f} [{100 * cost['low']:+.1f}, "
+                    f"{100 * cost['high']:+.1f}]"))
   return "\n".join(lines)

@@ -72,8 +72,15 @@ def test_demo_prints_summary_and_writes_artifacts(demo_run):
       assert f"{name} not measured" in out and "pip install" in measured[field + "_reason"]
     else:
       assert f"median {measured[field]['median']:.{2 if name == 'PESQ-WB' else 4}f}" in out
-  cost = summary["benign"]["test/accuracy"] - summary["suspect"]["test/accuracy"]
-  assert f"test-accuracy cost of the protection: {100 * cost:+.1f} points" in out
+  # The cost, clip by clip, reproduces the two training runs' own test accuracies.
+  cost = summary["accuracy_cost"]
+  assert cost["treated_accuracy"] == pytest.approx(summary["suspect"]["test/accuracy"], abs=1e-6)
+  assert cost["control_accuracy"] == pytest.approx(summary["benign"]["test/accuracy"], abs=1e-6)
+  assert cost["num_clips"] == splits["test"]["num_clips"]
+  assert cost["low"] <= cost["cost"] <= cost["high"]
+  assert (f"test-accuracy cost of the protection: {100 * cost['cost']:+.1f} points (benign "
+          f"{100 * cost['control_accuracy']:.1f}% - suspect") in out
+  assert f"[{100 * cost['low']:+.1f}, {100 * cost['high']:+.1f}], McNemar exact p" in out
 
 
 def _read_train(root):

@@ -32,6 +32,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
     (["--snr_db", "20,loud"], "'loud' is not a float"),
     (["--seeds", "1000"], "[0, 999]"),
     (["--preset", "huge"], "'huge'"),
+    (["--budgets", "0.1,1.5"], "fraction in (0, 1]"),
+    (["--budgets", "0.1", "--set", "craft.budget=0.2"], "swept by --budgets"),
 ])
 def test_bad_arguments_fail_before_any_stage_with_a_message_naming_them(tmp_path, capsys, argv,
                                                                           named):
@@ -94,6 +96,10 @@ def test_point_config_sets_the_constraint_and_its_own_field_only():
   assert mask.craft.craft.snr_db == config.craft.craft.snr_db
   assert records.point_name("stft_mask", 12.5) == "stft_mask_12.5"
   assert records.point_name("snr", 20.0) == "snr_20"
+  budget = taggant_map.point_config(config, "snr", 5.0, 0.08)
+  assert budget.craft.budget == 0.08 and config.craft.budget != 0.08
+  assert taggant_map.point_config(config, "snr", 5.0).craft.budget == config.craft.budget
+  assert records.point_name("snr", 5.0, 0.08) == "snr_5_b0.08"
 
 
 # ---------------------------------------------------------------------------------- records
@@ -105,8 +111,9 @@ def _model(p, top1, top5, decision=False):
 
 
 def _point(constraint="snr", scenario="finetune", seed=0, db=20.0, snr=21.0, p=0.01, top1=0.5,
-           top5=1.0):
+           top5=1.0, budget=0.1):
   return {"constraint": constraint, "scenario": scenario, "seed": seed, "grid_db": db,
+          "budget": budget,
           "snr_db_median": snr, "suspect": _model(p, top1, top5), "benign": _model(0.9, 0, 0.1),
           "key_label_shift": {"mean": 0.2, "others": 0.1, "specific": 0.1 if snr else None}}
 
@@ -159,10 +166,13 @@ def test_series_takes_the_median_over_seeds_sorted_by_measured_snr():
             _point(db=20.0, seed=1, snr=23.0, p=0.1, top1=0.5),
             _point(db=20.0, seed=2, snr=22.0, p=0.01, top1=0.0),
             _point(constraint="stft_mask", db=20.0, snr=None),      # nothing perturbed: left out
-            _point(scenario="scratch", db=20.0, snr=25.0)]
+            _point(scenario="scratch", db=20.0, snr=25.0),
+            _point(db=20.0, snr=20.5, budget=0.05)]                  # another budget: its own line
   lines = records.series(points)
-  assert set(lines) == {("snr", "finetune"), ("snr", "scratch")}
-  low, high = lines[("snr", "finetune")]
+  assert set(lines) == {("snr", "finetune", 0.1), ("snr", "scratch", 0.1),
+                        ("snr", "finetune", 0.05)}
+  assert [r["snr_db"] for r in lines[("snr", "finetune", 0.05)]] == [20.5]
+  low, high = lines[("snr", "finetune", 0.1)]
   assert (low["grid_db"], low["snr_db"], low["p_value"], low["seeds"]) == (20.0, 22.0, 0.01, 3)
   assert low["key_top1"] == pytest.approx(0.5)
   assert (high["grid_db"], high["snr_db"], high["key_top5"]) == (40.0, 41.0, 0.5)
@@ -173,9 +183,13 @@ def test_plot_and_table():
             for s in (0, 1) for db in (20.0, 40.0)] + [_point(constraint="stft_mask", snr=None)]
   png = records.plot_map(points, alpha=1e-3, title="test")
   assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+  points[0]["accuracy_cost"] = {"cost": 0.011, "low": 0.002, "high": 0.02}
+  png = records.plot_map(points + [_point(budget=0.05)], alpha=1e-3)   # a budget per line
+  assert png.startswith(PNG_MAGIC)
   table = records.format_table(points).splitlines()
   assert len(table) == 1 + len(points) and "snr_20" in table[1] and "+0.100" in table[1]
-  assert table[-1].split()[3] == "n/a" and table[-1].endswith("n/a")   # SNR and shift unknown
+  assert table[1].split()[3] == "10%" and table[1].endswith("+1.1 [+0.2, +2.0]")
+  assert table[-1].split()[4] == "n/a" and table[-1].endswith("n/a  n/a")   # unknown: SNR, shift, cost
 
 
 # ------------------------------------------------------------------------------- the sweep
@@ -207,6 +221,11 @@ def test_tiny_sweep_records_every_point_and_a_rerun_reuses_every_stage(tmp_path)
       assert 0.0 <= p[model]["test_accuracy"] <= 1.0, p
     assert p["snr_db_min"] <= p["snr_db_median"], p
     assert all(math.isfinite(p["key_label_shift"][k]) for k in ("mean", "others", "specific"))
+    # The clip-by-clip cost reproduces the two training runs' own test accuracies.
+    cost = p["accuracy_cost"]
+    assert cost["treated_accuracy"] == pytest.approx(p["suspect"]["test_accuracy"], abs=1e-6)
+    assert cost["control_accuracy"] == pytest.approx(p["benign"]["test_accuracy"], abs=1e-6)
+    assert cost["low"] <= cost["cost"] <= cost["high"] and cost["num_clips"] > 0
   low, high = result["points"]
   # The SNR floor holds per poison, and a quieter grid point is measured quieter.
   assert low["snr_db_min"] >= 20.0 - 0.01 and high["snr_db_min"] >= 40.0 - 0.01
@@ -232,3 +251,15 @@ def test_tiny_sweep_records_every_point_and_a_rerun_reuses_every_stage(tmp_path)
   assert "snr_20/craft was made with another config" in other.stderr, other.stderr[-3000:]
   assert "differ from its config.json: budget." in other.stderr, other.stderr[-3000:]
   assert "needs its own --workdir" in other.stderr and "Traceback" not in other.stderr
+
+  # Budgets as an axis on the same workdir: new points only; every shared stage is reused.
+  axis_out = tmp_path / "results" / "budgets"
+  axis = _sweep(workdir, axis_out, env, "--snr_db", "20", "--budgets", "0.5")
+  assert axis.returncode == 0, axis.stdout[-3000:] + axis.stderr[-3000:]
+  budgets = json.loads(axis_out.with_suffix(".json").read_text())
+  (point,) = budgets["points"]
+  assert (point["grid_db"], point["budget"], budgets["budgets"]) == (20.0, 0.5, [0.5])
+  assert point["num_poisons"] == 2 * low["num_poisons"]
+  assert point["benign"] == low["benign"]
+  assert {k for k, v in budgets["stages"].items() if v == "ran"} == {
+      f"finetune/seed_0/snr_20_b0.5/{stage}" for stage in ("craft", "suspect", "verify_suspect")}
