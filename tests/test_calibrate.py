@@ -13,6 +13,7 @@ from jaxtag.data import sources
 from jaxtag.taggants import blackbox, calibrate as calibrate_lib, verify
 from launch import app, calibrate
 from launch.configs import calibrate as calibrate_configs
+from launch.configs import demo as demo_configs
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,17 @@ def test_calibrate_config_and_bad_arguments(tmp_path):
   assert calibrate_configs.get_config("small").num_models >= 3
   with pytest.raises(ValueError, match="unknown argument 'huge'"):
     calibrate_configs.get_config("huge")
+  # `demo`: the demo's benign control (recipe, seed, backbone where `make demo` trains it), keys
+  # and decision, taken from the demo's config rather than restated.
+  demo_cfg, demo_calibration = demo_configs.get_config("default"), calibrate_configs.get_config(
+      "demo")
+  benign = demo_cfg.benign.to_dict()
+  assert {**demo_calibration.train.to_dict(), "progress": benign["progress"],
+          "init_from": None} == benign
+  assert demo_calibration.train.init_from == "workdirs/demo/backbone"
+  assert demo_calibration.first_seed == demo_cfg.benign.seed
+  assert demo_calibration.key_spec.to_dict() == demo_cfg.key_spec.to_dict()
+  assert demo_calibration.calibration.decision_k == demo_cfg.verify.decision_k == 3
   config = calibrate_configs.get_config("tiny")
   config.num_models = 0
   with pytest.raises(ValueError, match="num_models must be >= 1"):

@@ -8,7 +8,10 @@ Each model trains `config.train` (the suspect recipe with the CNN, on the clean 
 `make_keys(fold_in(stream("calibration"), d), key_spec, C)`, never the owner's key file) are
 verified against every model. Arguments: `default` (the corpus, 10 keys as `launch/configs/keys.py`
 makes them, 1,000 draws), `small` (the small corpus of 10 words, the surrogate's CNN recipe, 10 keys
-with cheaper rendering, 1,000 draws: minutes on a 2-core CPU) and `tiny` (the tiny corpus of 4
+with cheaper rendering, 1,000 draws: minutes on a 2-core CPU), `demo` (the demo's benign control
+exactly: `launch/configs/demo.py`'s benign recipe fine-tuned from the demo's public backbone, seeds
+1, 2, 3 as the demo (map seeds 0, 1, 2) trains them, with the demo's sparse keys; give the
+backbone: `--config.train.init_from=workdirs/demo/backbone`) and `tiny` (the tiny corpus of 4
 words, the tiny CNN recipe, 8 keys (two label blocks), 2 models and 40 draws: tests). Override e.g. `--config.calibration.num_key_draws=2000`.
 """
 
@@ -22,9 +25,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   from jaxtag.taggants import calibrate  # The library dataclass is the one source of the fields.
 
   arg = arg or "default"
-  if arg not in ("default", "small", "tiny"):
-    raise ValueError(f"launch/configs/calibrate.py: unknown argument {arg!r}; use default, small "
-                     "or tiny.")
+  if arg not in ("default", "small", "demo", "tiny"):
+    raise ValueError(f"launch/configs/calibrate.py: unknown argument {arg!r}; use default, small, "
+                     "demo or tiny.")
   config = ml_collections.ConfigDict()
   config.seed = 2026                           # the calibration key draws' root key
   config.num_models = 3
@@ -43,6 +46,16 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.train.progress = False
     config.key_spec = common.keys_config(num_keys=10, griffin_lim_iters=16)
     config.key_spec.mel_inversion_iters = 50
+  if arg == "demo":
+    from launch.configs import demo   # the demo's own config: one source for its recipe and keys
+    demo_config = demo.get_config("default")
+    config.train = demo_config.benign
+    config.train.progress = False
+    config.train.init_from = "workdirs/demo/backbone"   # where `make demo` trains it
+    config.first_seed = int(demo_config.benign.seed)
+    config.key_spec = demo_config.key_spec
+    config.calibration.decision_k = int(demo_config.verify.decision_k)
+    config.calibration.max_k = int(demo_config.verify.max_k)
   if arg == "tiny":
     config.train = train_configs.get_config("tiny")
     # Cheap keys: the test's validity does not depend on the audio, only on the label draw.
