@@ -150,23 +150,28 @@ def taggant_effect(suspect: pathlib.Path, benign: pathlib.Path, key_file: str) -
   return diagnostics.paired_effect(scores["suspect"], scores["benign"])
 
 
-def accuracy_cost(suspect: pathlib.Path, benign: pathlib.Path, data: Any) -> dict[str, Any]:
+def accuracy_cost(suspect: pathlib.Path, benign: pathlib.Path, data: Any) -> dict[str, Any] | None:
   """The protection's test-accuracy cost: the benign control's accuracy minus the suspect's on
   the test split of ``data`` (the clean corpus), clip by clip, with a paired 95% interval and
   McNemar's exact p (``jaxtag.taggants.diagnostics.accuracy_cost``: the clips' sampling, not
-  the training seeds')."""
+  the training seeds'). None when ``data`` has no test split."""
   from jaxtag import train as train_lib
   from jaxtag.data import sources
   from jaxtag.taggants import diagnostics
 
-  test = sources.load_split(sources.DataSource(**data.to_dict()), "test", progress=False)
+  try:
+    test = sources.load_split(sources.DataSource(**data.to_dict()), "test", progress=False)
+  except sources.SplitNotFoundError:
+    return None
   correct = {name: diagnostics.predictions(train_lib.restore_for_inference(directory),
                                            test.waveforms) == np.asarray(test.labels)
              for name, directory in (("suspect", suspect), ("benign", benign))}
   return diagnostics.accuracy_cost(correct["benign"], correct["suspect"])
 
 
-def _cost_line(cost: dict[str, Any]) -> str:
+def _cost_line(cost: dict[str, Any] | None) -> str:
+  if cost is None:
+    return "test-accuracy cost of the protection: not measured (the data has no test split)"
   return (f"test-accuracy cost of the protection: {100 * cost['cost']:+.1f} points (benign "
           f"{100 * cost['control_accuracy']:.1f}% - suspect {100 * cost['treated_accuracy']:.1f}% "
           f"on {cost['num_clips']} test clips; paired {100 * cost['confidence']:g}% interval "

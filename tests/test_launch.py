@@ -318,3 +318,14 @@ def test_craft_launcher_retrains_the_surrogate_with_its_recipe(demo_run, tmp_pat
   report = json.loads((out_dir / "craft_report.json").read_text())
   floor = json.loads((out_dir / "config.json").read_text())["craft"]["snr_db"]
   assert report["num_poisons"] > 0 and report["snr_db_min"] >= floor - 1e-6
+
+
+def test_cost_line_reads_the_paired_cost_and_says_when_there_is_none():
+  from launch import demo
+  line = demo._cost_line({"cost": 0.011, "low": -0.001, "high": 0.024, "confidence": 0.95,
+                          "control_accuracy": 0.923, "treated_accuracy": 0.912, "num_clips": 1750,
+                          "control_only": 40, "treated_only": 21, "p_value": 0.02})
+  assert line.startswith("test-accuracy cost of the protection: +1.1 points (benign 92.3% - "
+                         "suspect 91.2% on 1750 test clips; paired 95% interval [-0.1, +2.4]")
+  assert "40 clips right only under the benign model, 21 only under the suspect" in line
+  assert "not measured (the data has no test split)" in demo._cost_line(None)
