@@ -107,7 +107,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.craft.craft.init = "key"
     config.craft.craft.init_scale = 0.0
     config.craft.craft.steps = 0
-    # 20 epochs, as people train to convergence (10-epoch suspects detected in one draw of three).
+    # 20 epochs, as people train to convergence (10-epoch suspects detected in one draw of three;
+    # the 20-epoch run's own checkpoints reach p <= 1e-6 from epoch 9; 30 epochs keep the
+    # detection but cost more test accuracy: benchmarks/RESULTS.md, session 4).
     config.suspect.num_epochs = config.benign.num_epochs = 20
     # The decision reads the top-3: keys' noise-like sounds lean to one or two attractor classes,
     # and the taggants' effect puts a key's own label second or third behind it about as often
