@@ -34,7 +34,7 @@ Per point, ``<out>.json`` records the SNRs and perceptual scores, the suspect's 
 control's p-value, decision, key top-1/top-5 accuracy and test accuracy, and the white-box
 key-label shift of the suspect against its benign control (``mean``, ``others``, ``specific``:
 ``jaxtag.taggants.diagnostics.paired_effect``), the accuracy cost clip by clip with its paired
-interval (``diagnostics.accuracy_cost``), with the environment (versions, device, date).
+interval (``jaxtag.stats.accuracy_cost``), with the environment (versions, device, date).
 It is rewritten after every point (``complete`` false until the last); ``<out>.png`` plots the
 p-value (log axis, the decision's alpha as a line) and key accuracy against the measured median
 per-poison SNR, one line per (constraint, scenario[, budget]), one marker per seed. Neither names the keys'

@@ -47,7 +47,7 @@ def point_record(*, scenario: str, seed: int, constraint: str, grid_db: float,
     crafted: the craft summary (its ``quality`` block; the crafted SNRs without one).
     suspect, benign: :func:`model_record` of each model.
     effect: ``diagnostics.paired_effect`` of the suspect against the benign control.
-    cost: ``diagnostics.accuracy_cost`` of the suspect against it (None: not measured).
+    cost: ``jaxtag.stats.accuracy_cost`` of the suspect against it (None: not measured).
 
   Returns:
     A flat-ish JSON-able dict; ``snr_db_median`` (the measured per-poison median SNR) is the

@@ -153,20 +153,21 @@ def taggant_effect(suspect: pathlib.Path, benign: pathlib.Path, key_file: str) -
 def accuracy_cost(suspect: pathlib.Path, benign: pathlib.Path, data: Any) -> dict[str, Any] | None:
   """The protection's test-accuracy cost: the benign control's accuracy minus the suspect's on
   the test split of ``data`` (the clean corpus), clip by clip, with a paired 95% interval and
-  McNemar's exact p (``jaxtag.taggants.diagnostics.accuracy_cost``: the clips' sampling, not
+  McNemar's exact p (``jaxtag.stats.accuracy_cost``: the clips' sampling, not
   the training seeds'). None when ``data`` has no test split."""
+  from jaxtag import stats
   from jaxtag import train as train_lib
   from jaxtag.data import sources
-  from jaxtag.taggants import diagnostics
+  from jaxtag.train import infer
 
   try:
     test = sources.load_split(sources.DataSource(**data.to_dict()), "test", progress=False)
   except sources.SplitNotFoundError:
     return None
-  correct = {name: diagnostics.predictions(train_lib.restore_for_inference(directory),
-                                           test.waveforms) == np.asarray(test.labels)
+  correct = {name: infer.top1(train_lib.restore_for_inference(directory), test.waveforms)
+             == np.asarray(test.labels)
              for name, directory in (("suspect", suspect), ("benign", benign))}
-  return diagnostics.accuracy_cost(correct["benign"], correct["suspect"])
+  return stats.accuracy_cost(correct["benign"], correct["suspect"])
 
 
 def _cost_line(cost: dict[str, Any] | None) -> str:

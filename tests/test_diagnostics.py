@@ -1,9 +1,6 @@
 """White-box taggant diagnostics: key label log-probabilities, ranks and the paired effect."""
 
-import math
-
 import numpy as np
-import pytest
 import tiny_classifier as tc
 
 from jaxtag import train
@@ -25,48 +22,6 @@ def test_ranks_agree_with_the_black_box_and_log_probs_are_probabilities(tiny_wor
   black_box_rank = 1 + np.argmax(answers == np.asarray(keys.labels)[:, None], axis=1)
   np.testing.assert_array_equal(scores.rank, black_box_rank)
   np.testing.assert_allclose(np.diag(scores.cross), scores.log_prob, rtol=1e-6)
-
-
-def test_predictions_are_the_black_boxs_top_1(tiny_workdir, tiny_box):
-  x, _ = tc.tone_clips(7, seed=5)
-  got = diagnostics.predictions(train.restore_for_inference(tiny_workdir), x, batch_size=3)
-  np.testing.assert_array_equal(got, np.asarray(tiny_box.top_k(x, 1))[:, 0])
-  assert got.dtype == np.int32
-
-
-def test_accuracy_cost_counts_discordant_clips_by_hand():
-  control = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool)
-  treated = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 1], bool)
-  cost = diagnostics.accuracy_cost(control, treated)
-  assert (cost["control_only"], cost["treated_only"], cost["num_clips"]) == (2, 1, 10)
-  assert cost["cost"] == pytest.approx(0.8 - 0.7)
-  # Wald, paired: var = (b + c - (b - c)^2 / n) / n^2 = 2.9 / 100.
-  assert cost["high"] - cost["cost"] == pytest.approx(1.959964 * math.sqrt(0.029), rel=1e-5)
-  assert cost["cost"] - cost["low"] == pytest.approx(cost["high"] - cost["cost"])
-  assert cost["p_value"] == pytest.approx(1.0)   # 2 vs 1 discordant: P = 1/8+3/8+3/8+1/8
-  lopsided = diagnostics.accuracy_cost(np.ones(40, bool), np.arange(40) >= 10)
-  assert lopsided["p_value"] == pytest.approx(2 * 0.5 ** 10)   # 10 vs 0 discordant, exact
-  same = diagnostics.accuracy_cost(control, control)
-  assert (same["cost"], same["low"], same["high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
-  with pytest.raises(ValueError, match="one flag per clip"):
-    diagnostics.accuracy_cost(control, treated[:5])
-  with pytest.raises(ValueError, match="no clips"):
-    diagnostics.accuracy_cost([], [])
-  with pytest.raises(ValueError, match="confidence"):
-    diagnostics.accuracy_cost(control, treated, confidence=1.0)
-
-
-def test_accuracy_cost_interval_covers_the_true_difference_about_as_often_as_it_says():
-  rng = np.random.default_rng(0)
-  n, trials, true_cost = 1750, 2000, 0.01   # the demo's test split; P(b) 0.03, P(c) 0.02
-  covered = 0
-  for _ in range(trials):
-    u = rng.random(n)
-    control = u >= 0.05                      # wrong on 5%
-    treated = (u >= 0.08) | (u < 0.02)       # wrong on [0.05, 0.08): b; right on [0, 0.02): c
-    cost = diagnostics.accuracy_cost(control, treated)
-    covered += cost["low"] <= true_cost <= cost["high"]
-  assert 0.93 <= covered / trials <= 0.97, covered / trials
 
 
 def test_paired_effect():

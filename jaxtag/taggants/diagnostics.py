@@ -90,60 +90,6 @@ def paired_effect(treated: KeyScores, control: KeyScores) -> dict:
   return out
 
 
-def predictions(trained, waveforms: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-  """The top-1 class of each waveform under ``trained`` (a ``jaxtag.train.TrainedModel``, eval
-  mode), as int32."""
-  waves = np.asarray(waveforms, np.float32)
-  if not len(waves):
-    return np.zeros((0,), np.int32)
-  apply = jax.jit(lambda w: jnp.argmax(trained.model(w)[0], axis=-1).astype(jnp.int32))
-  return np.asarray(infer.map_padded(apply, waves, batch_size=max(1, min(batch_size, len(waves)))))
-
-
-def accuracy_cost(control_correct, treated_correct, *, confidence: float = 0.95) -> dict:
-  """What the protection costs in accuracy, on one set of clips both models answered:
-  control accuracy minus treated accuracy, with a paired interval and an exact test.
-
-  The two models answer the same clips, so the comparison is paired: only the discordant clips
-  carry information (``control_only``: right under the control, wrong under the treated model;
-  ``treated_only``: the reverse). The interval is the Wald interval of a difference of paired
-  proportions (Agresti, *Categorical Data Analysis*, 10.1); ``p_value`` is McNemar's exact
-  two-sided test of "no difference" (the discordant clips split as Binomial(b + c, 1/2)). Both
-  say how far a difference between *these two models* exceeds the clip sampling; neither covers
-  the variation over training seeds (repeat the pair over draws for that).
-
-  Args:
-    control_correct, treated_correct: booleans per clip, in the same order.
-    confidence: of the interval, in (0, 1).
-
-  Returns:
-    ``{"cost", "low", "high", "confidence", "control_accuracy", "treated_accuracy",
-    "num_clips", "control_only", "treated_only", "p_value"}``; accuracies and the cost as
-    fractions (x100 for points).
-  """
-  from scipy import stats
-
-  control = np.asarray(control_correct, bool)
-  treated = np.asarray(treated_correct, bool)
-  if control.shape != treated.shape or control.ndim != 1:
-    raise ValueError(f"accuracy_cost: control_correct {control.shape} and treated_correct "
-                     f"{treated.shape} must be one flag per clip, the same clips in both.")
-  if not len(control):
-    raise ValueError("accuracy_cost: no clips.")
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"accuracy_cost: confidence must lie in (0, 1); got {confidence}.")
-  n = len(control)
-  b = int(np.sum(control & ~treated))
-  c = int(np.sum(~control & treated))
-  cost = (b - c) / n
-  half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(b + c - (b - c) ** 2 / n,
-                                                                     0.0)) / n
-  p_value = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
-  return {"cost": cost, "low": cost - half, "high": cost + half, "confidence": confidence,
-          "control_accuracy": float(control.mean()), "treated_accuracy": float(treated.mean()),
-          "num_clips": n, "control_only": b, "treated_only": c, "p_value": p_value}
-
-
 class GradientSum(NamedTuple):
   """A sum of per-clip cross-entropy gradients (eval mode) and how those clips scored.
 
