@@ -6,11 +6,12 @@ r"""The taggant map: detection against the perturbation budget, over the demo's 
 
 For each scenario and seed, the stages that do not depend on the budget run once (keys, the
 public backbone when finetuning, the surrogate(s), the benign control and its verification); for
-each grid point (constraint, dB[, budget]) the craft, the suspect and its verification run in their own
-sub-workdirs. Every stage is the launcher's own ``run_stage`` on a stage config built exactly as
-``launch/demo.py`` builds it (from ``launch/configs/demo.py:<preset>,<scenario>`` with the
-``--set`` overrides), so a point of the map is a run of the demo, and a finished stage is reused:
-an interrupted sweep resumes where it stopped (another config on a finished workdir is refused).
+each grid point (constraint, dB[, budget]) the craft, the suspect and its verification run in
+their own sub-workdirs. Every stage is the launcher's own ``run_stage`` on a stage config built
+exactly as ``launch/demo.py`` builds it (from ``launch/configs/demo.py:<preset>,<scenario>`` with
+the ``--set`` overrides), so a point of the map is a run of the demo, and a finished stage is
+reused: an interrupted sweep resumes where it stopped (another config on a finished workdir is
+refused).
 
   <workdir>/corpus/                         the corpus (shared)
   <workdir>/backbone/                       the public backbone (finetune; shared by every seed:
@@ -37,8 +38,8 @@ key-label shift of the suspect against its benign control (``mean``, ``others``,
 interval (``jaxtag.stats.accuracy_cost``), with the environment (versions, device, date).
 It is rewritten after every point (``complete`` false until the last); ``<out>.png`` plots the
 p-value (log axis, the decision's alpha as a line) and key accuracy against the measured median
-per-poison SNR, one line per (constraint, scenario[, budget]), one marker per seed. Neither names the keys'
-labels (the workdirs do, owner-only).
+per-poison SNR, one line per (constraint, scenario[, budget]), one marker per seed. Neither
+names the keys' labels (the workdirs do, owner-only).
 """
 
 from __future__ import annotations

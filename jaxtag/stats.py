@@ -233,8 +233,8 @@ def accuracy_cost(control_correct, treated_correct, *, confidence: float = 0.95)
   b = int(np.sum(control & ~treated))
   c = int(np.sum(~control & treated))
   cost = (b - c) / n
-  half = float(scipy_stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(b + c - (b - c) ** 2 / n,
-                                                                     0.0)) / n
+  z = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
+  half = z * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
   p_value = 1.0 if b + c == 0 else float(scipy_stats.binomtest(b, b + c, 0.5).pvalue)
   return {"cost": cost, "low": cost - half, "high": cost + half, "confidence": confidence,
           "control_accuracy": float(control.mean()), "treated_accuracy": float(treated.mean()),

@@ -189,7 +189,8 @@ def test_plot_and_table():
   table = records.format_table(points).splitlines()
   assert len(table) == 1 + len(points) and "snr_20" in table[1] and "+0.100" in table[1]
   assert table[1].split()[3] == "10%" and table[1].endswith("+1.1 [+0.2, +2.0]")
-  assert table[-1].split()[4] == "n/a" and table[-1].endswith("n/a  n/a")   # unknown: SNR, shift, cost
+  # SNR, shift and cost unknown:
+  assert table[-1].split()[4] == "n/a" and table[-1].endswith("n/a  n/a")
 
 
 # ------------------------------------------------------------------------------- the sweep
