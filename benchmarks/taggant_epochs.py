@@ -8,9 +8,9 @@ or ``--set suspect.max_to_keep=100 --set benign.max_to_keep=100`` on the map), t
       --benign workdirs/demo/benign --key_file workdirs/demo/keys/keys.npz --decision_k 3 \
       --out benchmarks/results/taggant_epochs_<date>
 
-At each epoch both models have kept, the keys are answered (top ``--max_k`` labels, eval mode,
-the same answers the black-box ``LocalBlackBox`` gives) and tested exactly as ``launch.verify``
-tests them (``jaxtag.taggants.verify.report_from_answers``: the p-value at the fixed
+At each epoch both models have kept, the keys go to a black box of that checkpoint
+(``LocalBlackBox(workdir, step=...)``: top ``--max_k`` labels, eval mode) and are tested exactly
+as ``launch.verify`` tests them (``jaxtag.taggants.verify.verify``: the p-value at the fixed
 ``--decision_k``, the hits at every k). Writes ``<out>.json`` (per epoch: step, p-values,
 hits, key accuracy; no key labels) and ``<out>.png`` (p-value and key accuracy per epoch).
 
@@ -30,7 +30,6 @@ import pathlib
 import sys
 from typing import Any
 
-import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -72,22 +71,10 @@ def steps_per_epoch(workdir: pathlib.Path) -> int:
   return steps // epochs
 
 
-def answers(trained, waveforms: np.ndarray, max_k: int) -> np.ndarray:
-  """The top ``max_k`` labels of each waveform, best first (what the black box answers)."""
-  import jax
-  import jax.numpy as jnp
-
-  from jaxtag.train import infer
-
-  apply = jax.jit(lambda w: jax.lax.top_k(trained.model(w)[0].astype(jnp.float32), max_k)[1])
-  waves = np.asarray(waveforms, np.float32)
-  return np.asarray(infer.map_padded(apply, waves, batch_size=len(waves)))
-
-
 def epoch_records(args) -> dict[str, Any]:
   from jaxtag import keys as keys_lib
   from jaxtag import train as train_lib
-  from jaxtag.taggants import verify
+  from jaxtag.taggants import blackbox, verify
 
   secret, _ = keys_lib.load_keys(args.key_file)
   dirs = {"suspect": pathlib.Path(args.suspect).absolute(),
@@ -106,11 +93,9 @@ def epoch_records(args) -> dict[str, Any]:
   for step in epochs:
     row = {"epoch": step // per_epoch["suspect"], "step": step}
     for name, directory in dirs.items():
-      trained = train_lib.restore_step(directory, step)
-      report = verify.report_from_answers(
-          answers(trained, secret.waveforms, args.max_k), np.asarray(secret.labels),
-          class_names=trained.info.class_names, decision_k=args.decision_k, alpha=args.alpha,
-          target=str(directory), fingerprint=None)
+      report = verify.verify(blackbox.LocalBlackBox(directory, step=step), secret,
+                             max_k=args.max_k, decision_k=args.decision_k, alpha=args.alpha,
+                             target=str(directory))
       row[name] = {"p_value": report.p_value, "decision": report.decision,
                    "hits": list(report.hits), "p_values": list(report.p_values),
                    "key_accuracy": [h / report.num_keys for h in report.hits]}

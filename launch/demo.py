@@ -156,16 +156,15 @@ def accuracy_cost(suspect: pathlib.Path, benign: pathlib.Path, data: Any) -> dic
   McNemar's exact p (``jaxtag.stats.accuracy_cost``: the clips' sampling, not
   the training seeds'). None when ``data`` has no test split."""
   from jaxtag import stats
-  from jaxtag import train as train_lib
   from jaxtag.data import sources
-  from jaxtag.train import infer
+  from jaxtag.taggants import blackbox
 
   try:
     test = sources.load_split(sources.DataSource(**data.to_dict()), "test", progress=False)
   except sources.SplitNotFoundError:
     return None
-  correct = {name: infer.top1(train_lib.restore_for_inference(directory), test.waveforms)
-             == np.asarray(test.labels)
+  correct = {name: blackbox.LocalBlackBox(directory, batch_size=128).top_k(
+                 test.waveforms, 1, sample_rate=test.sample_rate)[:, 0] == np.asarray(test.labels)
              for name, directory in (("suspect", suspect), ("benign", benign))}
   return stats.accuracy_cost(correct["benign"], correct["suspect"])
 

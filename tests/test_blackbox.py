@@ -42,6 +42,26 @@ def test_local_top_k_is_the_argsort_of_the_models_logits(tiny_workdir, tiny_box)
   assert tiny_box.trace_count == 2
 
 
+def test_local_at_a_step_answers_as_that_checkpoint(tiny_workdir, tiny_box):
+  """``LocalBlackBox(workdir, step=s)``: the model as it was at a kept checkpoint (how
+  ``benchmarks/taggant_epochs.py`` tests every epoch); the last step is the final model."""
+  steps = train.checkpoint_steps(tiny_workdir)
+  assert len(steps) >= 2, steps
+  x, _ = clips(10, 1)
+  early = blackbox.LocalBlackBox(tiny_workdir, step=steps[0], batch_size=4)
+  trained = train.restore_step(tiny_workdir, steps[0])
+  logits = np.asarray(jax.jit(lambda w: trained.model(w)[0])(x))
+  assert np.min(np.diff(np.sort(logits, axis=1), axis=1)) > 1e-4
+  np.testing.assert_array_equal(early.top_k(x, 3),
+                                np.argsort(-logits, axis=1, kind="stable")[:, :3])
+  assert not np.allclose(logits, model_logits(tiny_workdir, x))   # not the final weights
+  last = blackbox.LocalBlackBox(tiny_workdir, step=steps[-1], batch_size=4)
+  np.testing.assert_array_equal(last.top_k(x, len(CLASSES)), tiny_box.top_k(x, len(CLASSES)))
+  assert f"step {steps[0]}" in repr(early) and "step" not in repr(tiny_box)
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint of step 999999"):
+    blackbox.LocalBlackBox(tiny_workdir, step=999_999)
+
+
 def test_local_fits_clips_to_the_training_length(tiny_box):
   x, _ = clips(3, 2, length=CLIP + 700)
   np.testing.assert_array_equal(tiny_box.top_k(x, 3), tiny_box.top_k(x[:, :CLIP], 3))

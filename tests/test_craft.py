@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 import tiny_classifier as tc
+from flax import nnx
 
-from jaxtag import sharding, train
+from jaxtag import models, sharding, train
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.keys import Keys, KeySpec
 from jaxtag.taggants import constraint, craft, protect, select
@@ -767,3 +768,52 @@ def test_contrastive_key_target_subtracts_the_other_keys_gradient_for_the_same_l
     craft.key_gradients(clf, params, stats, waves[:1], labels[:1], contrast=1.0)
   with pytest.raises(ValueError, match="key_contrast"):
     craft.CraftConfig(key_contrast=-1.0)
+
+
+def test_dropout_on_the_poison_gradients_follows_the_step_key_and_spares_the_eval_loss():
+  """``CraftAugment.dropout``: the surrogate's dropout masks come from the step's key (fresh
+  per step, reproducible per key), BatchNorm stays in eval mode, and the restart-ranking
+  ``eval_losses`` stays deterministic."""
+  model = models.create_model("cnn", num_classes=5, channels=(8, 16), dropout_rate=0.5,
+                              rngs=nnx.Rngs(0))
+  split = models.split_model(model)
+  clf = craft.classifier(split.graphdef, split.other, 5)
+  params, stats = split.params, split.batch_stats
+  x = jnp.asarray(_clips(4, length=4000, seed=1))
+  feats = clf.features(params, stats, x)
+  plain = np.asarray(clf.classify(params, stats, feats))
+  a, b, c = (np.asarray(clf.classify(params, stats, feats, jax.random.key(k))) for k in (1, 1, 2))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c) and not np.allclose(a, plain)
+  np.testing.assert_allclose(plain, np.asarray(model.classify(feats)[0]), rtol=1e-6)
+
+  labels = jnp.array([0, 1, 2, 3])
+  targets = jax.nn.one_hot(labels, 5, dtype=jnp.float32)
+  weights = jnp.ones(4)
+  scale = craft.snr_scale(x, 20.0)
+  g_key = jax.tree.map(lambda g: g[0], craft.key_gradients(
+      clf, params, stats, jnp.asarray(_clips(1, length=4000, seed=9)), jnp.array([1])))
+  u = jax.random.uniform(jax.random.key(3), x.shape, minval=-0.5, maxval=0.5)
+  keep = craft.leaf_keep(params, ())
+  # No shift, no gain, one view: the augmentation is the identity, dropout is all that is random.
+  identity = dict(views=1, max_shift_seconds=0.0, max_gain_db=0.0)
+
+  def losses(dropout):
+    config = craft.CraftConfig(steps=1, snr_db=20.0,
+                               augment=craft.CraftAugment(dropout=dropout, **identity))
+    fn = functools.partial(craft.group_loss, clf=clf, params=params, batch_stats=stats,
+                           config=config, keep=keep, sample_rate=16000, pool=None,
+                           pool_targets=None)
+    inputs = craft.CraftInputs(x[None], targets[None], weights[None], scale[None],
+                               jax.tree.map(lambda g: g[None], g_key))
+    evaluated = float(craft.eval_losses(u[None], inputs, params, stats, clf=clf, config=config,
+                                        keep=keep, sample_rate=16000)[0])
+    return [float(fn(u, x, targets, weights, scale, g_key, jax.random.key(k)))
+            for k in (1, 1, 2)], evaluated
+
+  (off1, off1b, off2), eval_off = losses(False)
+  (on1, on1b, on2), eval_on = losses(True)
+  assert off1 == off1b == off2
+  np.testing.assert_allclose(eval_off, off1, rtol=1e-5)
+  assert on1 == on1b and on1 != on2 and abs(on1 - off1) > 1e-6
+  assert eval_on == eval_off

@@ -1,12 +1,10 @@
-"""jaxtag.train.infer: map_padded (fixed-size batches, one compilation, rows in order) and top1."""
+"""jaxtag.train.infer: map_padded (fixed-size batches, one compilation, rows in order)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tiny_classifier as tc
 
-from jaxtag import train
 from jaxtag.train import infer
 
 
@@ -69,10 +67,3 @@ def test_a_tuple_of_inputs_is_batched_together():
                                 [0, 4, 4, 12, 16])
   with pytest.raises(ValueError, match="different lengths"):
     infer.map_padded(fn, (x, labels[:4]), batch_size=2)
-
-
-def test_top1_is_the_black_boxs_first_answer(tiny_workdir, tiny_box):
-  x, _ = tc.tone_clips(7, seed=5)
-  got = infer.top1(train.restore_for_inference(tiny_workdir), x, batch_size=3)
-  np.testing.assert_array_equal(got, np.asarray(tiny_box.top_k(x, 1))[:, 0])
-  assert got.dtype == np.int32

@@ -297,3 +297,30 @@ def test_max_pool_floor_mode():
   np.testing.assert_array_equal(out[0, :, 0], [3, 7])
   with pytest.raises(ValueError, match="smaller than the pooling window"):
     layers.max_pool(x[:, :3], (4,))
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_dropout_alone_keeps_normalisation_in_eval_mode(name):
+  """``classify(train=False, dropout=True)``: the eval model with dropout on (what crafting
+  uses to expect the suspect's dropout): masks from the key, batch statistics untouched."""
+  rates = {"ast_tiny": dict(dropout_rate=0.3), "lstm": dict(dropout_rate=0.3)}
+  model = models.create_model(name, num_classes=NUM_CLASSES, rngs=nnx.Rngs(0),
+                              **TINY[name], **rates.get(name, {}))
+  feats = model.features(_waveforms())
+  stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  plain, plain_out = model.classify(feats)
+  a, a_out = model.classify(feats, dropout=True, rngs=nnx.Rngs(dropout=jax.random.key(1)))
+  b, _ = model.classify(feats, dropout=True, rngs=nnx.Rngs(dropout=jax.random.key(1)))
+  c, _ = model.classify(feats, dropout=True, rngs=nnx.Rngs(dropout=jax.random.key(2)))
+  jax.tree.map(np.testing.assert_array_equal, stats_before,
+               jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat)))
+  np.testing.assert_array_equal(a, b)
+  if name == "ast_tiny":   # no batch statistics: train without dropout is the eval model
+    np.testing.assert_allclose(model.classify(feats, train=True, dropout=False)[0], plain,
+                               rtol=1e-6)
+  if name == "m5":   # no dropout layer: nothing changes
+    np.testing.assert_allclose(a, plain, rtol=1e-6)
+    return
+  assert not np.allclose(a, plain) and not np.allclose(a, c)
+  if name in ("cnn", "lstm"):   # dropout sits after the embedding: normalisation was eval's
+    np.testing.assert_allclose(a_out["embedding"], plain_out["embedding"], rtol=1e-6)

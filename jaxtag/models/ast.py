@@ -212,7 +212,7 @@ class AST(nnx.Module):
         num_mel_bins=self.num_mel_bins)
 
   def classify(self, features: jax.Array, *, train: bool = False,
-               rngs: Optional[nnx.Rngs] = None):
+               dropout: Optional[bool] = None, rngs: Optional[nnx.Rngs] = None):
     """Logits from fbank features ``(batch, frames, mel)``.
 
     Returns:
@@ -220,6 +220,9 @@ class AST(nnx.Module):
       "tokens": (batch, num_tokens, width)})``; ``embedding`` is the head's
       input (by default the mean of the two tokens after the final
       LayerNorm; see ``readout``).
+
+    AST has no batch statistics, so ``train`` only turns dropout on; ``dropout`` (None: as
+    ``train``) overrides it, as in the other models.
     """
     expected = (self.max_length, self.num_mel_bins)
     if features.shape[-2:] != expected:
@@ -237,9 +240,10 @@ class AST(nnx.Module):
     special = jnp.broadcast_to(special, (batch, 2, self.width))
     x = jnp.concatenate([special, patches], axis=1)
     x = x + self.pos_embed[...].astype(dtype)
-    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    drop = train if dropout is None else dropout
+    x = self.dropout(x, deterministic=not drop, rngs=rngs)
     for block in self.blocks:
-      x = block(x, train=train, rngs=rngs)
+      x = block(x, train=drop, rngs=rngs)
     tokens = self.norm(x)
     if self.readout == "cls_dist":
       embedding = (tokens[:, 0] + tokens[:, 1]) / 2

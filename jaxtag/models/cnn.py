@@ -72,8 +72,13 @@ class LogMelCNN(nnx.Module):
                             n_mels=self.n_mels)
 
   def classify(self, features: jax.Array, *, train: bool = False,
-               rngs: Optional[nnx.Rngs] = None):
-    """Logits and ``{"embedding": (batch, 2 * channels[-1])}`` (mean, max)."""
+               dropout: Optional[bool] = None, rngs: Optional[nnx.Rngs] = None):
+    """Logits and ``{"embedding": (batch, 2 * channels[-1])}`` (mean, max).
+
+    ``train`` puts BatchNorm in batch-statistics mode and turns dropout on; ``dropout``
+    (None: as ``train``) switches dropout alone, so ``train=False, dropout=True`` is the eval
+    model with dropout on (how crafting can expect the suspect's dropout).
+    """
     x = features.astype(jnp.float32)
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
     std = jnp.std(x, axis=(1, 2), keepdims=True)
@@ -82,7 +87,8 @@ class LogMelCNN(nnx.Module):
       x = block(x, train=train)
     embedding = jnp.concatenate(
         [jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
-    x = self.dropout(embedding, deterministic=not train, rngs=rngs)
+    drop = train if dropout is None else dropout
+    x = self.dropout(embedding, deterministic=not drop, rngs=rngs)
     return self.head(x).astype(jnp.float32), {"embedding": embedding}
 
   def __call__(self, waveform: jax.Array, *, train: bool = False,

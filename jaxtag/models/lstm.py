@@ -64,9 +64,11 @@ class MFCCLSTM(nnx.Module):
                        n_mfcc=self.n_mfcc, n_mels=self.n_mels)
 
   def classify(self, features: jax.Array, *, train: bool = False,
-               rngs: Optional[nnx.Rngs] = None):
+               dropout: Optional[bool] = None, rngs: Optional[nnx.Rngs] = None):
     """Logits and ``{"embedding": (batch, hidden), "sequence": (batch,
-    frames, hidden)}``."""
+    frames, hidden)}``. ``dropout`` switches dropout alone (None: as ``train``, which also
+    puts the input BatchNorm in batch-statistics mode).
+    """
     dtype = self.dtype or jnp.float32
     x = self.input_norm(features.astype(dtype), use_running_average=not train)
     zeros = jnp.zeros((x.shape[0], self.hidden_size), dtype)
@@ -75,7 +77,8 @@ class MFCCLSTM(nnx.Module):
       embedding = sequence[:, -1]
     else:
       embedding = jnp.mean(sequence, axis=1)
-    x = self.dropout(embedding, deterministic=not train, rngs=rngs)
+    drop = train if dropout is None else dropout
+    x = self.dropout(embedding, deterministic=not drop, rngs=rngs)
     return self.head(x).astype(jnp.float32), {"embedding": embedding,
                                               "sequence": sequence}
 

@@ -56,9 +56,12 @@ class M5(nnx.Module):
     return waveform[..., None]
 
   def classify(self, features: jax.Array, *, train: bool = False,
-               rngs: Optional[nnx.Rngs] = None):
-    """Logits and ``{"embedding": (batch, channels)}`` from `features`."""
-    del rngs  # No stochastic layers.
+               dropout: Optional[bool] = None, rngs: Optional[nnx.Rngs] = None):
+    """Logits and ``{"embedding": (batch, channels)}`` from `features`.
+
+    M5 has no dropout: ``dropout`` is accepted for a uniform interface and changes nothing.
+    """
+    del rngs, dropout  # No stochastic layers.
     x = features.astype(self.dtype or jnp.float32)
     for block in self.blocks:
       x = block(x, train=train)

@@ -63,19 +63,22 @@ class FrameTransformer(nnx.Module):
                             n_mels=self.n_mels)
 
   def classify(self, features: jax.Array, *, train: bool = False,
-               rngs: Optional[nnx.Rngs] = None):
+               dropout: Optional[bool] = None, rngs: Optional[nnx.Rngs] = None):
     """Logits and ``{"embedding": (batch, width), "tokens": (batch, frames,
-    width)}``."""
+    width)}``. ``dropout`` switches dropout alone (None: as ``train``, which also puts the
+    input BatchNorm in batch-statistics mode; in the blocks ``train`` only drives dropout).
+    """
     dtype = self.dtype or jnp.float32
     x = self.input_norm(features.astype(dtype), use_running_average=not train)
     x = self.embed(x)
     x = x + layers.sinusoidal_positions(x.shape[1], self.width).astype(dtype)
-    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    drop = train if dropout is None else dropout
+    x = self.dropout(x, deterministic=not drop, rngs=rngs)
     for block in self.blocks:
-      x = block(x, train=train, rngs=rngs)
+      x = block(x, train=drop, rngs=rngs)
     tokens = self.norm(x)
     embedding = jnp.mean(tokens, axis=1)
-    x = self.dropout(embedding, deterministic=not train, rngs=rngs)
+    x = self.dropout(embedding, deterministic=not drop, rngs=rngs)
     return self.head(x).astype(jnp.float32), {"embedding": embedding,
                                               "tokens": tokens}
 

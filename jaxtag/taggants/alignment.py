@@ -24,7 +24,8 @@ class Classifier(NamedTuple):
 
   Attributes:
     features: ``features(params, batch_stats, waveforms (B, T)) -> features``.
-    classify: ``classify(params, batch_stats, features) -> logits (B, C) float32`` (eval mode).
+    classify: ``classify(params, batch_stats, features, dropout_key=None) -> logits (B, C)
+      float32`` (eval mode; with a ``dropout_key``, dropout on).
     num_classes: C.
   """
 
@@ -37,7 +38,9 @@ def classifier(graphdef, other: nnx.State, num_classes: int) -> Classifier:
   """Pure ``features``/``classify`` functions of a split model (``jaxtag.models.split_model``).
 
   Crafting uses the model in eval mode (BatchNorm running statistics, no dropout), as the
-  reference does for the key gradient and the poison gradients.
+  reference does for the key gradient and the poison gradients. ``classify(..., dropout_key=k)``
+  keeps the eval mode but turns the model's dropout on with masks drawn from ``k``
+  (``CraftAugment.dropout``: the poison gradients then expect the suspect's dropout).
   """
 
   def merged(params, batch_stats):
@@ -46,8 +49,13 @@ def classifier(graphdef, other: nnx.State, num_classes: int) -> Classifier:
   def features(params, batch_stats, waveforms):
     return merged(params, batch_stats).features(waveforms)
 
-  def classify(params, batch_stats, feats):
-    logits, _ = merged(params, batch_stats).classify(feats, train=False)
+  def classify(params, batch_stats, feats, dropout_key=None):
+    model = merged(params, batch_stats)
+    if dropout_key is None:
+      logits, _ = model.classify(feats, train=False)
+    else:
+      logits, _ = model.classify(feats, train=False, dropout=True,
+                                 rngs=nnx.Rngs(dropout=dropout_key))
     return logits.astype(jnp.float32)
 
   return Classifier(features, classify, int(num_classes))

@@ -122,15 +122,19 @@ class LocalBlackBox:
     trace_count: how many times the forward pass was traced (compiled); for tests.
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, batch_size: int = 64):
-    """Loads the final weights of ``workdir``.
+  def __init__(self, workdir: str | os.PathLike, *, step: int | None = None,
+               batch_size: int = 64):
+    """Loads the final weights of ``workdir``, or those of its checkpoint at ``step``.
 
     Args:
       workdir: a finished training workdir (``model.json`` and ``final/``).
+      step: a kept checkpoint's step (``jaxtag.train.checkpoint_steps``): the model as it was
+        then, e.g. after an epoch (default: the final weights).
       batch_size: clips per compiled forward pass.
 
     Raises:
-      FileNotFoundError: ``workdir`` holds no finished training run.
+      FileNotFoundError: ``workdir`` holds no finished training run, or no checkpoint at
+        ``step`` (the message lists those kept).
       ValueError: ``batch_size`` is not positive.
     """
     import jax
@@ -140,7 +144,9 @@ class LocalBlackBox:
     if int(batch_size) < 1:
       raise ValueError(f"LocalBlackBox: batch_size must be positive; got {batch_size}.")
     self.workdir = pathlib.Path(workdir)
-    trained = checkpoint.restore_for_inference(self.workdir)
+    self.step = None if step is None else int(step)
+    trained = (checkpoint.restore_for_inference(self.workdir) if step is None
+               else checkpoint.restore_step(self.workdir, self.step))
     self.info = trained.info
     self.class_names = tuple(trained.info.class_names)
     self.sample_rate = int(trained.info.sample_rate)
@@ -192,7 +198,8 @@ class LocalBlackBox:
     return np.ascontiguousarray(ranked[:, :k])
 
   def __repr__(self) -> str:
-    return (f"LocalBlackBox({str(self.workdir)!r}, {self.num_classes} classes, "
+    at = "" if self.step is None else f", step {self.step}"
+    return (f"LocalBlackBox({str(self.workdir)!r}{at}, {self.num_classes} classes, "
             f"{self.sample_rate} Hz, {self.clip_samples} samples)")
 
 

@@ -48,6 +48,9 @@ class CraftAugment:
     mixup_prob: probability that a view is mixed.
     freq_mask_width, num_freq_masks, time_mask_width, num_time_masks: SpecAugment masks applied
       between the model's ``features`` and ``classify`` (width 0: off).
+    dropout: the poison gradients are taken with the surrogate's dropout on (fresh masks every
+      step and view; BatchNorm stays in eval mode), as the suspect trains with it. The key
+      gradients stay deterministic, as in the reference.
   """
 
   views: int = 2
@@ -60,6 +63,7 @@ class CraftAugment:
   num_freq_masks: int = 1
   time_mask_width: int = 0
   num_time_masks: int = 1
+  dropout: bool = False
 
   def __post_init__(self):
     def name(field: str) -> str:
@@ -434,7 +438,8 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
           jax.random.fold_in(key, 10_000), feats, freq_mask_width=aug.freq_mask_width,
           num_freq_masks=aug.num_freq_masks, time_mask_width=aug.time_mask_width,
           num_time_masks=aug.num_time_masks)
-    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats), tgts))
+    dropout_key = jax.random.fold_in(key, 20_000) if augment and aug.dropout else None
+    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats, dropout_key), tgts))
 
   def member_loss(p, stats, g):
     grads = jax.grad(poison_loss)(p, stats)

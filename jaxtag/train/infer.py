@@ -67,15 +67,3 @@ def _padded(chunk: np.ndarray, rows: int) -> np.ndarray:
   if len(chunk) == rows:
     return chunk
   return np.concatenate([chunk, np.zeros((rows - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-
-
-def top1(trained, waveforms: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-  """The top-1 class of each waveform under ``trained`` (a ``jaxtag.train.TrainedModel``, eval
-  mode), as int32."""
-  import jax.numpy as jnp
-
-  waves = np.asarray(waveforms, np.float32)
-  if not len(waves):
-    return np.zeros((0,), np.int32)
-  apply = jax.jit(lambda w: jnp.argmax(trained.model(w)[0], axis=-1).astype(jnp.int32))
-  return np.asarray(map_padded(apply, waves, batch_size=max(1, min(batch_size, len(waves)))))

@@ -20,7 +20,7 @@ def craft_config(**overrides) -> ml_collections.ConfigDict:
       views=2, max_shift_seconds=0.1, max_gain_db=6.0,
       noise_snr_db=ml_collections.FieldReference(None, field_type=tuple),
       mixup_alpha=0.0, mixup_prob=0.5, freq_mask_width=0, num_freq_masks=1,
-      time_mask_width=0, num_time_masks=1))
+      time_mask_width=0, num_time_masks=1, dropout=False))
   fields = dict(steps=250, learning_rate=0.1, milestones=(40, 93, 156, 218), decay=0.3,
                 restarts=1, snr_db=55.0,
                 # snr | stft_mask (per-bin: mask_db under the clean STFT, floor in dBFS per bin)
