@@ -107,15 +107,12 @@ def epoch_records(args) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any]) -> bytes:
-  import io
-
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxtag import plots
 
   rows, k = result["epochs"], result["decision_k"]
   x = [r["epoch"] for r in rows]
-  fig, (ax_p, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = plots.figure(figsize=(11, 4))
+  ax_p, ax_acc = fig.subplots(1, 2)
   for name, color in (("suspect", "C3"), ("benign", "C0")):
     ax_p.plot(x, [max(r[name]["p_value"], 1e-300) for r in rows], "o-", color=color, label=name)
     ax_acc.plot(x, [r[name]["key_accuracy"][k - 1] for r in rows], "o-", color=color,
@@ -132,10 +129,7 @@ def plot(result: dict[str, Any]) -> bytes:
   fig.suptitle(f"detection against the suspect's epochs ({result['num_keys']} keys, decision "
                f"top-{k}, one run's schedule)")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+  return plots.png_bytes(fig)
 
 
 def main(argv=None) -> dict[str, Any]:

@@ -99,16 +99,13 @@ def series(points: Sequence[dict[str, Any]]
 
 def plot_map(points: Sequence[dict[str, Any]], *, alpha: float, title: str = "") -> bytes:
   """The map as PNG bytes: p-value (log) and key accuracy against the measured SNR."""
-  import io
-
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxtag import plots
 
   markers = "osD^vP*X"
   seeds = sorted({p["seed"] for p in points})
-  fig, (ax_p, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig = plots.figure(figsize=(12, 4.5))
+  ax_p, ax_acc = fig.subplots(1, 2, sharex=True)
+  colors = plots.color_cycle()
   budgets = {p.get("budget") for p in points}
   lines = sorted(series(points).items(), key=lambda item: tuple(map(str, item[0])))
   for i, ((constraint, scenario, budget), rows) in enumerate(lines):
@@ -144,10 +141,7 @@ def plot_map(points: Sequence[dict[str, Any]], *, alpha: float, title: str = "")
     ax.legend(fontsize=7)
   fig.suptitle(title or "taggant map")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+  return plots.png_bytes(fig)
 
 
 def format_table(points: Sequence[dict[str, Any]]) -> str:

@@ -163,16 +163,12 @@ def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):
 
 def plot_report(report, path: pathlib.Path) -> None:
   """Loss per step and SNR per poison, written atomically and owner-only."""
-  import io
-
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   import numpy as np
 
-  from jaxtag import secrets
+  from jaxtag import plots, secrets
 
-  fig, (ax_loss, ax_snr) = plt.subplots(1, 2, figsize=(10, 3.5))
+  fig = plots.figure(figsize=(10, 3.5))
+  ax_loss, ax_snr = fig.subplots(1, 2)
   steps = [h["step"] for h in report.history]
   ax_loss.plot(steps, [h["loss"] for h in report.history], lw=1)
   ax_loss.set(xlabel="step", ylabel="1 - cos (mean over keys, augmented)",
@@ -182,10 +178,7 @@ def plot_report(report, path: pathlib.Path) -> None:
   ax_snr.set(xlabel="SNR of the perturbation (dB)", ylabel="poisons",
              title=f"{snr.size} poisons, min {snr.min():.1f} dB" if snr.size else "no poisons")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  secrets.write_bytes(path, buf.getvalue())
+  secrets.write_bytes(path, plots.png_bytes(fig))
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:

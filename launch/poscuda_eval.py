@@ -289,19 +289,15 @@ def plot_report(report: dict[str, Any], path: pathlib.Path) -> None:
 
   Written atomically; matplotlib's Agg renderer, no display.
   """
-  import io
-
   import numpy as np
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
 
+  from jaxtag import plots
   from jaxtag.audio import io as audio_io
   sets = ["clean"] + list(report["variants"])
   shown = _clean_models_filter(report)
   rows = list(report["rows"].values())
-  fig = Figure(figsize=(min(14, max(8, 1 + 0.8 * len(rows) * len(sets))), 4.2),
-               layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = plots.figure(figsize=(min(14, max(8, 1 + 0.8 * len(rows) * len(sets))), 4.2),
+                     layout="constrained")
   axes = fig.subplots(1, 2, sharey=True)
   width = 0.8 / len(sets)
   x = np.arange(len(rows))
@@ -322,9 +318,7 @@ def plot_report(report: dict[str, Any], path: pathlib.Path) -> None:
   fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="trained on")
   fig.suptitle(f"PosCUDA on {report['dataset']} ({report['num_classes']} classes; the clean "
                f"model's filtered test uses {shown})")
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  audio_io.write_bytes_atomic(path, buf.getvalue())
+  audio_io.write_bytes_atomic(path, plots.png_bytes(fig))
 
 
 def check_config(config: Any, workdir: pathlib.Path | None = None) -> None:

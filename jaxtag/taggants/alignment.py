@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtag.train.steps import cross_entropy  # noqa: F401  (re-exported: one definition)
+
 Objective = Literal["per_key", "joint"]
 
 
@@ -65,11 +67,6 @@ def classifier_from_trained(trained) -> tuple[Classifier, Any, Any]:
   """``(Classifier, params, batch_stats)`` of a ``jaxtag.train.TrainedModel``."""
   clf = classifier(trained.graphdef, trained.other, trained.info.num_classes)
   return clf, trained.params, trained.batch_stats
-
-
-def cross_entropy(logits, targets):
-  """Cross-entropy of logits against (soft) target distributions, per example."""
-  return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
 
 
 def leaf_keep(tree, exclude: tuple[str, ...]) -> tuple[bool, ...]:

@@ -426,17 +426,14 @@ def plot_signal(epochs: Sequence[dict[str, Any]], *, title: str = ""):
   """A figure of the per-epoch means of :func:`signal_at` (one panel per quantity of
   :data:`PLOTTED`, and the unperturbed poisons' counterpart where measured); ``epochs`` are dicts
   with ``epoch`` and ``means``. Returns the PNG bytes."""
-  import io
-
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxtag import plots
 
   def series(name):
     return [np.nan if e["means"].get(name) is None else e["means"][name] for e in epochs]
 
   x = [e["epoch"] for e in epochs]
-  fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
+  fig = plots.figure(figsize=(12, 6))
+  axes = fig.subplots(2, 3, sharex=True)
   for ax, (name, label) in zip(axes.ravel(), PLOTTED):
     ax.plot(x, series(name), marker="o", lw=1, label="poisons")
     control = CONTROLS.get(name)
@@ -448,7 +445,4 @@ def plot_signal(epochs: Sequence[dict[str, Any]], *, title: str = ""):
     ax.set(title=label, xlabel="epoch")
   fig.suptitle(title or "taggant signal per epoch (mean over keys)")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+  return plots.png_bytes(fig)

@@ -23,7 +23,6 @@ Two rules keep the p-value honest:
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import numbers
 import os
@@ -350,18 +349,14 @@ def plot_report(report: VerifyReport, path: str | os.PathLike) -> None:
     report: from :func:`verify`.
     path: destination ``.png``.
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
+  from jaxtag import plots
 
-  fig = Figure(figsize=(12, 5), layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = plots.figure(figsize=(12, 5), layout="constrained")
   ranks_ax, p_ax = fig.subplots(1, 2, width_ratios=(1.3, 1))
   _plot_ranks(ranks_ax, report)
   _plot_p_values(p_ax, report)
   fig.suptitle(report.to_text().splitlines()[0])
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  secrets.write_bytes(path, buf.getvalue())
+  secrets.write_bytes(path, plots.png_bytes(fig))
 
 
 def _plot_ranks(ax, report: VerifyReport) -> None:

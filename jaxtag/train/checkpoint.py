@@ -26,6 +26,7 @@ import jax
 from flax import nnx
 
 from jaxtag import models
+from jaxtag.audio import io as audio_io
 from jaxtag.train.state import ModelSpec, TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -78,18 +79,9 @@ class ModelInfo:
     return cls(**kwargs)
 
 
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes ``text`` to ``path`` through a temp file and ``os.replace``."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON to ``path`` through a temp file and ``os.replace``."""
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  """Writes JSON to ``path`` atomically (``jaxtag.audio.io.write_text_atomic``)."""
+  audio_io.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def checkpoint_manager(workdir: str | os.PathLike, *, save_interval_steps: int,

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxtag import errors, rng, sharding
+from jaxtag.audio import io as audio_io
 from jaxtag.data import pipeline
 from jaxtag.data.dataset import AudioDataset, DatasetError
 from jaxtag.train import checkpoint as ckpt
@@ -148,7 +149,7 @@ class MetricsWriter:
         continue  # A line cut by a kill.
       if record.get("step", 0) <= step and record.get("kind") != "final":
         keep.append(line)
-    ckpt.write_text_atomic(self.path, "".join(line + "\n" for line in keep))
+    audio_io.write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
   def write(self, record: dict[str, Any]) -> None:
     if not self._active:
