@@ -31,6 +31,13 @@ from jaxtag.taggants import craft as craft_lib
 from jaxtag.taggants import select as select_lib
 
 
+def _finite_mean(values) -> float | None:
+  """The mean of the finite entries, or None where none is (JSON has no NaN)."""
+  values = np.asarray(values, np.float64)
+  finite = values[np.isfinite(values)]
+  return float(finite.mean()) if finite.size else None
+
+
 @dataclasses.dataclass(frozen=True)
 class ProtectConfig:
   """Protection settings.
@@ -118,8 +125,8 @@ class ProtectReport:
         "snr_db_median": float(np.median(finite)) if finite.size else float("inf"),
         "loss_initial_mean": float(np.mean(self.initial_losses)),
         "loss_final_mean": float(np.mean(self.final_losses)),
-        "alignment_before_mean": float(np.nanmean(self.alignment_before)),
-        "alignment_after_mean": float(np.nanmean(self.alignment_after)),
+        "alignment_before_mean": _finite_mean(self.alignment_before),
+        "alignment_after_mean": _finite_mean(self.alignment_after),
         "craft_seconds": round(self.seconds, 2),
         **mask,
     }
