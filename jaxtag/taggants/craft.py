@@ -24,7 +24,8 @@ see :mod:`jaxtag.taggants.constraint`). The optimiser is
 sign-Adam (Adam on the sign of the gradient) with the taggants step schedule, and restarts keep the
 lowest final loss per key. Every step sees each poison ``views`` times with independent,
 differentiable augmentation draws (time shift, gain, noise, mixup with clean clips, SpecAugment
-masks between the model's ``features`` and ``classify``).
+masks between the model's ``features`` and ``classify``, and optionally the surrogate's dropout
+with BatchNorm kept in eval mode).
 
 16-bit export: :func:`quantize_perturbation` puts ``x + delta`` on the 16-bit grid without ever
 lowering the SNR below the floor (round to nearest where that keeps the floor, else truncate towards
