@@ -10,9 +10,10 @@ corpus these are the validation and test splits (training only logs validation a
 stopping, no selection) of the demo's own corpus draw and of the public backbone's draw
 (``corpus_seed`` 1: other speakers of the same generator). Each (corpus seed, split) is loaded
 as the demo loads its data; both models answer through a ``LocalBlackBox`` (top-1, eval mode);
-``jaxtag.stats.accuracy_cost`` gives the cost, its paired interval and McNemar's exact p for
-every split and for all of them pooled (clips are distinct, so the pooled set is one paired
-sample). The interval covers the sampling of clips, not the training seeds: repeat over draws.
+``jaxtag.taggants.blackbox.paired_cost`` (``jaxtag.stats.accuracy_cost``) gives the cost, its
+paired interval and McNemar's exact p for every split and for all of them pooled (clips are
+distinct, so the pooled set is one paired sample). The interval covers the sampling of clips, not
+the training seeds: repeat over draws.
 
 Writes ``<out>.json`` (per split and pooled; the environment) and prints a table.
 """
@@ -25,7 +26,6 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,28 +60,6 @@ def _parse(argv):
   return args
 
 
-def paired_cost(suspect, benign, datasets: Mapping[str, Any]) -> dict[str, Any]:
-  """The cost per named dataset and pooled: ``{"splits": {name: cost}, "pooled": cost}``.
-
-  Args:
-    suspect, benign: black boxes (``top_k``); the benign model is the control.
-    datasets: name -> ``AudioDataset`` (waveforms, labels, sample rate).
-  """
-  import numpy as np
-
-  from jaxtag import stats
-
-  flags = {}
-  for name, data in datasets.items():
-    labels = np.asarray(data.labels)
-    flags[name] = {role: box.top_k(data.waveforms, 1, sample_rate=data.sample_rate)[:, 0] == labels
-                   for role, box in (("suspect", suspect), ("benign", benign))}
-  per_split = {name: stats.accuracy_cost(f["benign"], f["suspect"]) for name, f in flags.items()}
-  pooled = stats.accuracy_cost(np.concatenate([f["benign"] for f in flags.values()]),
-                               np.concatenate([f["suspect"] for f in flags.values()]))
-  return {"splits": per_split, "pooled": pooled}
-
-
 def format_table(result: dict[str, Any]) -> str:
   rows = [*result["splits"].items(), ("pooled", result["pooled"])]
   lines = ["| clips | n | benign | suspect | cost, points [95%] | benign only / suspect only | "
@@ -112,7 +90,7 @@ def main(argv=None) -> dict[str, Any]:
             "benign": str(pathlib.Path(args.benign).absolute()), "preset": args.preset,
             "corpus_seeds": args.corpus_seeds, "splits": args.splits,
             "environment": harness.environment(),
-            **paired_cost(boxes["suspect"], boxes["benign"], datasets)}
+            **blackbox.paired_cost(boxes["suspect"], boxes["benign"], datasets)}
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   audio_io.write_text_atomic(f"{args.out}.json", json.dumps(result, indent=1) + "\n")
   print(format_table(result))

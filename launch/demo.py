@@ -20,7 +20,6 @@ import json
 import pathlib
 from typing import Any
 
-import numpy as np
 
 from launch import app, craft, make_corpus, make_keys, train, verify
 
@@ -155,7 +154,6 @@ def accuracy_cost(suspect: pathlib.Path, benign: pathlib.Path, data: Any) -> dic
   the test split of ``data`` (the clean corpus), clip by clip, with a paired 95% interval and
   McNemar's exact p (``jaxtag.stats.accuracy_cost``: the clips' sampling, not
   the training seeds'). None when ``data`` has no test split."""
-  from jaxtag import stats
   from jaxtag.data import sources
   from jaxtag.taggants import blackbox
 
@@ -163,10 +161,8 @@ def accuracy_cost(suspect: pathlib.Path, benign: pathlib.Path, data: Any) -> dic
     test = sources.load_split(sources.DataSource(**data.to_dict()), "test", progress=False)
   except sources.SplitNotFoundError:
     return None
-  correct = {name: blackbox.LocalBlackBox(directory, batch_size=128).top_k(
-                 test.waveforms, 1, sample_rate=test.sample_rate)[:, 0] == np.asarray(test.labels)
-             for name, directory in (("suspect", suspect), ("benign", benign))}
-  return stats.accuracy_cost(correct["benign"], correct["suspect"])
+  boxes = [blackbox.LocalBlackBox(directory, batch_size=128) for directory in (suspect, benign)]
+  return blackbox.paired_cost(*boxes, {"test": test})["pooled"]
 
 
 def _cost_line(cost: dict[str, Any] | None) -> str:

@@ -1,4 +1,5 @@
-"""benchmarks/accuracy_cost.py: the paired cost per held-out split and pooled."""
+"""jaxtag.taggants.blackbox.paired_cost and benchmarks/accuracy_cost.py: the paired accuracy cost
+per held-out split and pooled."""
 
 import pytest
 import tiny_classifier as tc
@@ -16,7 +17,7 @@ def test_paired_cost_per_split_and_pooled_from_the_boxes_answers(tiny_workdir, t
   for name, seed in (("a", 11), ("b", 12)):
     x, y = tc.tone_clips(9, seed=seed)
     sets[name] = AudioDataset(x, y, tc.CLASSES, tc.SR)
-  result = accuracy_cost.paired_cost(early, tiny_box, sets)   # the early model as the "suspect"
+  result = blackbox.paired_cost(early, tiny_box, sets)   # the early model as the "suspect"
   flags = {name: {role: box.top_k(d.waveforms, 1)[:, 0] == d.labels
                   for role, box in (("s", early), ("b", tiny_box))} for name, d in sets.items()}
   for name in sets:
@@ -26,10 +27,15 @@ def test_paired_cost_per_split_and_pooled_from_the_boxes_answers(tiny_workdir, t
   assert pooled["control_only"] == sum(r["control_only"] for r in result["splits"].values())
   assert pooled["treated_only"] == sum(r["treated_only"] for r in result["splits"].values())
   assert pooled["control_only"] + pooled["treated_only"] > 0   # the two models do differ here
-  same = accuracy_cost.paired_cost(tiny_box, tiny_box, sets)["pooled"]
+  same = blackbox.paired_cost(tiny_box, tiny_box, sets)["pooled"]
   assert same["cost"] == 0 and same["control_only"] == same["treated_only"] == 0
   table = accuracy_cost.format_table(result)
   assert "| pooled | 18 |" in table and table.count("\n") == 4
+  with pytest.raises(ValueError, match="no dataset"):
+    blackbox.paired_cost(early, tiny_box, {})
+  x, y = tc.tone_clips(2, seed=13)
+  with pytest.raises(ValueError, match="'other rate' is at 16000 Hz"):
+    blackbox.paired_cost(early, tiny_box, {"other rate": AudioDataset(x, y, tc.CLASSES, 16000)})
 
 
 @pytest.mark.parametrize("argv, match", [

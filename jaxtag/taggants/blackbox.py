@@ -366,6 +366,40 @@ def _error_message(error: urllib.error.HTTPError) -> str:
     return raw.strip()[:500] or str(error.reason)
 
 
+def paired_cost(suspect: BlackBox, benign: BlackBox, datasets) -> dict[str, Any]:
+  """What a protection costs in accuracy, from two black boxes' top-1 answers on the same clips.
+
+  The benign model (trained on the clean data) is the control: the cost is its top-1 accuracy
+  minus the suspect's, clip by clip, with a paired interval and McNemar's exact p
+  (:func:`jaxtag.stats.accuracy_cost`) for each dataset and for all of them pooled (distinct
+  clips: one paired sample).
+
+  Args:
+    suspect, benign: black boxes over the same classes and sample rate.
+    datasets: name -> an ``AudioDataset`` at the boxes' rate, labelled in their class order.
+
+  Returns:
+    ``{"splits": {name: cost}, "pooled": cost}``.
+
+  Raises:
+    ValueError: no dataset, or a dataset at another sample rate than a box's.
+  """
+  from jaxtag import stats
+
+  if not datasets:
+    raise ValueError("paired_cost: no dataset to answer.")
+  flags = {}
+  for name, data in datasets.items():
+    for box in (suspect, benign):
+      if int(data.sample_rate) != int(box.sample_rate):
+        raise ValueError(f"paired_cost: dataset {name!r} is at {data.sample_rate} Hz, {box!r} "
+                         f"takes {box.sample_rate} Hz.")
+    labels = np.asarray(data.labels)
+    flags[name] = [box.top_k(data.waveforms, 1)[:, 0] == labels for box in (benign, suspect)]
+  return {"splits": {name: stats.accuracy_cost(*f) for name, f in flags.items()},
+          "pooled": stats.accuracy_cost(*(np.concatenate(parts) for parts in zip(*flags.values())))}
+
+
 def open_blackbox(target: str | os.PathLike, **kwargs) -> LocalBlackBox | HttpBlackBox:
   """A black box for ``target``: an ``http(s)://`` URL or a training workdir path.
 
