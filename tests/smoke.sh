@@ -9,7 +9,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-${PY:-.venv312/bin/python}}
-SMOKE_DIR=${SMOKE_DIR:-$(mktemp -d -t jaxtag-smoke-XXXXXX)}
+# A work dir of our own (no $SMOKE_DIR given) is removed after a clean run and kept, with its
+# path printed, after a failure: CI runs leave nothing behind in /tmp unless there is a log to read.
+OWN_DIR=0
+if [ -z "${SMOKE_DIR:-}" ]; then SMOKE_DIR=$(mktemp -d -t jaxtag-smoke-XXXXXX); OWN_DIR=1; fi
 STEP_TIMEOUT=${STEP_TIMEOUT:-600}
 W=$SMOKE_DIR/work
 export JAXTAG_DATA=$SMOKE_DIR/data JAX_PLATFORMS=cpu XLA_FLAGS=${XLA_FLAGS:-}
@@ -74,4 +77,9 @@ step serve-tests "$PY" -m pytest -q -p no:cacheprovider -x tests/test_serve.py \
   tests/test_serve_load.py
 
 say "done in $(( $(date +%s) - t0 ))s; failed: ${failed[*]:-none}"
-[ "${#failed[@]}" -eq 0 ]
+if [ "${#failed[@]}" -ne 0 ]; then
+  say "work files kept for inspection: $SMOKE_DIR"
+  exit 1
+fi
+[ "$OWN_DIR" -eq 1 ] && rm -rf "$SMOKE_DIR"
+exit 0
