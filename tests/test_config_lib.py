@@ -1,0 +1,73 @@
+"""jaxtag.config: ConfigDicts generated from the library dataclasses, and back."""
+
+import dataclasses
+import json
+
+import ml_collections
+import pytest
+
+from jaxtag import config as config_lib
+from jaxtag.data import sources
+from jaxtag.taggants import craft
+from jaxtag.train import AugmentConfig, OptimConfig, TrainConfig
+
+
+def test_every_field_becomes_an_entry_with_its_default():
+  config = config_lib.to_config(TrainConfig)
+  assert set(config.keys()) == {f.name for f in dataclasses.fields(TrainConfig)}
+  assert config.num_epochs == TrainConfig().num_epochs
+  assert set(config.optim.keys()) == {f.name for f in dataclasses.fields(OptimConfig)}
+  assert config.augment.max_gain_db == AugmentConfig().max_gain_db
+
+
+def test_a_none_default_can_be_set_like_a_flag():
+  config = config_lib.to_config(TrainConfig)
+  assert config.init_from is None
+  config.init_from = "workdirs/backbone"          # a typed FieldReference takes a str
+  with pytest.raises(TypeError):
+    config.init_from = 3
+  config.augment.noise_snr_db = (10.0, 40.0)
+  assert config_lib.from_config(TrainConfig, config).augment.noise_snr_db == (10.0, 40.0)
+
+
+def test_round_trip_restores_tuples_nested_dataclasses_and_plain_mappings():
+  cfg = TrainConfig(model="cnn", model_overrides={"channels": (8, 16)}, num_epochs=3,
+                    optim=OptimConfig(learning_rate=3e-3),
+                    augment=AugmentConfig(noise_snr_db=(5.0, 9.0)))
+  config = config_lib.to_config(cfg)
+  back = config_lib.from_config(TrainConfig, config)
+  assert back.optim == cfg.optim and back.augment == cfg.augment
+  assert back.model_overrides == {"channels": [8, 16]}       # JSON-able, as recorded
+  # Through JSON too (what a workdir records), e.g. the craft config's tuple fields.
+  crafted = craft.CraftConfig(milestones=(1, 2), exclude_params=("head",),
+                              augment=craft.CraftAugment(noise_snr_db=(10.0, 20.0)))
+  recorded = json.loads(json.dumps(config_lib.to_json_dict(crafted)))
+  assert config_lib.from_config(craft.CraftConfig, recorded) == crafted
+
+
+def test_overrides_and_unknown_fields_are_named():
+  config = config_lib.to_config(sources.DataSource, kind="corpus", preset="tiny")
+  assert config.preset == "tiny"
+  with pytest.raises(TypeError, match="no field"):
+    config_lib.to_config(sources.DataSource, kind="corpus", presets="tiny")
+  with pytest.raises(TypeError, match=r"config\.optim: OptimConfig has no field\(s\) \['lr'\]"):
+    config_lib.from_config(TrainConfig, {"optim": {"lr": 1.0}})
+
+
+def test_the_dataclass_checks_still_run():
+  config = config_lib.to_config(TrainConfig)
+  config.num_epochs = 0
+  with pytest.raises(ValueError, match="num_epochs"):
+    config_lib.from_config(TrainConfig, config)
+
+
+def test_a_field_without_default_must_be_given():
+  @dataclasses.dataclass(frozen=True)
+  class Needs:
+    x: int
+    y: tuple[int, ...] = ()
+
+  with pytest.raises(TypeError, match="Needs.x has no default"):
+    config_lib.to_config(Needs)
+  assert isinstance(config_lib.to_config(Needs, x=1), ml_collections.ConfigDict)
+  assert config_lib.from_config(Needs, {"x": 1, "y": [2, 3]}) == Needs(1, (2, 3))
