@@ -8,12 +8,9 @@ Everything that is common to the pipeline stages lives here so that the launcher
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pathlib
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,123 +68,6 @@ def transfer_guard_level() -> str:
   return _TRANSFER_GUARD.value if flags.FLAGS.is_parsed() else "allow"
 
 
-CONFIG_JSON = "config.json"
-# Fields that change how a stage reports or describes itself, never what it computes: they may
-# differ on a re-run (``note``: a preset's description).
-_COSMETIC_FIELDS = frozenset({"progress", "note"})
-
-
-class ConfigChangedError(ValueError):
-  """A workdir re-run with another config than the one that made it."""
-
-
-def _as_json(config: Any) -> Any:
-  return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-  """Dotted names of the fields that differ between two JSON objects (cosmetic ones skipped)."""
-  if not (isinstance(old, dict) and isinstance(new, dict)):
-    return [] if old == new else [prefix or "<config>"]
-  out = []
-  for name in sorted(set(old) | set(new)):
-    if name in _COSMETIC_FIELDS:
-      continue
-    path = f"{prefix}.{name}" if prefix else name
-    if name not in old or name not in new:
-      out.append(path)
-    else:
-      out += _differences(old[name], new[name], path)
-  return out
-
-
-def check_same_config(config: Any, workdir: pathlib.Path) -> bool:
-  """Refuses a workdir whose recorded config differs from ``config``.
-
-  A re-run continues (or reuses) what the workdir holds; with another config it would mix two
-  recipes in one set of checkpoints and artifacts.
-
-  Returns:
-    Whether the workdir already recorded this config (False: a fresh workdir).
-
-  Raises:
-    ConfigChangedError: naming the differing fields and the fix.
-  """
-  path = workdir / CONFIG_JSON
-  if not path.is_file():
-    return False
-  try:
-    old = json.loads(path.read_text())
-  except ValueError:
-    return False  # Not ours to trust (written atomically, so never half written by us).
-  changed = _differences(old, _as_json(config))
-  if not changed:
-    return True
-  unrecorded = [name for name in changed if not _recorded(old, name)]
-  if len(unrecorded) == len(changed):
-    raise ConfigChangedError(
-        f"{workdir} was made by an older jaxtag: its {CONFIG_JSON} lacks fields this version's "
-        f"config has ({_shown(unrecorded)}), so no flag can make the configs equal. Use a new "
-        "--workdir (or delete this one) to run the stage with this version.")
-  raise ConfigChangedError(
-      f"{workdir} was made with another config; these fields differ from its {CONFIG_JSON}: "
-      f"{_shown(changed)}. A re-run on the same workdir resumes or reuses what it holds, so it "
-      "must use the same config: pass the recorded values again, use a new --workdir, or delete "
-      "the workdir to redo the stage from scratch.")
-
-
-def _shown(names: list[str], limit: int = 12) -> str:
-  return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
-                                     else "")
-
-
-def _recorded(tree: Any, dotted: str) -> bool:
-  """Whether the recorded JSON config holds the field ``dotted`` (``a.b.c``)."""
-  for part in dotted.split("."):
-    if not isinstance(tree, dict) or part not in tree:
-      return False
-    tree = tree[part]
-  return True
-
-
-def dump_config(config: Any, workdir: pathlib.Path) -> None:
-  """Writes the resolved config next to the stage's outputs (atomically), after checking that
-  the workdir holds no run of another config (``check_same_config``)."""
-  from jaxtag.audio import io as audio_io
-  check_same_config(config, workdir)
-  audio_io.write_text_atomic(workdir / CONFIG_JSON,
-                             config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-
-def finished(config: Any, workdir: pathlib.Path, marker: str,
-             requires: tuple[str, ...] = ()) -> dict[str, Any] | None:
-  """The stored summary of a finished stage, to reuse instead of redoing the stage.
-
-  A stage writes its summary ``marker`` (atomically) after every other output, so the marker is
-  the proof that the stage finished. It is reused only when the workdir's recorded config
-  equals ``config``, so a stage run from Python without a recorded config always runs.
-
-  Args:
-    config: the stage's config.
-    workdir: the stage's workdir.
-    marker: the summary JSON, relative to ``workdir``.
-    requires: other outputs (relative to ``workdir``, or absolute) that must still exist.
-
-  Returns:
-    The stored summary with ``reused=True``, or None when the stage has to run.
-
-  Raises:
-    ConfigChangedError: the workdir was made with another config.
-  """
-  path = workdir / marker
-  if not path.is_file() or not check_same_config(config, workdir):
-    return None
-  if not all((workdir / p).exists() for p in requires):
-    return None
-  logging.info("%s finished before (%s): reusing it.", workdir, marker)
-  return {**json.loads(path.read_text()), "reused": True}
-
-
 def allow_readable_secrets() -> bool:
   """The ``--allow_readable_secrets`` flag (False when flags were not parsed: from Python, a
   readable secret is refused too)."""
@@ -207,36 +87,18 @@ def root_key(config: Any):
   return jax.random.key(int(config.seed))
 
 
-@contextlib.contextmanager
-def timed(name: str, timings: dict[str, float]):
-  """Records the wall time of a stage into ``timings[name]``."""
-  start = time.perf_counter()
-  try:
-    yield
-  finally:
-    timings[name] = time.perf_counter() - start
+def runtime():
+  """How the library's job functions run under this launcher's flags (``jaxtag.workdir.Runtime``):
+  ``--allow_readable_secrets`` and ``--transfer_guard``."""
+  from jaxtag import workdir
+  return workdir.Runtime(allow_readable_secrets=allow_readable_secrets(),
+                         transfer_guard=transfer_guard_level())
 
 
-def plain(value: Any) -> Any:
-  """Tuples to lists, recursively, so that config values (e.g. model options) survive a trip
-  through JSON unchanged."""
-  if isinstance(value, dict):
-    return {k: plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [plain(v) for v in value]
-  return value
-
-
-def write_json(path: pathlib.Path, obj: Any, *, secret: bool = False) -> None:
-  """Writes JSON atomically (a unique temporary file beside ``path``, then ``os.replace``);
-  ``secret=True`` (anything naming poisons, keys, their labels or perturbations): owner-only
-  (``jaxtag.secrets``)."""
-  from jaxtag import secrets
-  from jaxtag.audio import io as audio_io
-  if secret:
-    secrets.write_json(path, obj)
-  else:
-    audio_io.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def print_summary(summary: Mapping[str, Any]) -> None:
+  """Prints a stage's summary, one ``key: value`` line per field."""
+  for key, value in summary.items():
+    print(f"{key}: {value}")
 
 
 def failure_line(error: BaseException) -> str:
@@ -245,7 +107,8 @@ def failure_line(error: BaseException) -> str:
   return f"error: {type(error).__name__}: {message} (--debug prints the traceback)"
 
 
-def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
+def run(main: Callable[[Any, pathlib.Path], Any], *, job: type | None = None,
+        needs_workdir: bool = True,
         preflight: Callable[[Any, pathlib.Path | None], None] | None = None,
         owners: Mapping[str, str] | None = None) -> None:
   """Runs ``main(config, workdir)`` under absl with the shared setup.
@@ -255,7 +118,10 @@ def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
   (``jaxtag.errors.option``).
 
   Args:
-    main: the stage, called with the locked config and the workdir.
+    main: the stage, called with the config and the workdir.
+    job: the library dataclass of the stage's config (e.g. ``jaxtag.train.job.TrainJob``): the
+      ConfigDict is turned into it (``jaxtag.config.from_config``, which runs its checks), and
+      ``main`` gets the typed job. None: ``main`` gets the locked ConfigDict.
     needs_workdir: whether ``--workdir`` is required.
     preflight: optional check run before anything is written (e.g. "the key file must not land
       inside the dataset"); it raises to stop the run.
@@ -263,13 +129,17 @@ def run(main: Callable[[Any, pathlib.Path], Any], *, needs_workdir: bool = True,
       ``DataSource`` fields live in ``config.data``).
   """
   from jaxtag import errors
+  from jaxtag import workdir as workdir_lib
 
   def _stage(config, workdir):
     setup_jax()
+    if job is not None:
+      from jaxtag import config as config_lib
+      config = config_lib.from_config(job, config)
     if preflight is not None:
       preflight(config, workdir)
-    if workdir is not None:
-      dump_config(config, workdir)
+    if workdir is not None and job is None:   # A library job records itself, after its checks.
+      workdir_lib.record(config, workdir)
     main(config, workdir)
 
   def _main(argv):

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtag import config as config_lib
 from jaxtag import train
 from jaxtag.data import sources
-from launch import train as train_launcher
+from jaxtag.train import job as train_job
 from launch.configs import train as train_configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -23,9 +24,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("arg", ["surrogate", "suspect", "tiny"])
 def test_config_variants_map_onto_train_config(arg):
   config = train_configs.get_config(arg)
-  tc = train_launcher.train_config(config)
+  tc = config_lib.from_config(train_job.TrainJob, config)
   assert isinstance(tc, train.TrainConfig) and isinstance(tc.optim, train.OptimConfig)
-  sources.DataSource(**config.data.to_dict())
+  assert isinstance(tc.data, sources.DataSource) and tc.recipe == train.TrainConfig(
+      **{f: getattr(tc, f) for f in train.TrainConfig.__dataclass_fields__})
   if arg == "suspect":
     assert config.seed != train_configs.get_config("surrogate").seed
     assert tc.augment.uses_features and tc.augment.mixup_alpha > 0
@@ -35,7 +37,8 @@ def test_config_variants_map_onto_train_config(arg):
   with pytest.raises(ValueError, match="unknown recipe"):
     train_configs.get_config("teacher")
   other = train_configs.get_config(f"{arg},m5")
-  assert other.model == "m5" and train_launcher.train_config(other).model_overrides == {}
+  other_job = config_lib.from_config(train_job.TrainJob, other)
+  assert other.model == "m5" and other_job.model_overrides == {}
 
 
 def _tiny_config(corpus_root, **overrides):
@@ -117,8 +120,8 @@ def test_sigkill_rerun_equals_uninterrupted_run_and_artifacts_load(corpus_root, 
   assert 4 <= resumed_from < epochs
 
   reference = tmp_path / "reference"
-  summary = train_launcher.run_stage(_tiny_config(corpus_root, num_epochs=epochs, num_devices=1,
-                                                  checkpoint_every_steps=2), reference)
+  config = _tiny_config(corpus_root, num_epochs=epochs, num_devices=1, checkpoint_every_steps=2)
+  summary = train_job.run_train_job(config_lib.from_config(train_job.TrainJob, config), reference)
   assert summary["resumed_from"] == 0
   _check_workdir(reference, summary, corpus_root, epochs)
   for a, b in zip(_final_params(killed), _final_params(reference)):
@@ -184,7 +187,7 @@ def test_loader_options_and_split_lists_from_the_launcher_flags(tmp_path):
   proc, errors = _launch_train(data, workdir, "--config.data.mono=mean",
                                "--config.data.on_missing_file=skip")
   assert proc.returncode == 0 and not errors, proc.stderr[-3000:]
-  summary = json.loads((workdir / train_launcher.SUMMARY).read_text())
+  summary = json.loads((workdir / train_job.SUMMARY).read_text())
   assert summary["splits"] == {
       "train": {"num_clips": 11, "skipped_missing": 0, "skipped_bad": 0},
       "validation": {"num_clips": 1, "skipped_missing": 1, "skipped_bad": 0},
@@ -200,10 +203,10 @@ def test_train_config_messages_name_the_launcher_flags():
   config = train_configs.get_config("tiny")
   config.batch_size = 0
   with pytest.raises(ValueError, match=r"^TrainConfig\.batch_size must be positive"):
-    train_launcher.train_config(config)
-  with errors.launcher_flags(config.to_dict(), train_launcher.OWNERS):
+    config_lib.from_config(train_job.TrainJob, config)
+  with errors.launcher_flags(config.to_dict(), train_job.FLAG_OWNERS):
     with pytest.raises(ValueError, match=r"^--config\.batch_size must be positive"):
-      train_launcher.train_config(config)
+      config_lib.from_config(train_job.TrainJob, config)
     config.batch_size, config.optim.learning_rate = 8, 0.0
     with pytest.raises(ValueError, match=r"^--config\.optim\.learning_rate must be positive"):
-      train_launcher.train_config(config)
+      config_lib.from_config(train_job.TrainJob, config)

@@ -8,11 +8,12 @@ The argument is the size preset: tiny | small | default | large | xl.
 
 import ml_collections
 
-from launch.configs import common
+from jaxtag import config as config_lib
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.data = common.data_config("corpus", preset=arg or "default")
+  """Every field of jaxtag.data.job.CorpusJob; ``arg`` is the corpus preset."""
+  from jaxtag.data import job
+  config = config_lib.to_config(job.CorpusJob)
+  config.data.preset = arg or "default"
   return config

@@ -26,71 +26,37 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 
 import ml_collections
 
-from launch.configs import common
-
-
-def optim_config(**overrides) -> ml_collections.ConfigDict:
-  """Mirrors jaxtag.train.OptimConfig."""
-  fields = dict(name="adamw", learning_rate=1e-3, weight_decay=0.05,
-                warmup_steps=-10,          # < 0: percent of the total steps
-                end_lr_fraction=0.01, grad_clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8)
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
-
-
-def augment_config(**overrides) -> ml_collections.ConfigDict:
-  """Mirrors jaxtag.train.AugmentConfig (0 disables an augmentation; noise_snr_db None = off)."""
-  fields = dict(max_shift_seconds=0.0, shift_mode="circular", max_gain_db=0.0,
-                noise_snr_db=ml_collections.FieldReference(None, field_type=tuple),
-                noise_prob=1.0, mixup_alpha=0.0, freq_mask_width=0, num_freq_masks=1,
-                time_mask_width=0, num_time_masks=1)
-  config = ml_collections.ConfigDict(fields)
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+from jaxtag import config as config_lib
 
 
 def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
+  """Every field of jaxtag.train.job.TrainJob (defaults there), set to the recipe ``arg``."""
+  from jaxtag.train import job
+
   arg, _, model = (arg or "surrogate").partition(",")
   if arg not in ("surrogate", "suspect", "tiny"):
     raise ValueError(f"launch/configs/train.py: unknown recipe {arg!r}; use surrogate, suspect "
                      "or tiny.")
-  config = ml_collections.ConfigDict()
+  config = config_lib.to_config(job.TrainJob)
   config.seed = 1 if arg == "suspect" else 0
-  config.data = common.data_config("corpus", preset="tiny" if arg == "tiny" else "default")
-  config.model = "ast_tiny"
+  config.data.preset = "tiny" if arg == "tiny" else "default"
   # From scratch on 5,600 clips the HF layout's recipe stays at chance (the cls/distillation
   # readout goes input-independent, the clip level dominates the patch embeddings); these
   # options keep its tensors (benchmarks/RESULTS.md, "Training on the embedded corpus").
+  config.model = "ast_tiny"
   config.model_overrides = ml_collections.ConfigDict(dict(
       depth=2, feature_norm="per_clip", readout="mean", kernel_init="xavier",
       frequency_stride=16, time_stride=16))
   config.num_epochs = 12
-  config.batch_size = 64
-  config.eval_batch_size = 128
   config.label_smoothing = 0.1
   config.log_every_steps = 25
-  config.checkpoint_every_steps = 0   # 0: once per epoch
-  config.max_to_keep = 2
-  config.eval_every_epochs = 1
-  # A finished train workdir of the same model to fine-tune from (a shared "public" backbone);
-  # the head is re-initialised when the classes differ. None: from scratch.
-  config.init_from = ml_collections.FieldReference(None, field_type=str)
-  # Offline knowledge distillation: a finished train workdir (e.g. the `cnn` surrogate) whose
-  # probabilities softmax(logits / T) on the train split are mixed into the targets with
-  # weight w. None: no teacher.
-  config.distill_from = ml_collections.FieldReference(None, field_type=str)
-  config.distill_weight = 0.5
-  config.distill_temperature = 1.0
-  config.num_devices = 0              # 0: every device (all hosts)
-  config.progress = True
-  config.optim = optim_config(learning_rate=2e-3, weight_decay=0.05)
-  config.augment = augment_config(max_shift_seconds=0.1, max_gain_db=6.0)
+  config.optim.learning_rate = 2e-3
+  config.augment.max_shift_seconds = 0.1
+  config.augment.max_gain_db = 6.0
   if arg == "suspect":
-    config.augment = augment_config(
-        max_shift_seconds=0.1, max_gain_db=6.0, noise_snr_db=(10.0, 40.0), noise_prob=0.5,
-        mixup_alpha=0.3, freq_mask_width=24, num_freq_masks=2, time_mask_width=24,
-        num_time_masks=2)
+    config.augment.update(dict(noise_snr_db=(10.0, 40.0), noise_prob=0.5, mixup_alpha=0.3,
+                               freq_mask_width=24, num_freq_masks=2, time_mask_width=24,
+                               num_time_masks=2))
   if arg == "tiny":
     config.model = "cnn"
     config.model_overrides = ml_collections.ConfigDict(dict(channels=(8, 16), n_mels=32))
@@ -99,14 +65,15 @@ def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
     config.eval_batch_size = 8
     config.log_every_steps = 1
     config.progress = False
-    config.optim = optim_config(learning_rate=3e-3, warmup_steps=0)
+    config.optim.learning_rate = 3e-3
+    config.optim.warmup_steps = 0
   if model:
     config.model = model
     config.model_overrides = ml_collections.ConfigDict()
   if model == "cnn" and arg != "tiny":
     # Measured on the default corpus (benchmarks/RESULTS.md): 85.0% test in 5 epochs, 64 s.
     config.num_epochs = 5
-    config.optim = optim_config(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=0)
+    config.optim.update(dict(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=0))
     if arg == "suspect":
       # SpecAugment scaled to the CNN's 40 mel bands x ~100 frames (AST's 24-wide masks on 128
       # bins would hide most of a 40-band input: 6-12% test accuracy, measured).

@@ -11,14 +11,11 @@ k up to `max_k` are reported as description. A served model:
 
 import ml_collections
 
+from jaxtag import config as config_lib
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """Every field of jaxtag.taggants.jobs.VerifyJob (defaults and meaning there)."""
   del arg  # No variants.
-  config = ml_collections.ConfigDict()
-  config.seed = 0                              # unused (verification draws nothing); uniformity
-  config.target = "workdirs/suspect"           # training workdir or http(s):// server URL
-  config.key_file = "workdirs/keys/keys.npz"   # from launch/make_keys.py
-  config.max_k = 10                            # labels read per answer (capped at the classes)
-  config.decision_k = 1                        # the predeclared k of the decision
-  config.alpha = 1e-3                          # reject "not trained on the taggants" if p <= alpha
-  return config
+  from jaxtag.taggants import jobs
+  return config_lib.to_config(jobs.VerifyJob)
