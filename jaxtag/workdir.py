@@ -52,6 +52,12 @@ class Runtime:
   allow_readable_secrets: bool = False
   transfer_guard: str = "allow"
 
+  def check_secret_input(self, path: str | os.PathLike, what: str) -> None:
+    """Refuses a secret input file that others can read, unless ``allow_readable_secrets``."""
+    from jaxtag import secrets
+    secrets.check_private(path, allow_readable=self.allow_readable_secrets, what=what,
+                          allow_flag="--allow_readable_secrets")
+
 
 def as_json(config: Any) -> Any:
   """A config (a dataclass, an ``ml_collections.ConfigDict`` or a mapping) as JSON values."""

@@ -74,13 +74,6 @@ def allow_readable_secrets() -> bool:
   return _ALLOW_READABLE_SECRETS.value if flags.FLAGS.is_parsed() else False
 
 
-def check_secret_input(path: str | os.PathLike, what: str) -> None:
-  """Refuses a secret input file that others can read, unless ``--allow_readable_secrets``."""
-  from jaxtag import secrets
-  secrets.check_private(path, allow_readable=allow_readable_secrets(), what=what,
-                        allow_flag="--allow_readable_secrets")
-
-
 def root_key(config: Any):
   """The run's root PRNG key from ``config.seed``: the only int seed in a run."""
   import jax

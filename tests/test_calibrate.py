@@ -1,4 +1,4 @@
-"""launch/calibrate.py and jaxtag.taggants.calibrate: benign models against fresh key draws; the
+"""The calibrate stage (jaxtag.taggants.jobs.run_calibrate_job) and jaxtag.taggants.calibrate: benign models against fresh key draws; the
 empirical false-positive rate is within alpha (and the check catches an anti-conservative test);
 the statistics are verify's; an interrupted run resumes."""
 
@@ -11,9 +11,16 @@ import pytest
 from jaxtag import rng, stats
 from jaxtag.data import sources
 from jaxtag.taggants import blackbox, calibrate as calibrate_lib, verify
-from launch import app, calibrate
+from jaxtag import config as config_lib
+from jaxtag import workdir as workdir_lib
+from jaxtag.taggants import jobs
 from launch.configs import calibrate as calibrate_configs
 from launch.configs import demo as demo_configs
+
+
+def _run(config, workdir):
+  """The calibrate stage as launch/calibrate.py runs it: the typed job from the config."""
+  return jobs.run_calibrate_job(config_lib.from_config(jobs.CalibrateJob, config), workdir)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,7 @@ def run(tmp_path_factory):
   config.train.data.root = str(corpus_root)
   config.train.num_devices = 1
   workdir = base / "work"
-  return config, workdir, calibrate.run_stage(config, workdir)
+  return config, workdir, _run(config, workdir)
 
 
 def test_launcher_trains_benign_models_and_calibrates(run):
@@ -36,7 +43,7 @@ def test_launcher_trains_benign_models_and_calibrates(run):
   assert json.loads((workdir / "calibration.json").read_text()) == json.loads(json.dumps(summary))
   assert summary["num_models"] == 2 and summary["num_key_draws"] == 40
   assert summary["num_keys"] == 8 and summary["num_classes"] == 4   # Two label blocks.
-  records = calibrate_lib.read_finished(workdir / calibrate.DRAWS)
+  records = calibrate_lib.read_finished(workdir / jobs.CALIBRATION_DRAWS)
   assert sorted(records) == list(range(40))
   p = np.asarray([[m["p_value"] for m in records[d]["models"]] for d in range(40)])
   for level in summary["exact_test"]["levels"]:
@@ -83,7 +90,7 @@ def test_fresh_key_calibration_against_answering_benign_models(tiny_box, tmp_pat
 
 def test_each_draw_is_fresh_and_scored_as_verify_scores_it(run):
   config, workdir, summary = run
-  records = calibrate_lib.read_finished(workdir / calibrate.DRAWS)
+  records = calibrate_lib.read_finished(workdir / jobs.CALIBRATION_DRAWS)
   labels = {tuple(r["labels"]) for r in records.values()}
   assert len(labels) > 20   # New labels per draw, not one key file.
   box = blackbox.LocalBlackBox(workdir / "model_1")
@@ -99,21 +106,21 @@ def test_each_draw_is_fresh_and_scored_as_verify_scores_it(run):
 
 def test_a_rerun_resumes_the_missing_draws(run, monkeypatch):
   config, workdir, summary = run
-  path = workdir / calibrate.DRAWS
+  path = workdir / jobs.CALIBRATION_DRAWS
   lines = path.read_text().splitlines()
   path.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:10])   # Torn last line.
   drawn = []
   real = calibrate_lib.draw_keys
   monkeypatch.setattr(calibrate_lib, "draw_keys",
                       lambda s, d, *a: drawn.append(list(np.asarray(d))) or real(s, d, *a))
-  again = calibrate.run_stage(config, workdir)
+  again = _run(config, workdir)
   assert sorted(x for batch in drawn for x in batch) == sorted(
       json.loads(line)["draw"] for line in lines[-3:])
   assert not any(t["trained_now"] for t in again["trained"])
   assert again["exact_test"] == summary["exact_test"]
   config.calibration.num_key_draws = 41
-  with pytest.raises(app.ConfigChangedError, match="calibration.num_key_draws"):
-    calibrate.run_stage(config, workdir)
+  with pytest.raises(workdir_lib.ConfigChangedError, match="calibration.num_key_draws"):
+    _run(config, workdir)
 
 
 def test_calibrate_config_and_bad_arguments(tmp_path):
@@ -137,7 +144,7 @@ def test_calibrate_config_and_bad_arguments(tmp_path):
   config = calibrate_configs.get_config("tiny")
   config.num_models = 0
   with pytest.raises(ValueError, match="num_models must be >= 1"):
-    calibrate.run_stage(config, tmp_path)
+    _run(config, tmp_path)
   with pytest.raises(ValueError, match="decision_k .3. exceeds max_k .2."):
     calibrate_lib.CalibrationConfig(max_k=2, decision_k=3)
   with pytest.raises(ValueError, match="alphas must be levels"):

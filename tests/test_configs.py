@@ -1,6 +1,7 @@
 """Every launcher config loads, documents its command, and maps onto the library's typed configs."""
 
 import importlib
+import json
 import pathlib
 
 import pytest
@@ -53,3 +54,24 @@ def test_data_config_has_exactly_the_data_source_fields_and_defaults():
   config.clip_samples = 800
   with pytest.raises(TypeError):
     config.clip_samples = "long"
+
+
+# Each launcher's config is generated from its library job (the one source of its fields).
+JOBS = {"train": "jaxtag.train.job:TrainJob", "corpus": "jaxtag.data.job:CorpusJob",
+        "keys": "jaxtag.taggants.jobs:KeysJob", "verify": "jaxtag.taggants.jobs:VerifyJob",
+        "craft": "jaxtag.taggants.jobs:CraftJob",
+        "calibrate": "jaxtag.taggants.jobs:CalibrateJob", "demo": "jaxtag.taggants.demo:DemoJob"}
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_config_is_generated_from_its_job_and_converts_back(name):
+  from jaxtag import config as config_lib
+  module_name, _, cls_name = JOBS[name].partition(":")
+  job_type = getattr(importlib.import_module(module_name), cls_name)
+  config = importlib.import_module(f"launch.configs.{name}").get_config()
+  # Nothing but the job's fields (an unknown one raises) and every check passes ...
+  job = config_lib.from_config(job_type, config)
+  assert isinstance(job, job_type)
+  # ... and all of them, nested ones included: the config is the job's own ConfigDict.
+  assert json.loads(config.to_json_best_effort()) == json.loads(
+      config_lib.to_config(job).to_json_best_effort())

@@ -157,10 +157,11 @@ def test_the_config_chooses_the_constraint_and_the_unit():
 
 
 def test_launch_config_mirrors_craft_config_and_builds_the_mask():
-  from launch import craft as craft_launch
+  from jaxtag import config as config_lib
+  from jaxtag.taggants import jobs
   from launch.configs import craft as craft_configs
   fields = {f.name for f in dataclasses.fields(craft.CraftConfig)}
-  assert set(craft_configs.craft_config().keys()) == fields
+  assert set(craft_configs.get_config("default").craft.keys()) == fields
   defaults = craft.CraftConfig()
   config = craft_configs.get_config("tiny")
   for f in fields - {"augment", "steps", "restarts"}:
@@ -168,7 +169,7 @@ def test_launch_config_mirrors_craft_config_and_builds_the_mask():
         config.craft[f] == getattr(defaults, f)), f
   config.craft.constraint = "stft_mask"
   config.craft.mask_db = 25.0
-  built = craft_launch.protect_config(config).craft
+  built = config_lib.from_config(jobs.CraftJob, config).craft
   assert built.stft_mask() == dataclasses.replace(constraint.StftMask(), mask_db=25.0)
 
 

@@ -1,5 +1,6 @@
 """End to end: the launchers chained on the tiny corpus, with the artifacts and invariants checked."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -188,10 +189,9 @@ def test_craft_publishes_a_complete_copy_and_never_over_the_input(demo_run, tmp_
   byte for byte) and every split, recorded in the summary; a craft whose output_dir is the input
   or holds a user's file is refused before anything is written; a craft reused from its summary
   still removes the temporary folder a killed export left."""
-  import ml_collections
-
+  from jaxtag import config as config_lib
   from jaxtag.data import publish, speechcommands
-  from launch import craft
+  from jaxtag.taggants import jobs
   workdir, _, env = demo_run
   summary = json.loads((workdir / "demo_summary.json").read_text())
   data_root = pathlib.Path(summary["data"]["root"])
@@ -209,11 +209,12 @@ def test_craft_publishes_a_complete_copy_and_never_over_the_input(demo_run, tmp_
     assert clips == speechcommands.list_speech_commands(data_root, split)[0]
     assert summary["craft"]["export_check"]["splits"][split]["clips"] == len(clips)
 
-  config = ml_collections.ConfigDict(json.loads((workdir / "craft" / "config.json").read_text()))
+  job = config_lib.from_config(jobs.CraftJob,
+                               json.loads((workdir / "craft" / "config.json").read_text()))
   stale = protected_root.with_name(f".{protected_root.name}.tmp-{os.getpid()}")
   stale.mkdir()
   (stale / publish.MARKER).write_text("{}")
-  assert craft.run_stage(config, workdir / "craft")["reused"]
+  assert jobs.run_craft_job(job, workdir / "craft")["reused"]
   assert not stale.exists()
 
   before = {p: p.read_bytes() for p in sorted(data_root.rglob("*")) if p.is_file()}
@@ -228,10 +229,8 @@ def test_craft_publishes_a_complete_copy_and_never_over_the_input(demo_run, tmp_
   mine = tmp_path / "mine"
   mine.mkdir()
   (mine / "notes.txt").write_text("mine")
-  config.unlock()
-  config.output_dir = str(mine)
   with pytest.raises(publish.PublishError, match="not empty.*Choose an empty or new output_dir"):
-    craft.run_stage(config, tmp_path / "other")
+    jobs.run_craft_job(dataclasses.replace(job, output_dir=str(mine)), tmp_path / "other")
   assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
@@ -321,7 +320,7 @@ def test_craft_launcher_retrains_the_surrogate_with_its_recipe(demo_run, tmp_pat
 
 
 def test_cost_line_reads_the_paired_cost_and_says_when_there_is_none():
-  from launch import demo
+  from jaxtag.taggants import demo
   line = demo._cost_line({"cost": 0.011, "low": -0.001, "high": 0.024, "confidence": 0.95,
                           "control_accuracy": 0.923, "treated_accuracy": 0.912, "num_clips": 1750,
                           "control_only": 40, "treated_only": 21, "p_value": 0.02})

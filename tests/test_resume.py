@@ -179,53 +179,54 @@ def test_changed_config_is_refused_before_the_recorded_one_is_overwritten(tmp_pa
   """A workdir keeps the config that made it: another one is refused naming the differing
   fields (a cosmetic field may change); a stage's summary is reused only with its config and
   while the outputs it needs still exist."""
-  from launch import app
+  from jaxtag import workdir as workdir_lib
   from launch.configs import train as train_configs
   config = train_configs.get_config("tiny")
-  app.dump_config(config, tmp_path)
+  workdir_lib.record(config, tmp_path)
   recorded = json.loads((tmp_path / "config.json").read_text())
   config.progress = not config.progress          # how it reports, not what it computes
-  app.dump_config(config, tmp_path)
+  workdir_lib.record(config, tmp_path)
   changed = train_configs.get_config("tiny")
   changed.optim.learning_rate, changed.seed = 1.0, 5
-  with pytest.raises(app.ConfigChangedError, match=r"fields differ .*: optim\.learning_rate, "
+  with pytest.raises(workdir_lib.ConfigChangedError,
+                     match=r"fields differ .*: optim\.learning_rate, "
                      r"seed\. .*new --workdir"):
-    app.dump_config(changed, tmp_path)
+    workdir_lib.record(changed, tmp_path)
   now = json.loads((tmp_path / "config.json").read_text())
   assert {**now, "progress": recorded["progress"]} == recorded
 
-  app.write_json(tmp_path / "train_summary.json", {"steps": 3})
-  assert app.finished(config, tmp_path, "train_summary.json", requires=("final",)) is None
+  workdir_lib.write_json(tmp_path / "train_summary.json", {"steps": 3})
+  assert workdir_lib.finished(config, tmp_path, "train_summary.json", requires=("final",)) is None
   (tmp_path / "final").mkdir()
-  assert app.finished(config, tmp_path, "train_summary.json", requires=("final",)) == {
+  assert workdir_lib.finished(config, tmp_path, "train_summary.json", requires=("final",)) == {
       "steps": 3, "reused": True}
-  with pytest.raises(app.ConfigChangedError):
-    app.finished(changed, tmp_path, "train_summary.json")
-  assert app.finished(config, tmp_path / "fresh", "train_summary.json") is None
+  with pytest.raises(workdir_lib.ConfigChangedError):
+    workdir_lib.finished(changed, tmp_path, "train_summary.json")
+  assert workdir_lib.finished(config, tmp_path / "fresh", "train_summary.json") is None
   from launch.configs import demo as demo_configs
   demo = demo_configs.get_config("small")
-  app.dump_config(demo, tmp_path / "demo")
+  workdir_lib.record(demo, tmp_path / "demo")
   demo.note = "another description of the preset"   # a description, not a setting
-  app.dump_config(demo, tmp_path / "demo")
+  workdir_lib.record(demo, tmp_path / "demo")
   demo.craft.budget = 0.25
-  with pytest.raises(app.ConfigChangedError, match=r"craft\.budget"):
-    app.dump_config(demo, tmp_path / "demo")
+  with pytest.raises(workdir_lib.ConfigChangedError, match=r"craft\.budget"):
+    workdir_lib.record(demo, tmp_path / "demo")
 
 
 def test_a_workdir_of_an_older_jaxtag_is_named_as_such(tmp_path):
   """A record that lacks fields this version added cannot be matched by any flag: the message
   says so instead of asking for the recorded values; a real difference still names the field."""
-  from launch import app
+  from jaxtag import workdir as workdir_lib
   from launch.configs import train as train_configs
   config = train_configs.get_config("tiny")
-  app.dump_config(config, tmp_path)
+  workdir_lib.record(config, tmp_path)
   recorded = json.loads((tmp_path / "config.json").read_text())
   del recorded["data"]["on_missing_file"], recorded["data"]["mono"]
   (tmp_path / "config.json").write_text(json.dumps(recorded))
-  with pytest.raises(app.ConfigChangedError, match=r"older jaxtag: .*data\.mono, "
+  with pytest.raises(workdir_lib.ConfigChangedError, match=r"older jaxtag: .*data\.mono, "
                      r"data\.on_missing_file\), so no flag"):
-    app.dump_config(config, tmp_path)
+    workdir_lib.record(config, tmp_path)
   config.seed = 7
-  with pytest.raises(app.ConfigChangedError, match=r"another config; .*data\.mono, "
+  with pytest.raises(workdir_lib.ConfigChangedError, match=r"another config; .*data\.mono, "
                      r"data\.on_missing_file, seed\. "):
-    app.dump_config(config, tmp_path)
+    workdir_lib.record(config, tmp_path)

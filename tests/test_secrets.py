@@ -8,9 +8,11 @@ import stat
 import pytest
 from absl import flags
 
+from jaxtag import config as config_lib
 from jaxtag import secrets
+from jaxtag import workdir as workdir_lib
+from jaxtag.taggants import jobs
 from launch import app
-from launch import craft as craft_launcher
 from launch.configs import craft as craft_configs
 
 
@@ -33,9 +35,9 @@ def test_writers_are_owner_only_whatever_the_umask(tmp_path, open_umask):
   for name in ("a/report.json", "b.npz", "c.txt"):
     assert _mode(tmp_path / name) == 0o600, name
   assert json.loads((tmp_path / "a" / "report.json").read_text()) == {"poisons": [1, 2]}
-  app.write_json(tmp_path / "public.json", {})
+  workdir_lib.write_json(tmp_path / "public.json", {})
   assert _mode(tmp_path / "public.json") == 0o644   # not secret: readable by others
-  app.write_json(tmp_path / "secret.json", {}, secret=True)
+  workdir_lib.write_json(tmp_path / "secret.json", {}, secret=True)
   assert _mode(tmp_path / "secret.json") == 0o600
 
 
@@ -82,14 +84,20 @@ def test_launcher_flag_allows_a_readable_key_file(tmp_path):
   path.write_bytes(b"k")
   os.chmod(path, 0o644)
   with pytest.raises(secrets.SecretFileError, match="--allow_readable_secrets"):
-    app.check_secret_input(path, "key file")   # flags not parsed (called from Python): refused
+    # flags not parsed (called from Python): refused
+    app.runtime().check_secret_input(path, "key file")
   flags.FLAGS(["test", "--allow_readable_secrets"])
   try:
-    app.check_secret_input(path, "key file")
+    app.runtime().check_secret_input(path, "key file")
   finally:
     flags.FLAGS.unparse_flags()
   with pytest.raises(secrets.SecretFileError):
-    app.check_secret_input(path, "key file")
+    app.runtime().check_secret_input(path, "key file")
+
+
+def _check_craft_inputs(config, workdir):
+  """The craft stage's checks on the typed job, as launch/craft.py runs them."""
+  jobs.check_craft_inputs(config_lib.from_config(jobs.CraftJob, config), workdir)
 
 
 def _craft_config(tmp_path, key_file, **fields):
@@ -97,7 +105,7 @@ def _craft_config(tmp_path, key_file, **fields):
   config.unlock()
   surrogate = tmp_path / "surrogate"
   surrogate.mkdir(exist_ok=True)
-  (surrogate / "model.json").write_text("{}")   # preflight looks for it, never reads it
+  (surrogate / "model.json").write_text("{}")   # the checks look for it, never read it
   config.surrogate = str(surrogate)
   config.key_file = str(key_file)
   config.data.kind = "speech_commands"
@@ -113,18 +121,18 @@ def test_craft_refuses_a_key_file_or_workdir_inside_the_datasets(tmp_path):
   inside.write_bytes(b"k")
   os.chmod(inside, 0o600)
   with pytest.raises(secrets.SecretFileError, match="key file .*inside the dataset"):
-    craft_launcher.preflight(_craft_config(tmp_path, inside), tmp_path / "craft")
+    _check_craft_inputs(_craft_config(tmp_path, inside), tmp_path / "craft")
   outside = tmp_path / "keys.npz"
   outside.write_bytes(b"k")
   os.chmod(outside, 0o600)
   with pytest.raises(secrets.SecretFileError, match="craft workdir .*inside the dataset"):
-    craft_launcher.preflight(_craft_config(tmp_path, outside), tmp_path / "dataset" / "craft")
+    _check_craft_inputs(_craft_config(tmp_path, outside), tmp_path / "dataset" / "craft")
   with pytest.raises(secrets.SecretFileError, match="craft workdir .*inside the dataset"):
-    craft_launcher.preflight(_craft_config(tmp_path, outside, output_dir=str(tmp_path / "pub")),
+    _check_craft_inputs(_craft_config(tmp_path, outside, output_dir=str(tmp_path / "pub")),
                              tmp_path / "pub" / "craft")
   os.chmod(outside, 0o644)
   with pytest.raises(secrets.SecretFileError, match="can read it"):
-    craft_launcher.preflight(_craft_config(tmp_path, outside), tmp_path / "craft")
+    _check_craft_inputs(_craft_config(tmp_path, outside), tmp_path / "craft")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "keys.npz", "surrogate"]
 
 

@@ -3,17 +3,16 @@ input checks; the report's round trip, text and plot; the launcher on a local an
 
 import dataclasses
 import json
+import math
 
 import jax
 import numpy as np
 import pytest
 
+from jaxtag import config as config_lib
 from jaxtag import keys as keys_lib
-import math
-
 from jaxtag import key_design, serving, stats
-from jaxtag.taggants import verify
-from launch import verify as verify_launcher
+from jaxtag.taggants import jobs, verify
 from launch.configs import verify as verify_configs
 
 from tiny_classifier import CLASSES, CLIP, SR
@@ -226,6 +225,11 @@ def key_file(tmp_path_factory):
   return path
 
 
+def _run_verify(config, workdir):
+  """The verify stage on the typed job, as launch/verify.py runs it."""
+  return jobs.run_verify_job(config_lib.from_config(jobs.VerifyJob, config), workdir)
+
+
 def _config(target, key_file, **overrides):
   config = verify_configs.get_config()
   config.target, config.key_file = str(target), str(key_file)
@@ -240,7 +244,7 @@ def test_launcher_on_a_workdir_and_over_http(tiny_workdir, tiny_box, key_file, t
   expected_ranks = [int(np.flatnonzero(row == label)[0]) + 1
                     for row, label in zip(answers, secret.labels)]
 
-  summary = verify_launcher.run_stage(_config(tiny_workdir, key_file, decision_k=2),
+  summary = _run_verify(_config(tiny_workdir, key_file, decision_k=2),
                                       tmp_path / "local")
   report = verify.VerifyReport.from_json(
       json.loads((tmp_path / "local" / "verify_report.json").read_text()))
@@ -255,7 +259,7 @@ def test_launcher_on_a_workdir_and_over_http(tiny_workdir, tiny_box, key_file, t
   assert (tmp_path / "local" / "verify_report.png").read_bytes()[:4] == b"\x89PNG"
 
   with serving.running(serving.make_server(tiny_box)) as server:
-    remote = verify_launcher.run_stage(_config(server.url, key_file, decision_k=2),
+    remote = _run_verify(_config(server.url, key_file, decision_k=2),
                                        tmp_path / "http")
   assert remote["target"] == server.url
   remote_report = json.loads((tmp_path / "http" / "verify_report.json").read_text())
@@ -267,5 +271,5 @@ def test_launcher_refuses_a_key_file_for_other_classes(tiny_workdir, tmp_path):
   keys_lib.save_keys(other, make_fake_keys([0, 1]),
                      class_names=("yes", "no", "up", "down", "left", "stop"), provenance={})
   with pytest.raises(keys_lib.KeyFileError, match="index 5, key file 'stop' vs black box 'right'"):
-    verify_launcher.run_stage(_config(tiny_workdir, other), tmp_path / "out")
+    _run_verify(_config(tiny_workdir, other), tmp_path / "out")
   assert not (tmp_path / "out" / "verify_report.json").exists()

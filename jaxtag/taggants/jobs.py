@@ -23,7 +23,8 @@ from jaxtag import keys as keys_lib
 from jaxtag import rng, secrets, sharding
 from jaxtag import workdir as workdir_lib
 from jaxtag.data import publish, sources
-from jaxtag.taggants import protect
+from jaxtag.taggants import calibrate, protect
+from jaxtag.train import job as train_job
 
 KEY_FILE = "keys.npz"
 VERIFY_REPORT_STEM = "verify_report"
@@ -71,8 +72,7 @@ def run_keys_job(job: KeysJob, workdir: str | os.PathLike, *,
   path = workdir / KEY_FILE
   secrets.private_dir(workdir)
   if path.exists():   # a re-run reuses it: it must still be private
-    secrets.check_private(path, allow_readable=runtime.allow_readable_secrets, what="key file",
-                          allow_flag="--allow_readable_secrets")
+    runtime.check_secret_input(path, "key file")
   provenance = {"seed": int(job.seed), "stream": "keys",
                 "recipe": "jaxtag.keys.make_keys(jaxtag.rng.stream(jax.random.key(seed), "
                           "'keys'), spec, C)"}
@@ -117,8 +117,7 @@ def verify_target(job: VerifyJob, *, runtime: workdir_lib.Runtime = workdir_lib.
   """Opens the black box at ``job.target``, loads the key file and verifies; returns the
   :class:`jaxtag.taggants.verify.VerifyReport`."""
   from jaxtag.taggants import blackbox, verify
-  secrets.check_private(job.key_file, allow_readable=runtime.allow_readable_secrets,
-                        what="key file", allow_flag="--allow_readable_secrets")
+  runtime.check_secret_input(job.key_file, "key file")
   secret, manifest = keys_lib.load_keys(job.key_file)
   box = blackbox.open_blackbox(job.target)
   return verify.verify(box, secret, max_k=job.max_k, decision_k=job.decision_k, alpha=job.alpha,
@@ -241,8 +240,7 @@ def check_craft_inputs(job: CraftJob, workdir: str | os.PathLike, *,
   if not pathlib.Path(job.key_file).is_file():
     raise FileNotFoundError(f"config.key_file={job.key_file} does not exist; make it with "
                             "launch.make_keys.")
-  secrets.check_private(job.key_file, allow_readable=runtime.allow_readable_secrets,
-                        what="key file", allow_flag="--allow_readable_secrets")
+  runtime.check_secret_input(job.key_file, "key file")
   destination = craft_output_dir(job, workdir)
   source_root = publish.input_root(job.data)
   secrets.check_outside(job.key_file, (source_root, destination), what="key file")
@@ -260,7 +258,6 @@ def _retrainer(job: CraftJob, workdir: pathlib.Path, splits: dict, mesh, runtime
   not train twice)."""
   from jaxtag import config as config_lib
   from jaxtag import train as train_lib
-  from jaxtag.train import job as train_job
 
   recipes = [config_lib.from_config(train_job.TrainJob, workdir_lib.read_recorded(d))
              for d in job.surrogate_dirs]
@@ -363,3 +360,81 @@ def run_craft_job(job: CraftJob, workdir: str | os.PathLike, *,
   plot_craft_report(report, workdir / "craft_report.png")
   workdir_lib.write_json(workdir / CRAFT_SUMMARY, summary, secret=True)
   return {**summary, "reused": False}
+
+
+# --- calibrate -----------------------------------------------------------------------------------
+
+CALIBRATION_DRAWS = "calibration_draws.jsonl"
+CALIBRATION_JSON = "calibration.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrateJob:
+  """Measure the verification's false-positive rate on benign models (never saw the taggants).
+
+  Attributes:
+    seed: the calibration's fresh key draws come from the ``calibration`` stream of it.
+    num_models: benign models trained on clean data, with seeds ``first_seed + i``.
+    first_seed: the first benign model's seed (away from the surrogate's and the suspect's).
+    batch_size: clips per forward pass of each benign model.
+    progress: show progress bars (cosmetic).
+    calibration: the draws and the test being calibrated.
+    key_spec: how the fresh keys are drawn (at the benign models' rate and clip length).
+    train: the benign models' training run (its ``seed`` is replaced per model).
+  """
+
+  seed: int = 2026
+  num_models: int = 3
+  first_seed: int = 100
+  batch_size: int = 64
+  progress: bool = True
+  calibration: calibrate.CalibrationConfig = calibrate.CalibrationConfig()
+  key_spec: keys_lib.KeySpec = keys_lib.KeySpec()
+  train: train_job.TrainJob = dataclasses.field(default_factory=train_job.TrainJob)
+
+  def __post_init__(self):
+    if int(self.num_models) < 1:
+      raise ValueError(f"calibrate: num_models must be >= 1; got {self.num_models}.")
+
+
+CALIBRATE_FLAG_OWNERS = {"TrainConfig": "train", "OptimConfig": "train.optim",
+                         "AugmentConfig": "train.augment", "DataSource": "train.data"}
+
+
+def _train_benign_model(job: CalibrateJob, index: int, workdir: pathlib.Path,
+                        runtime: workdir_lib.Runtime) -> dict[str, Any]:
+  """Trains benign model ``index`` (seed ``first_seed + index``) unless it already finished with
+  this recipe (a model of another recipe in its folder is refused)."""
+  model_job = dataclasses.replace(job.train, seed=int(job.first_seed) + index)
+  model_dir = workdir / f"model_{index}"
+  workdir_lib.record(model_job, model_dir)
+  done = train_job.finished_summary(model_job, model_dir)
+  if done is not None:
+    return {**done, "skipped": True}
+  return {**train_job.run_train_job(model_job, model_dir, runtime=runtime), "skipped": False}
+
+
+def run_calibrate_job(job: CalibrateJob, workdir: str | os.PathLike, *,
+                      runtime: workdir_lib.Runtime = workdir_lib.Runtime()) -> dict[str, Any]:
+  """Trains (or reuses) the benign models, runs (or resumes, from ``calibration_draws.jsonl``)
+  the fresh-key calibration, writes ``calibration.json`` and returns it."""
+  from jaxtag.taggants import blackbox
+
+  workdir = pathlib.Path(workdir)
+  workdir_lib.record(job, workdir)   # The draws file resumes only the same calibration.
+  trained = [_train_benign_model(job, i, workdir, runtime) for i in range(int(job.num_models))]
+  boxes = [blackbox.LocalBlackBox(workdir / f"model_{i}", batch_size=int(job.batch_size))
+           for i in range(len(trained))]
+  # The keys are made at the benign models' rate and clip length, as make_keys makes them.
+  spec = dataclasses.replace(job.key_spec, sample_rate=boxes[0].sample_rate,
+                             clip_samples=boxes[0].clip_samples)
+  summary = calibrate.calibrate(
+      boxes, rng.stream(jax.random.key(int(job.seed)), "calibration"), spec, job.calibration,
+      workdir / CALIBRATION_DRAWS, model_names=[f"model_{i}" for i in range(len(boxes))],
+      progress=bool(job.progress))
+  summary["seed"] = int(job.seed)
+  summary["trained"] = [{"model": f"model_{i}", "seed": int(job.first_seed) + i,
+                         "trained_now": not t["skipped"], "test_accuracy": t.get("test/accuracy")}
+                        for i, t in enumerate(trained)]
+  workdir_lib.write_json(workdir / CALIBRATION_JSON, summary)
+  return summary

@@ -17,24 +17,20 @@ words, the tiny CNN recipe, 8 keys (two label blocks), 2 models and 40 draws: te
 
 import ml_collections
 
+from jaxtag import config as config_lib
 from launch.configs import common
 from launch.configs import train as train_configs
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-  from jaxtag.taggants import calibrate  # The library dataclass is the one source of the fields.
+  """Every field of jaxtag.taggants.jobs.CalibrateJob, set for the preset ``arg``."""
+  from jaxtag.taggants import jobs
 
   arg = arg or "default"
   if arg not in ("default", "small", "demo", "tiny"):
     raise ValueError(f"launch/configs/calibrate.py: unknown argument {arg!r}; use default, small, "
                      "demo or tiny.")
-  config = ml_collections.ConfigDict()
-  config.seed = 2026                           # the calibration key draws' root key
-  config.num_models = 3
-  config.first_seed = 100                      # away from the surrogate's 0 and the suspect's 1
-  config.batch_size = 64                       # clips per forward pass of each benign model
-  config.progress = True
-  config.calibration = common.dataclass_config(calibrate.CalibrationConfig)
+  config = config_lib.to_config(jobs.CalibrateJob)
   config.key_spec = common.keys_config_for("default")
   config.train = train_configs.get_config("suspect,cnn")
   if arg == "small":
@@ -44,7 +40,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.train = train_configs.get_config("surrogate,cnn")
     config.train.data.preset = "small"
     config.train.progress = False
-    config.key_spec = common.keys_config(num_keys=10, griffin_lim_iters=16)
+    config.key_spec.griffin_lim_iters = 16
     config.key_spec.mel_inversion_iters = 50
   if arg == "demo":
     from launch.configs import demo   # the demo's own config: one source for its recipe and keys
@@ -59,9 +55,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if arg == "tiny":
     config.train = train_configs.get_config("tiny")
     # Cheap keys: the test's validity does not depend on the audio, only on the label draw.
-    config.key_spec = common.keys_config(num_keys=8, d=16, griffin_lim_iters=4)
-    config.key_spec.mel_inversion_iters = 20
-    config.key_spec.n_mels = 32
+    config.key_spec.update(dict(num_keys=8, d=16, griffin_lim_iters=4, mel_inversion_iters=20,
+                                n_mels=32))
     config.num_models = 2
     config.calibration.num_key_draws = 40
     config.calibration.draws_per_batch = 20

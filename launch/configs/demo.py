@@ -20,13 +20,13 @@ craft.
 
 import ml_collections
 
+from jaxtag import config as config_lib
 from launch.configs import common
 from launch.configs import craft as craft_configs
 from launch.configs import train as train_configs
 from launch.configs import verify as verify_configs
 
 
-SCENARIOS = ("finetune", "scratch")
 PRESETS = ("default", "small", "tiny")
 
 
@@ -39,21 +39,18 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   seed and augmentation), as people fine-tune public pretrained models (the paper's AST is always
   pretrained). ``scratch``: every model trains from random weights (the harder setting).
   """
+  from jaxtag.taggants import demo
   arg = arg or "default"
   preset, _, scenario = arg.partition(",")
   scenario = scenario or "finetune"
-  if preset not in PRESETS or scenario not in SCENARIOS:
+  if preset not in PRESETS or scenario not in demo.SCENARIOS:
     raise ValueError(f"launch/configs/demo.py: unknown argument {arg!r}; use "
-                     f"{', '.join(PRESETS)}, optionally with ,{' or ,'.join(SCENARIOS)}.")
+                     f"{', '.join(PRESETS)}, optionally with ,{' or ,'.join(demo.SCENARIOS)}.")
   tiny = preset == "tiny"
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = config_lib.to_config(demo.DemoJob)   # every field, documented there
   config.scenario = scenario
-  config.data = common.data_config("corpus", preset=preset)
+  config.data.preset = preset
   config.key_spec = common.keys_config_for(preset)
-  config.export_wav = True
-  # What the preset's operating point is, printed beside it (a description: changes no result).
-  config.note = ""
   model = "tiny" if tiny else "surrogate,cnn"
   config.surrogate = train_configs.get_config(model)
   # An ensemble of surrogates (seeds +1000 apart; Witches' Brew's lever for transfer) moved
