@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -129,7 +130,7 @@ def parse_args(argv=None):
     if args.preset not in demo_configs.PRESETS:
       raise ValueError(f"--preset: unknown preset {args.preset!r}; use "
                        f"{' or '.join(demo_configs.PRESETS)}.")
-    args.scenarios = parse_list(args.scenarios, str, "--scenarios", demo_configs.SCENARIOS)
+    args.scenarios = parse_list(args.scenarios, str, "--scenarios", _scenarios())
     args.constraints = parse_list(args.constraints, str, "--constraints", tuple(CONSTRAINTS))
     args.snr_db = parse_list(args.snr_db, float, "--snr_db")
     args.mask_db = parse_list(args.mask_db, float, "--mask_db") if args.mask_db else args.snr_db
@@ -223,6 +224,11 @@ def _unknown(key: str, missing: str, node) -> str:
           + (f"; the fields there are {', '.join(there)}." if there else "."))
 
 
+def _scenarios() -> tuple[str, ...]:
+  from jaxtag.taggants import demo
+  return demo.SCENARIOS
+
+
 def scenario_config(preset: str, scenario: str, overrides: Sequence[str]):
   """The demo config of ``preset,scenario`` with the ``--set`` overrides, and the overrides as
   applied (:func:`apply_overrides`)."""
@@ -281,37 +287,41 @@ class Progress:
           flush=True)
 
 
-def run_shared(config, root: pathlib.Path, where: str, progress: Progress) -> dict[str, Any]:
-  """The stages of one (scenario, seed) that no grid point changes (as launch/demo.py runs them):
-  keys, backbone (finetune), surrogate(s), the benign control and its verification."""
-  from launch import demo, make_keys, train, verify
+def _job(config):
+  """The typed demo job of a (ConfigDict) map config."""
+  from jaxtag import config as config_lib
+  from jaxtag.taggants import demo
+  return config_lib.from_config(demo.DemoJob, config)
 
-  base = root / where
+
+def run_shared(config, root: pathlib.Path, where: str, progress: Progress) -> dict[str, Any]:
+  """The stages of one (scenario, seed) that no grid point changes (as jaxtag.taggants.demo
+  runs them): keys, backbone (finetune), surrogate(s), the benign control and its verification."""
+  from jaxtag.taggants import demo, jobs
+  from jaxtag.train import job as train_job
+
+  job, base = _job(config), root / where
   with progress(where, "keys") as done:
-    keys = make_keys.run_stage(demo.top_level_config(
-        config, base / "keys", "seed", "data", "key_spec", "export_wav"), base / "keys")
+    keys = jobs.run_keys_job(jobs.KeysJob(seed=job.seed, data=job.data, key_spec=job.key_spec,
+                                          export_wav=job.export_wav), base / "keys")
     done(keys)
   start = {}
-  if config.scenario == "finetune":
+  if job.scenario == "finetune":
     with progress("", "backbone") as done:   # The public model: one for the whole map.
-      done(train.run_stage(demo.stage_config(config, "backbone", root / "backbone"),
-                           root / "backbone"))
+      done(train_job.run_train_job(job.backbone, root / "backbone"))
     start = {"init_from": str(root / "backbone")}
-  surrogates = [base / ("surrogate" if i == 0 else f"surrogate_{i}")
-                for i in range(config.num_surrogates)]
+  surrogates = demo.surrogate_dirs(job, base)
   with progress(where, "surrogate") as done:
     for i, directory in enumerate(surrogates):
-      done(train.run_stage(demo.stage_config(config, "surrogate", directory,
-                                             seed=config.surrogate.seed + 1000 * i, **start),
-                           directory))
+      member = dataclasses.replace(job.surrogate, seed=job.surrogate.seed + 1000 * i, **start)
+      done(train_job.run_train_job(member, directory))
   with progress(where, "benign") as done:
-    benign = train.run_stage(demo.stage_config(config, "benign", base / "benign", **start),
-                             base / "benign")
+    benign = train_job.run_train_job(dataclasses.replace(job.benign, **start), base / "benign")
     done(benign)
   with progress(where, "verify_benign") as done:
-    verdict = verify.run_stage(demo.stage_config(
-        config, "verify", base / "verify_benign", target=str(base / "benign"),
-        key_file=keys["key_file"]), base / "verify_benign")
+    verdict = jobs.run_verify_job(dataclasses.replace(
+        job.verify, target=str(base / "benign"), key_file=keys["key_file"]),
+        base / "verify_benign")
     done(verdict)
   return {"dir": base, "key_file": keys["key_file"], "start": start, "surrogates": surrogates,
           "benign": benign, "verify_benign": verdict}
@@ -320,30 +330,29 @@ def run_shared(config, root: pathlib.Path, where: str, progress: Progress) -> di
 def run_point(config, shared: dict[str, Any], name: str, where: str,
               progress: Progress) -> dict[str, Any]:
   """One grid point: craft, suspect (on the protected copy) and its verification."""
-  from launch import craft, demo, train, verify
+  from jaxtag.taggants import demo, jobs
+  from jaxtag.train import job as train_job
 
-  base = shared["dir"] / name
+  job, base = _job(config), shared["dir"] / name
   label = f"{where}/{name}"
   with progress(label, "craft") as done:
-    crafted = craft.run_stage(demo.stage_config(
-        config, "craft", base / "craft", surrogate=",".join(str(d) for d in shared["surrogates"]),
+    crafted = jobs.run_craft_job(dataclasses.replace(
+        job.craft, surrogate=",".join(str(d) for d in shared["surrogates"]),
         key_file=shared["key_file"], output_dir=str(base / "protected")), base / "craft")
     done(crafted)
-  protected = config.data.copy_and_resolve_references()
-  protected.kind = "speech_commands"
-  protected.root = crafted["protected_dataset"]
+  protected = dataclasses.replace(job.data, kind="speech_commands",
+                                  root=crafted["protected_dataset"])
   with progress(label, "suspect") as done:
-    suspect = train.run_stage(demo.stage_config(config, "suspect", base / "suspect",
-                                                data=protected, **shared["start"]),
-                              base / "suspect")
+    suspect = train_job.run_train_job(
+        dataclasses.replace(job.suspect, data=protected, **shared["start"]), base / "suspect")
     done(suspect)
   with progress(label, "verify_suspect") as done:
-    verdict = verify.run_stage(demo.stage_config(
-        config, "verify", base / "verify_suspect", target=str(base / "suspect"),
-        key_file=shared["key_file"]), base / "verify_suspect")
+    verdict = jobs.run_verify_job(dataclasses.replace(
+        job.verify, target=str(base / "suspect"), key_file=shared["key_file"]),
+        base / "verify_suspect")
     done(verdict)
   effect = demo.taggant_effect(base / "suspect", shared["dir"] / "benign", shared["key_file"])
-  cost = demo.accuracy_cost(base / "suspect", shared["dir"] / "benign", config.data)
+  cost = demo.accuracy_cost(base / "suspect", shared["dir"] / "benign", job.data)
   return {"dir": base, "craft": crafted, "suspect": suspect, "verify_suspect": verdict,
           "effect": effect, "cost": cost}
 
@@ -374,7 +383,8 @@ def write_outputs(result: dict[str, Any], out: str, *, plot: bool) -> None:
 def sweep(args) -> dict[str, Any]:
   """Runs (or reuses) every stage of the grid; writes ``<out>.json`` after each point and the
   PNG at the end; returns the result."""
-  from launch import app, demo, make_corpus
+  from jaxtag.data import job as data_job
+  from launch import app
 
   app.setup_jax()
   root = pathlib.Path(args.workdir).expanduser().absolute()
@@ -391,8 +401,9 @@ def sweep(args) -> dict[str, Any]:
   for scenario in args.scenarios:
     config = args.configs[scenario]
     with progress("", "corpus") as done:
-      done(make_corpus.run_stage(demo.top_level_config(config, root / "corpus", "seed", "data"),
-                                 root / "corpus"))
+      corpus = _job(config)
+      done(data_job.run_corpus_job(data_job.CorpusJob(seed=corpus.seed, data=corpus.data),
+                                   root / "corpus"))
     for seed in args.seeds:
       seeded = seeded_config(config, seed)
       where = f"{scenario}/seed_{seed}"
@@ -431,9 +442,10 @@ def main(argv=None) -> dict[str, Any]:
     try:
       result = sweep(args)
     except Exception as e:  # noqa: BLE001 -- one line, as the launchers print (launch/app.py).
+      from jaxtag import workdir as workdir_lib
       from launch import app
       print(app.failure_line(e), file=sys.stderr, flush=True)
-      if isinstance(e, app.ConfigChangedError):
+      if isinstance(e, workdir_lib.ConfigChangedError):
         print(f"note: {args.workdir} holds a sweep of other settings (--preset or --set); a map "
               "of these settings needs its own --workdir.", file=sys.stderr, flush=True)
       sys.exit(1)

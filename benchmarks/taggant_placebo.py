@@ -61,19 +61,21 @@ def main(argv=None) -> pathlib.Path:
   parser.add_argument("--min_shift", type=float, default=0.1, help="smallest shift, seconds")
   args = parser.parse_args(argv)
 
-  from jaxtag.data import sources
-  from launch import craft as craft_launch
+  from jaxtag import config as config_lib
+  from jaxtag.data import publish, sources
+  from jaxtag.taggants import jobs
 
   craft_dir = pathlib.Path(args.craft)
   config = json.loads((craft_dir / "config.json").read_text())
-  source = sources.DataSource(**config["data"])
+  source = config_lib.from_config(sources.DataSource, config["data"])
   splits = sources.load_splits(source, progress=False)
-  with np.load(craft_dir / craft_launch.PERTURBATIONS) as record:
+  with np.load(craft_dir / jobs.PERTURBATIONS) as record:
     record = {k: record[k] for k in ("indices", "delta")}
   min_shift = int(round(args.min_shift * splits["train"].sample_rate))
   placebo = placebo_splits(splits, record, seed=args.seed, min_shift=min_shift)
   out = pathlib.Path(args.out).absolute()
-  craft_launch.export_dataset(source, placebo, out)
+  publish.export_splits(source, placebo, out, clean=splits, owner=str(out), stage="placebo",
+                        max_changed={"train": int(record["indices"].size)}, name="--out")
   clean = splits["train"].waveforms[record["indices"]].astype(np.float64)
   moved = placebo["train"].waveforms[record["indices"]] - clean
   with np.errstate(divide="ignore"):   # a perturbation under half an LSB everywhere is all zero
