@@ -3,7 +3,6 @@ protect and evaluation jobs are in test_poscuda_jobs.py)."""
 
 import json
 import os
-import pathlib
 import stat
 import zipfile
 
