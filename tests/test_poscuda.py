@@ -1,9 +1,8 @@
-"""Tests for PosCUDA: the filters and their documented choices, protection, the secret file, the
-protect and evaluation launchers (tiny corpus)."""
+"""Tests for PosCUDA: the filters and their documented choices, protection, the secret file (the
+protect and evaluation jobs are in test_poscuda_jobs.py)."""
 
 import json
 import os
-import pathlib
 import stat
 import zipfile
 
@@ -338,9 +337,6 @@ def test_readable_secret_file_warns_at_the_callers_line(secret_file):
     poscuda.load_filters(secret_file, strict_permissions=True)
 
 
-# --- launchers on the tiny corpus -------------------------------------------------------------
-
-
 def test_secret_file_keeps_the_position_window_and_refuses_positions_outside_it(tmp_path):
   spec = poscuda.PoscudaSpec(clip_samples=4000, position_window=(1000, 1100))
   secret = poscuda.make_filters(jax.random.key(0), spec, C)
@@ -354,150 +350,3 @@ def test_secret_file_keeps_the_position_window_and_refuses_positions_outside_it(
   poscuda.save_filters(tmp_path / "bad.npz", outside, class_names=NAMES, provenance={})
   with pytest.raises(keys_lib.KeyFileError, match=r"outside \[1000, 1100\]"):
     poscuda.load_filters(tmp_path / "bad.npz")
-
-
-def test_launcher_spec_positions_active_uses_the_datas_window():
-  from jaxtag.data import sources
-  from launch import poscuda_protect
-  from launch.configs import poscuda_protect as protect_config
-  config = protect_config.get_config("tiny")
-  train = sources.load_split(sources.DataSource(**config.data.to_dict()), "train", progress=False)
-  assert poscuda_protect.spec_from_config(config.spec, train).position_window is None
-  config.spec.positions = "active"
-  config.spec.active_level = 0.7
-  spec = poscuda_protect.spec_from_config(config.spec, train)
-  assert spec.position_window == poscuda.active_window(train.waveforms, spec.patch, level=0.7)
-  config.spec.positions = "middle"
-  with pytest.raises(ValueError, match="spec.positions"):
-    poscuda_protect.spec_from_config(config.spec, train)
-
-
-def test_protect_launcher_writes_the_layout_and_the_secret(tmp_path):
-  from jaxtag.data import sources, speechcommands
-  from launch import poscuda_protect
-  from launch.configs import poscuda_protect as protect_config
-  config = protect_config.get_config("tiny")
-  config.output_root = str(tmp_path / "published")
-  workdir = tmp_path / "work"
-  with pytest.raises(keys_lib.KeyFileError, match="inside the dataset"):
-    poscuda_protect.check_locations(config, tmp_path / "published" / "secret")
-  summary = poscuda_protect.run_stage(config, workdir)
-  source = sources.DataSource(**config.data.to_dict())
-  root = pathlib.Path(summary["output_root"])
-  secret, _ = poscuda.load_filters(summary["secret_file"],
-                                   expected_class_names=sources.class_names(source))
-  assert stat.S_IMODE(pathlib.Path(summary["secret_file"]).stat().st_mode) == 0o600
-  for split in ("train", "validation", "test"):
-    original = sources.load_split(source, split, progress=False)
-    written = speechcommands.load_speech_commands(root, split)
-    assert written.paths == original.paths
-    if split != "train":
-      np.testing.assert_array_equal(written.waveforms, original.waveforms)
-      continue
-    expected = poscuda.apply_in_batches(original.waveforms, original.labels, secret)
-    np.testing.assert_allclose(written.waveforms, expected, atol=1 / 32768)  # 16-bit WAV
-    for i, label in enumerate(original.labels):
-      start = int(secret.positions[label])
-      keep = np.ones(original.num_samples, bool)
-      keep[start:start + secret.spec.patch] = False
-      np.testing.assert_array_equal(written.waveforms[i][keep], original.waveforms[i][keep])
-  assert (root / speechcommands.BACKGROUND_NOISE_DIR).is_dir()
-  assert not (root / poscuda_protect.SECRET_FILE).exists()
-  assert summary["snr_db"]["min"] <= summary["snr_db"]["median"]
-
-  # Re-run (as after an interruption: no recorded config): the secret file is reused untouched,
-  # the dataset written again whole; the same summary.
-  secret_file = pathlib.Path(summary["secret_file"])
-  secret_bytes, secret_mtime = secret_file.read_bytes(), secret_file.stat().st_mtime_ns
-  again = poscuda_protect.run_stage(config, workdir)
-  assert {**again, "reused": False} == summary
-  assert secret_file.read_bytes() == secret_bytes and secret_file.stat().st_mtime_ns == secret_mtime
-  assert sorted(p.name for p in root.parent.iterdir()) == ["published", "work"]  # no temp left
-  # With its config recorded (as the launcher does), a finished run is reused outright.
-  from launch import app
-  app.dump_config(config, workdir)
-  assert poscuda_protect.run_stage(config, workdir) == {**summary, "reused": True}
-  other = protect_config.get_config("tiny")
-  other.output_root, other.seed = config.output_root, 7
-  with pytest.raises(app.ConfigChangedError, match="differ .*: seed"):
-    poscuda_protect.run_stage(other, workdir)
-  (workdir / "config.json").unlink()   # Without the record, the secret file itself refuses.
-  with pytest.raises(keys_lib.KeyFileError, match="provenance.seed"):
-    poscuda_protect.run_stage(other, workdir)
-  assert secret_file.read_bytes() == secret_bytes
-  with pytest.raises(ValueError, match="not written by this workdir"):
-    poscuda_protect.run_stage(other, tmp_path / "another")
-
-
-def test_eval_launcher_runs_on_the_tiny_config_and_reuses_runs(tmp_path):
-  from launch import poscuda_eval
-  from launch.configs import poscuda_eval as eval_config
-  config = eval_config.get_config("tiny")
-  config.models = "m5"
-  config.variants = "pos:0.3"
-  config.num_devices = 1
-  workdir = tmp_path / "eval"
-  report = poscuda_eval.run_stage(config, workdir)
-  assert set(report["variants"]) == {"pos_b0.3"}
-  runs = report["rows"]["m5"]["runs"]
-  assert set(runs) == {"clean", "pos_b0.3"}
-  for name, run in runs.items():
-    assert 0.0 <= run["test"] <= 1.0
-    if name != "clean":
-      assert 0.0 <= run["filtered_test"] <= 1.0 and run["frechet"] >= 0.0
-  assert set(runs["clean"]["filtered_test"]) == {"pos_b0.3"}
-  assert set(runs["pos_b0.3"]["mixed_test"]) == {"filters", "positions"}
-  assert all(0.0 <= v <= 1.0 for v in runs["pos_b0.3"]["mixed_test"].values())
-  q = report["variants"]["pos_b0.3"]["snr_db"]
-  assert q["min"] <= q["p5"] <= q["median"]
-  assert "blur" in report["attack"]["modes"]
-  text = (workdir / "poscuda_eval.txt").read_text()
-  assert "| PosCUDA b=0.3 |" in text and "PANN" in text and "learnability" in text
-  assert "positions mixed" in text
-  assert json.loads((workdir / "poscuda_eval.json").read_text())["rows"]["m5"]["runs"] == runs
-  from matplotlib import image
-  png = image.imread(workdir / "poscuda_eval.png")
-  assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 500
-  assert png[..., :3].std() > 0.05, "the plot is blank"
-  again = poscuda_eval.run_stage(config, workdir)   # finished runs are reused, not retrained
-  assert again["rows"] == report["rows"]
-  assert again["wall_seconds"] < report["wall_seconds"]
-  config.recipes.m5.num_epochs = 2                  # a stale run is never silently reused
-  with pytest.raises(ValueError, match="another recipe"):
-    poscuda_eval.run_stage(config, workdir)
-
-
-def test_eval_mixing_gives_each_class_the_next_class_filter_or_position(secret):
-  from launch import poscuda_eval
-  x, y = _clips()
-  f, pos = np.asarray(secret.filters), np.asarray(secret.positions)
-  by_filter = poscuda_eval.mixed(secret, "filters")
-  by_position = poscuda_eval.mixed(secret, "positions")
-  np.testing.assert_array_equal(by_filter.positions, pos)
-  np.testing.assert_array_equal(by_filter.filters[1:], f[:-1])
-  np.testing.assert_array_equal(by_position.filters, f)
-  np.testing.assert_array_equal(by_position.positions[0], pos[-1])
-  out = np.asarray(poscuda.apply_poscuda(x, y, by_position))
-  for i in range(len(x)):          # the class's own filter, at the previous class's position
-    start = int(pos[(y[i] - 1) % C])
-    np.testing.assert_array_equal(out[i], np.asarray(poscuda.filter_patch(x[i], f[y[i]], start,
-                                                                          SPEC.patch)))
-  with pytest.raises(ValueError, match="part"):
-    poscuda_eval.mixed(secret, "taps")
-
-
-def test_eval_config_variants_parse_and_reject_typos():
-  from launch import poscuda_eval
-  assert poscuda_eval.parse_variants("pos:0.3, nopos:0.01") == [
-      ("pos_b0.3", True, 0.3), ("nopos_b0.01", False, 0.01)]
-  with pytest.raises(ValueError, match="posx"):
-    poscuda_eval.parse_variants("posx:0.3")
-  from launch.configs import poscuda_eval as eval_config
-  config = eval_config.get_config()
-  poscuda_eval.check_config(config)
-  config.variants = "pos:0.01"            # the attacked variant (pos:0.3) is no longer trained
-  with pytest.raises(ValueError, match="attack.variant"):
-    poscuda_eval.check_config(config)
-  config.models = "m5,cnn"
-  with pytest.raises(ValueError, match="missing: \\['cnn'\\]"):
-    poscuda_eval.check_config(config)

@@ -20,6 +20,12 @@ Modules:
   secret   the secret file: ``save_filters``, ``load_filters``, ``make_or_reuse_filters``,
            ``regenerate_and_check``.
   attack   ``random_patch_attack``: the attacker's random blurs or noise, without the secret.
+  jobs     the stages as library jobs (imported on demand: they pull in training and
+           publishing): ``ProtectJob``/``run_protect_job`` (protect and publish a dataset) and
+           ``EvalJob``/``run_eval_job`` (Table 1 of the paper), behind ``launch/poscuda_*.py``.
+  evaluate the evaluation's steps: ``protect_variants``, ``evaluate_model``, ``attack``, the
+           ``mixed`` check, ``Predictor``, ``EvalRecipe``.
+  report   ``format_report`` and ``plot_report``: Table 1 as text and as bars.
 
 The quality metrics (SNR, Fréchet distance) are in ``jaxtag.audio.metrics``.
 """

@@ -25,51 +25,28 @@ trains 100).
 
 import ml_collections
 
-from launch.configs import common, poscuda_protect
-
-
-def model_config(model: str, num_epochs: int, learning_rate: float, **overrides
-                 ) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      model=model, model_overrides=ml_collections.ConfigDict(overrides), num_epochs=num_epochs,
-      batch_size=64, learning_rate=learning_rate, weight_decay=1e-4))
+from jaxtag import config as config_lib
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  """Every field of jaxtag.poscuda.jobs.EvalJob (defaults and meaning there; the default recipes
+  are ``jaxtag.poscuda.jobs.default_recipes``); ``tiny``: seconds-long, for tests."""
+  from jaxtag.poscuda import jobs
+
   arg = arg or "default"
   if arg not in ("default", "tiny"):
     raise ValueError(f"launch/configs/poscuda_eval.py: unknown argument {arg!r}; use default or "
                      "tiny.")
-  tiny = arg == "tiny"
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.data = common.data_config("corpus", preset="tiny" if tiny else "default")
-  config.spec = poscuda_protect.spec_config()   # blur and use_positions are set per variant
-  config.variants = "nopos:0.01,nopos:0.3,pos:0.01,pos:0.3"   # kind:b, Table 1 columns
-  config.models = "m5,lstm,transformer"          # rows, in order
-  config.recipes = ml_collections.ConfigDict(dict(
-      m5=model_config("m5", 12, 1e-2, n_channel=32, first_stride=16,
-                      channel_multipliers=(1, 1, 2, 2)),
-      lstm=model_config("lstm", 6, 1e-2, pooling="mean"),
-      transformer=model_config("transformer", 2, 1e-3),
-  ))
-  config.attack = ml_collections.ConfigDict(dict(
-      model="m5", variant="pos:0.3",   # retrain this model on this protected variant, attacked
-      modes="blur,noise",              # random blurs / Gaussian noise at random positions
-      num_patches=16, noise_snr_db=20.0))
-  config.fd_clips = 2000          # train clips whose embeddings enter the Fréchet distance
-  config.eval_batch_size = 256
-  config.num_devices = 0          # 0: every device
-  config.progress = False
-  if tiny:
+  config = config_lib.to_config(jobs.EvalJob)
+  if arg == "tiny":
+    config.data.preset = "tiny"
     config.variants = "nopos:0.3,pos:0.3"
-    config.recipes = ml_collections.ConfigDict(dict(
-        m5=model_config("m5", 1, 1e-2, n_channel=8, first_stride=16,
-                        channel_multipliers=(1, 1, 2, 2)),
-        lstm=model_config("lstm", 1, 1e-2, hidden_size=16, pooling="mean"),
-        transformer=model_config("transformer", 1, 1e-3, width=32, num_heads=2, mlp_dim=64),
-    ))
+    config.recipes.m5.model_overrides.n_channel = 8
+    config.recipes.lstm.model_overrides.hidden_size = 16
+    config.recipes.transformer.model_overrides = ml_collections.ConfigDict(
+        dict(width=32, num_heads=2, mlp_dim=64))
     for recipe in config.recipes.values():
+      recipe.num_epochs = 1
       recipe.batch_size = 8
     config.attack.modes = "blur"
     config.attack.num_patches = 2
