@@ -7,9 +7,9 @@ r"""The taggant map: detection against the perturbation budget, over the demo's 
 For each scenario and seed, the stages that do not depend on the budget run once (keys, the
 public backbone when finetuning, the surrogate(s), the benign control and its verification); for
 each grid point (constraint, dB[, budget]) the craft, the suspect and its verification run in
-their own sub-workdirs. Every stage is the launcher's own ``run_stage`` on a stage config built
-exactly as ``launch/demo.py`` builds it (from ``launch/configs/demo.py:<preset>,<scenario>`` with
-the ``--set`` overrides), so a point of the map is a run of the demo, and a finished stage is
+their own sub-workdirs. Every stage is the library job its launcher runs, built exactly as
+``jaxtag.taggants.demo.run_demo`` builds it (from ``launch/configs/demo.py:<preset>,<scenario>``
+with the ``--set`` overrides), so a point of the map is a run of the demo, and a finished stage is
 reused: an interrupted sweep resumes where it stopped (another config on a finished workdir is
 refused).
 

@@ -1,7 +1,9 @@
-"""Shared setup for every jaxtag launcher: flags, hosts and devices, root key, workdir, config dump.
+"""Shared setup for every jaxtag launcher: flags, hosts and devices, the typed job, errors.
 
-Each launcher in this folder defines ``main(config, workdir)`` that calls one library entry point,
-and ends with ``app.run(main)``. Launchers run as modules from the repository root, as in
+Each launcher in this folder defines ``main(job, workdir)`` that calls one library entry point
+(a ``run_*_job`` function over the stage's typed job), and ends with
+``app.run(main, job=TheJob)``: the ConfigDict (generated from ``TheJob`` by ``jaxtag.config``) is
+turned back into the typed job, whose checks run with messages that name the flags. Launchers run as modules from the repository root, as in
 big_vision: ``python -m launch.<stage> --config=launch/configs/<stage>.py --workdir=...``.
 Everything that is common to the pipeline stages lives here so that the launchers stay short.
 """
@@ -72,12 +74,6 @@ def allow_readable_secrets() -> bool:
   """The ``--allow_readable_secrets`` flag (False when flags were not parsed: from Python, a
   readable secret is refused too)."""
   return _ALLOW_READABLE_SECRETS.value if flags.FLAGS.is_parsed() else False
-
-
-def root_key(config: Any):
-  """The run's root PRNG key from ``config.seed``: the only int seed in a run."""
-  import jax
-  return jax.random.key(int(config.seed))
 
 
 def runtime():

@@ -60,7 +60,13 @@ def test_data_config_has_exactly_the_data_source_fields_and_defaults():
 JOBS = {"train": "jaxtag.train.job:TrainJob", "corpus": "jaxtag.data.job:CorpusJob",
         "keys": "jaxtag.taggants.jobs:KeysJob", "verify": "jaxtag.taggants.jobs:VerifyJob",
         "craft": "jaxtag.taggants.jobs:CraftJob",
-        "calibrate": "jaxtag.taggants.jobs:CalibrateJob", "demo": "jaxtag.taggants.demo:DemoJob"}
+        "calibrate": "jaxtag.taggants.jobs:CalibrateJob", "demo": "jaxtag.taggants.demo:DemoJob",
+        "poscuda_protect": "jaxtag.poscuda.jobs:ProtectJob",
+        "poscuda_eval": "jaxtag.poscuda.jobs:EvalJob"}
+
+
+def test_every_config_but_serve_has_its_job():
+  assert set(CONFIGS) - set(JOBS) == {"serve"}   # serving writes nothing: no workdir, no job
 
 
 @pytest.mark.parametrize("name", sorted(JOBS))

@@ -3,8 +3,8 @@
     job = TrainJob(model="cnn", num_epochs=5, data=DataSource(kind="corpus", preset="tiny"))
     summary = run_train_job(job, "workdirs/surrogate")
 
-``launch/train.py`` is a thin main over :func:`run_train_job`; the demo, calibration and PosCUDA's
-evaluation call it too. ``TrainJob`` is a :class:`~jaxtag.train.loop.TrainConfig` plus what a run
+``launch/train.py`` is a thin main over :func:`run_train_job`; the demo and the calibration call
+it too. ``TrainJob`` is a :class:`~jaxtag.train.loop.TrainConfig` plus what a run
 needs beyond the recipe (the root seed, the data source, the devices), so the launcher's config is
 generated from it (:mod:`jaxtag.config`) and the recipe is passed to the loop as it is.
 """
