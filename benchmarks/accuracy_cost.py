@@ -21,7 +21,6 @@ Writes ``<out>.json`` (per split and pooled; the environment) and prints a table
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
@@ -31,6 +30,8 @@ from typing import Any
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+from benchmarks import harness  # noqa: E402
 
 
 def _parse(argv):
@@ -46,17 +47,11 @@ def _parse(argv):
                       "accuracy_cost_<UTC date>)")
   args = parser.parse_args(argv)
   try:
-    args.corpus_seeds = [int(s) for s in args.corpus_seeds.split(",") if s.strip()]
-  except ValueError:
-    parser.error(f"--corpus_seeds must be comma-separated integers; got {args.corpus_seeds!r}.")
-  args.splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-  bad = [s for s in args.splits if s not in ("validation", "test")]
-  if bad or not args.splits or not args.corpus_seeds:
-    parser.error(f"--splits takes validation and/or test (never train), --corpus_seeds at least "
-                 f"one draw; got {args.splits} and {args.corpus_seeds}.")
-  if not args.out:
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    args.out = os.path.join(_ROOT, "benchmarks", "results", f"accuracy_cost_{date}")
+    args.corpus_seeds = harness.parse_list(args.corpus_seeds, int, "--corpus_seeds")
+    args.splits = harness.parse_list(args.splits, str, "--splits", ("validation", "test"))
+  except ValueError as e:
+    parser.error(f"{e} (held-out splits only: never train)")
+  args.out = args.out or harness.default_out("accuracy_cost")
   return args
 
 
@@ -74,7 +69,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv=None) -> dict[str, Any]:
   args = _parse(argv)
-  from benchmarks import harness
   from jaxtag.audio import io as audio_io
   from jaxtag.data import sources
   from jaxtag.taggants import blackbox

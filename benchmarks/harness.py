@@ -458,3 +458,37 @@ def throughput_cell(row: Mapping[str, Any]) -> str:
   """``median (min-max)`` throughput."""
   return (f"{fmt(row['throughput'], '.1f')} "
           f"({fmt(row['throughput_min'], '.1f')}-{fmt(row['throughput_max'], '.1f')})")
+
+
+def default_out(name: str, *, now: datetime.datetime | None = None) -> str:
+  """A benchmark's default output prefix: ``benchmarks/results/<name>_<UTC date>``."""
+  now = now or datetime.datetime.now(datetime.timezone.utc)
+  return str(pathlib.Path(__file__).resolve().parent / "results" /
+             f"{name}_{now.date().isoformat()}")
+
+
+def parse_list(text: str, convert, option: str, allowed: Sequence[str] | None = None) -> list:
+  """A comma-separated option as a list without repeats (order kept).
+
+  Raises:
+    ValueError: an empty list, a value ``convert`` refuses, or one outside ``allowed``.
+  """
+  out = []
+  for item in (s.strip() for s in text.split(",")):
+    if not item:
+      continue
+    if allowed is not None and item not in allowed:
+      raise ValueError(f"{option}: unknown value {item!r}; use one or more of "
+                       f"{', '.join(allowed)} (comma-separated).")
+    try:
+      value = convert(item)
+    except ValueError:
+      kind = {int: "an integer", float: "a number"}.get(convert, f"a {convert.__name__}")
+      raise ValueError(f"{option}: {item!r} is not {kind}.") from None
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{option}: {item!r} is not a finite number of dB.")
+    if value not in out:
+      out.append(value)
+  if not out:
+    raise ValueError(f"{option}: no values given.")
+  return out

@@ -23,7 +23,6 @@ trained model ``launch.verify`` tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
@@ -34,6 +33,8 @@ from typing import Any
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+from benchmarks import harness  # noqa: E402
 
 
 def _parse(argv):
@@ -52,9 +53,7 @@ def _parse(argv):
     parser.error(f"--decision_k must lie in [1, --max_k={args.max_k}]; got {args.decision_k}.")
   if not 0.0 < args.alpha < 1.0:
     parser.error(f"--alpha must lie in (0, 1); got {args.alpha}.")
-  if not args.out:
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    args.out = os.path.join(_ROOT, "benchmarks", "results", f"taggant_epochs_{date}")
+  args.out = args.out or harness.default_out("taggant_epochs")
   return args
 
 
@@ -134,7 +133,6 @@ def plot(result: dict[str, Any]) -> bytes:
 
 def main(argv=None) -> dict[str, Any]:
   args = _parse(argv)
-  from benchmarks import harness
   from jaxtag.audio import io as audio_io
 
   result = {"benchmark": "taggant_epochs", "suspect": str(args.suspect),

@@ -50,7 +50,6 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import math
 import os
 import pathlib
 import sys
@@ -62,6 +61,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from benchmarks import harness  # noqa: E402
 from benchmarks import taggant_map_records as records  # noqa: E402
 from benchmarks.taggant_map_records import CONSTRAINTS, point_name  # noqa: E402
 from launch.configs import demo as demo_configs  # noqa: E402
@@ -77,30 +77,7 @@ MAX_SEED = 999
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_list(text: str, convert, option: str, allowed: Sequence[str] | None = None) -> list:
-  """A comma-separated option as a list without repeats (order kept).
-
-  Raises:
-    ValueError: an empty list, a value ``convert`` refuses, or one outside ``allowed``.
-  """
-  out = []
-  for item in (s.strip() for s in text.split(",")):
-    if not item:
-      continue
-    if allowed is not None and item not in allowed:
-      raise ValueError(f"{option}: unknown value {item!r}; use one or more of "
-                       f"{', '.join(allowed)} (comma-separated).")
-    try:
-      value = convert(item)
-    except ValueError:
-      raise ValueError(f"{option}: {item!r} is not a {convert.__name__}.") from None
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ValueError(f"{option}: {item!r} is not a finite number of dB.")
-    if value not in out:
-      out.append(value)
-  if not out:
-    raise ValueError(f"{option}: no values given.")
-  return out
+parse_list = harness.parse_list   # the comma-separated options (tests call it here too)
 
 
 def parse_args(argv=None):
@@ -150,9 +127,7 @@ def parse_args(argv=None):
       args.configs[scenario], args.applied = scenario_config(args.preset, scenario, args.overrides)
   except ValueError as e:
     parser.error(str(e))
-  if not args.out:
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    args.out = os.path.join(_ROOT, "benchmarks", "results", f"taggant_map_{date}")
+  args.out = args.out or harness.default_out("taggant_map")
   return args
 
 

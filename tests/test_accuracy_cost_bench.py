@@ -40,7 +40,7 @@ def test_paired_cost_per_split_and_pooled_from_the_boxes_answers(tiny_workdir, t
 
 @pytest.mark.parametrize("argv, match", [
     (["--splits", "train"], "never train"),
-    (["--corpus_seeds", "0,x"], "integers"),
+    (["--corpus_seeds", "0,x"], "--corpus_seeds: 'x' is not an integer"),
 ])
 def test_arguments_are_checked(argv, match, capsys):
   with pytest.raises(SystemExit):

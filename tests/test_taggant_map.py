@@ -29,7 +29,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
     (["--set", "craft.craft.snr_db=30"], "the sweep sets this field itself"),
     (["--set", "craft.budget=lots"], "craft.budget=lots"),
     (["--set", "craft.budget"], "expected KEY=VALUE"),
-    (["--snr_db", "20,loud"], "'loud' is not a float"),
+    (["--snr_db", "20,loud"], "'loud' is not a number"),
     (["--seeds", "1000"], "[0, 999]"),
     (["--preset", "huge"], "'huge'"),
     (["--budgets", "0.1,1.5"], "fraction in (0, 1]"),
