@@ -39,7 +39,8 @@ def train_benign_model(config: Any, index: int, workdir: pathlib.Path) -> dict[s
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Trains (or reuses) the benign models, runs (or resumes) the fresh-key calibration, writes
   calibration.json; returns it."""
-  from jaxtag import keys, rng
+  from jaxtag import rng
+  from jaxtag.taggants import keys
   from jaxtag.taggants import blackbox, calibrate
 
   if int(config.num_models) < 1:

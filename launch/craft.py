@@ -185,11 +185,10 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Crafts, writes the protected dataset, checks it, and returns the summary."""
   import numpy as np
 
-  from jaxtag import keys as keys_lib
   from jaxtag import rng, secrets, sharding, train
   from jaxtag.audio import quality
   from jaxtag.data import publish, sources
-  from jaxtag.taggants import protect
+  from jaxtag.taggants import keyfile, protect
 
   preflight(config, workdir)
   destination = output_dir(config, workdir)
@@ -201,7 +200,7 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   source = sources.DataSource(**config.data.to_dict())
   splits = sources.load_splits(source, progress=False)
   clean = splits["train"]
-  secret, manifest = keys_lib.load_keys(config.key_file, expected_class_names=clean.class_names)
+  secret, manifest = keyfile.load_keys(config.key_file, expected_class_names=clean.class_names)
   trained = [train.restore_for_inference(d) for d in surrogate_dirs(config)]
   trained = trained[0] if len(trained) == 1 else trained
   mesh = sharding.make_mesh(config.num_devices or None)

@@ -139,11 +139,10 @@ def taggant_effect(suspect: pathlib.Path, benign: pathlib.Path, key_file: str) -
   *including* any effect of merely changing those clips, which can move a key either way
   (benchmarks/taggant_placebo.py: from scratch, perturbing the same clips without alignment moves
   the keys about as much), so it is neither an upper nor a lower bound on the taggants' effect."""
-  from jaxtag import keys as keys_lib
   from jaxtag import train as train_lib
-  from jaxtag.taggants import diagnostics
+  from jaxtag.taggants import diagnostics, keyfile
 
-  secret, _ = keys_lib.load_keys(key_file)
+  secret, _ = keyfile.load_keys(key_file)
   scores = {name: diagnostics.key_scores(train_lib.restore_for_inference(directory), secret)
             for name, directory in (("suspect", suspect), ("benign", benign))}
   return diagnostics.paired_effect(scores["suspect"], scores["benign"])

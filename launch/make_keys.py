@@ -20,19 +20,20 @@ KEY_FILE = "keys.npz"
 
 def check_key_location(config: Any, workdir: pathlib.Path) -> None:
   """Refuses a key file inside the dataset folder (it would be published with the data)."""
-  from jaxtag import keys
+  from jaxtag import secrets
   from jaxtag.data import sources
 
   root = sources.dataset_root(sources.DataSource(**config.data.to_dict()), progress=False)
   if root is not None:
-    keys.check_outside(workdir / KEY_FILE, root)
+    secrets.check_outside(workdir / KEY_FILE, [root], what="key file")
 
 
 def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Makes the keys from the run's `keys` stream and writes them; returns a summary."""
   import numpy as np
 
-  from jaxtag import keys, rng, secrets
+  from jaxtag import rng, secrets
+  from jaxtag.taggants import keyfile, keys
   from jaxtag.data import sources
 
   source = sources.DataSource(**config.data.to_dict())
@@ -46,12 +47,12 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     app.check_secret_input(path, "key file")
   provenance = {"seed": int(config.seed), "stream": "keys",
                 "recipe": "jaxtag.keys.make_keys(jaxtag.rng.stream(jax.random.key(seed), 'keys'), spec, C)"}
-  secret, _, reused = keys.make_or_reuse_keys(path, key, spec, class_names=class_names,
-                                              provenance=provenance)
+  secret, _, reused = keyfile.make_or_reuse_keys(path, key, spec, class_names=class_names,
+                                                 provenance=provenance)
   wav_dir = workdir / "keys_wav"
   exported = reused and len(list(wav_dir.glob("*.wav"))) == spec.num_keys
   if config.export_wav and not exported:   # Atomic per file: a killed export is redone whole.
-    keys.export_keys_wav(secret, wav_dir, class_names=class_names)
+    keyfile.export_keys_wav(secret, wav_dir, class_names=class_names)
   labels = np.asarray(secret.labels)
   return {
       "key_file": str(path),

@@ -36,14 +36,14 @@ def _output_root(config: Any) -> pathlib.Path:
 def check_locations(config: Any, workdir: pathlib.Path) -> None:
   """Refuses a secret file inside the source or the protected dataset, a tfds source, and an
   output_root that publishing would damage (jaxtag.data.publish.check_destination)."""
-  from jaxtag import keys
+  from jaxtag import secrets
   from jaxtag.data import publish, sources
 
   if config.data.kind == "tfds":
     raise ValueError("poscuda_protect: a tfds source has no folder layout to write back; export "
                      "it with jaxtag.data.speechcommands.export_speech_commands first.")
   output = _output_root(config)
-  keys.check_outside(workdir / SECRET_FILE, output)
+  secrets.check_outside(workdir / SECRET_FILE, [output], what="PosCUDA secret file")
   source = sources.DataSource(**config.data.to_dict())
   publish.check_location(output, publish.input_root(source), name="output_root")
   if not (workdir / SUMMARY).is_file():   # A finished stage is reused: it writes nothing.
@@ -51,7 +51,7 @@ def check_locations(config: Any, workdir: pathlib.Path) -> None:
                               replace_other_owner=config.overwrite, replace_option="overwrite")
   source_root = sources.dataset_root(source, progress=False)
   if source_root is not None:
-    keys.check_outside(workdir / SECRET_FILE, source_root)
+    secrets.check_outside(workdir / SECRET_FILE, [source_root], what="PosCUDA secret file")
 
 
 def _owner(workdir: pathlib.Path) -> str:

@@ -25,11 +25,10 @@ SUMMARY = "verify_summary.json"   # written after the reports: the verification 
 
 def verify_target(target: str, key_file: str, *, max_k: int, decision_k: int, alpha: float):
   """Opens the black box at ``target``, loads ``key_file`` and verifies; returns the report."""
-  from jaxtag import keys
-  from jaxtag.taggants import blackbox, verify
+  from jaxtag.taggants import blackbox, keyfile, verify
 
   app.check_secret_input(key_file, "key file")
-  secret, manifest = keys.load_keys(key_file)
+  secret, manifest = keyfile.load_keys(key_file)
   box = blackbox.open_blackbox(target)
   return verify.verify(box, secret, max_k=max_k, decision_k=decision_k, alpha=alpha,
                        class_names=manifest["class_names"], target=str(target),
