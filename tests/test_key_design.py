@@ -175,6 +175,6 @@ def test_primes_are_prime():
 def test_key_design_does_not_import_jax():
   import subprocess
   import sys
-  code = ("import sys, jaxtag.key_design; "
+  code = ("import sys, jaxtag.taggants.key_design; "
           "sys.exit(any(m.split('.')[0] == 'jax' for m in sys.modules))")
   assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
