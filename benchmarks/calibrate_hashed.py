@@ -22,8 +22,8 @@ import time
 
 import jax
 
-from jaxtag import keys, rng
-from jaxtag.taggants import calibrate
+from jaxtag import rng
+from jaxtag.taggants import calibrate, keys
 
 
 def main():

@@ -85,11 +85,10 @@ def main(argv=None) -> list[dict]:
   import jax
   import numpy as np
 
-  from jaxtag import keys as keys_lib
   from jaxtag import train
-  from jaxtag.taggants import alignment
+  from jaxtag.taggants import alignment, keyfile, keys
 
-  secret, _ = keys_lib.load_keys(args.key_file)
+  secret, _ = keyfile.load_keys(args.key_file)
   trained = train.restore_for_inference(args.model)
   clf, params, stats = alignment.classifier_from_trained(trained)
   labels = [int(x) for x in args.labels.split(",")]
@@ -99,8 +98,8 @@ def main(argv=None) -> list[dict]:
   records = []
   for name, overrides in FAMILIES.items():
     spec = dataclasses.replace(secret.spec, num_keys=args.pool, **overrides)
-    waves = np.asarray(keys_lib.make_keys(jax.random.key(args.seed), spec,
-                                          clf.num_classes).waveforms, np.float32)
+    waves = np.asarray(keys.make_keys(jax.random.key(args.seed), spec,
+                                      clf.num_classes).waveforms, np.float32)
     pool, picked = [], []
     for label in labels:
       cos = gradient_cosines(clf, params, stats, waves, label)

@@ -30,11 +30,10 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--json", help="also write the records to this file")
   args = parser.parse_args(argv)
 
-  from jaxtag import keys as keys_lib
   from jaxtag import train
-  from jaxtag.taggants import diagnostics
+  from jaxtag.taggants import diagnostics, keyfile
 
-  secret, _ = keys_lib.load_keys(args.key_file)
+  secret, _ = keyfile.load_keys(args.key_file)
   control = None
   if args.control:
     control = diagnostics.key_scores(train.restore_for_inference(args.control), secret)

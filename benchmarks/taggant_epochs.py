@@ -71,11 +71,10 @@ def steps_per_epoch(workdir: pathlib.Path) -> int:
 
 
 def epoch_records(args) -> dict[str, Any]:
-  from jaxtag import keys as keys_lib
   from jaxtag import train as train_lib
-  from jaxtag.taggants import blackbox, verify
+  from jaxtag.taggants import blackbox, keyfile, verify
 
-  secret, _ = keys_lib.load_keys(args.key_file)
+  secret, _ = keyfile.load_keys(args.key_file)
   dirs = {"suspect": pathlib.Path(args.suspect).absolute(),
           "benign": pathlib.Path(args.benign).absolute()}
   per_epoch = {name: steps_per_epoch(d) for name, d in dirs.items()}

@@ -90,10 +90,9 @@ def main(argv=None) -> dict:
   args = _parse(argv)
   import numpy as np
 
-  from jaxtag import keys as keys_lib
   from jaxtag import train
   from jaxtag.audio import io as audio_io
-  from jaxtag.taggants import alignment, diagnostics
+  from jaxtag.taggants import alignment, diagnostics, keyfile
 
   craft, suspect = pathlib.Path(args.craft), pathlib.Path(args.suspect)
   record = np.load(craft / "perturbations.npz")
@@ -105,7 +104,7 @@ def main(argv=None) -> dict:
   key_file = args.key_file or summary.get("key_file")
   if not key_file:
     raise ValueError(f"{craft} names no key file; pass --key_file.")
-  secret, manifest = keys_lib.load_keys(key_file, expected_class_names=data.class_names)
+  secret, manifest = keyfile.load_keys(key_file, expected_class_names=data.class_names)
   if summary.get("key_fingerprint") not in (None, manifest.get("fingerprint")):
     raise ValueError(f"{key_file} is not the key file {craft} crafted with (fingerprints differ).")
   poisons = diagnostics.poison_set(record["indices"], record["keys"], files=record["files"],

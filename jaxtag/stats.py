@@ -4,8 +4,8 @@ If each of K keys' labels were independent and uniform, each key would land its 
 top-k with probability k/C, the number of hits would be Binomial(K, k/C) and the one-sided p-value
 ``P[Binomial(K, k/C) >= hits]`` (REFERENCE.md §1.3), with floor (k/C)^K. jaxtag's keys are not
 drawn that way (labels are distinct within blocks of C keys): the test that verification uses is
-the exact test of that design, :mod:`jaxtag.key_design`. The binomial stays here as the reference
-figure of the literature and of older reports.
+the exact test of that design, :mod:`jaxtag.taggants.key_design`. The binomial stays here as the
+reference figure of the literature and of older reports.
 
 :func:`accuracy_cost` compares two models' accuracy on the same clips (paired: McNemar).
 
@@ -106,7 +106,7 @@ def exact_size(trials: int, p: float, alpha: float) -> float:
 
   The binomial is discrete, so the size is at most ``alpha`` and often far below it, e.g. K = 10,
   C = 35, top-1, alpha = 1e-3 needs 4 hits, which happen with probability 1.2e-4 under the
-  binomial (1.4e-4 for distinct labels and distinct answers: :mod:`jaxtag.key_design`).
+  binomial (1.4e-4 for distinct labels and distinct answers: :mod:`jaxtag.taggants.key_design`).
 
   Args:
     trials, p, alpha: as in :func:`critical_hits`.

@@ -25,7 +25,7 @@ def test_config_loads_and_documents_its_command(name):
     from jaxtag.data import sources
     sources.DataSource(**config.data.to_dict())
   if "key_spec" in config:
-    from jaxtag import keys
+    from jaxtag.taggants import keys
     keys.KeySpec(**config.key_spec.to_dict())
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxtag import models, sharding, train
 from jaxtag.data.dataset import AudioDataset
-from jaxtag.keys import Keys, KeySpec
+from jaxtag.taggants.keys import Keys, KeySpec
 from jaxtag.taggants import constraint, craft, protect, select
 
 # ------------------------------------------------------------------ constraint and quantisation

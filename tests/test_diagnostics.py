@@ -4,7 +4,7 @@ import numpy as np
 import tiny_classifier as tc
 
 from jaxtag import train
-from jaxtag.keys import Keys, KeySpec
+from jaxtag.taggants.keys import Keys, KeySpec
 from jaxtag.taggants import diagnostics
 
 
@@ -52,12 +52,13 @@ def test_script_scores_models_against_a_control(tiny_workdir, tmp_path):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from benchmarks import taggant_effect
   import jax
-  from jaxtag import keys as keys_lib
+  from jaxtag.taggants import keyfile
+  from jaxtag.taggants import keys as keys_lib
   spec = keys_lib.KeySpec(num_keys=3, d=8, sample_rate=tc.SR, clip_samples=tc.CLIP, n_fft=256,
                           win_length=200, hop_length=80, n_mels=32, griffin_lim_iters=4)
   keys = keys_lib.make_keys(jax.random.key(0), spec, num_classes=len(tc.CLASSES))
   path = tmp_path / "secret" / "keys.npz"
-  keys_lib.save_keys(path, keys, class_names=tc.CLASSES, provenance={"test": True})
+  keyfile.save_keys(path, keys, class_names=tc.CLASSES, provenance={"test": True})
   records = taggant_effect.main([str(tiny_workdir), "--key_file", str(path), "--control",
                                  str(tiny_workdir), "--json", str(tmp_path / "out.json")])
   assert records[0]["paired"]["delta_log_prob"] == [0.0, 0.0, 0.0]   # a model against itself
@@ -288,11 +289,12 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
   import sys
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from benchmarks import taggant_signal
-  from jaxtag import keys as keys_lib
   from jaxtag import sharding
   from jaxtag.data import sources
   from jaxtag.data.dataset import AudioDataset
   from jaxtag.data.speechcommands import export_speech_commands
+  from jaxtag.taggants import keyfile
+  from jaxtag.taggants import keys as keys_lib
 
   x, y = tc.tone_clips(32, seed=41)
   root = tmp_path / "protected"
@@ -304,8 +306,8 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
                           win_length=200, hop_length=80, n_mels=32, griffin_lim_iters=4)
   secret = keys_lib.make_keys(jax.random.key(0), spec, num_classes=len(tc.CLASSES))
   key_file = tmp_path / "secret" / "keys.npz"
-  keys_lib.save_keys(key_file, secret, class_names=tc.CLASSES, provenance={})
-  fingerprint = keys_lib.load_keys(key_file)[1]["fingerprint"]
+  keyfile.save_keys(key_file, secret, class_names=tc.CLASSES, provenance={})
+  fingerprint = keyfile.load_keys(key_file)[1]["fingerprint"]
   craft = tmp_path / "craft"
   craft.mkdir()
   labels = np.asarray(secret.labels)
@@ -354,7 +356,7 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
 
   other = keys_lib.make_keys(jax.random.key(9), spec, num_classes=len(tc.CLASSES))
   other_file = tmp_path / "secret" / "other.npz"
-  keys_lib.save_keys(other_file, other, class_names=tc.CLASSES, provenance={})
+  keyfile.save_keys(other_file, other, class_names=tc.CLASSES, provenance={})
   with pytest.raises(ValueError, match="fingerprints differ"):
     taggant_signal.main(["--craft", str(craft), "--suspect", str(suspect), "--key_file",
                          str(other_file), "--out", str(tmp_path / "x")])

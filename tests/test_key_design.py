@@ -1,6 +1,7 @@
-"""jaxtag.key_design: the exact null of the key design against brute force over every label
-draw, the issue's numbers against the binomial, the design floor, the Monte Carlo fallback, and
-the test's size under a simulated H0 (with a deliberately anti-conservative test that must fail)."""
+"""jaxtag.taggants.key_design: the exact null of the key design against brute force over every
+label draw, the issue's numbers against the binomial, the design floor, the Monte Carlo fallback,
+and the test's size under a simulated H0 (with a deliberately anti-conservative test that must
+fail)."""
 
 import itertools
 import math
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxtag import key_design, stats
+from jaxtag import stats
+from jaxtag.taggants import key_design
 
 
 def brute_force_counts(answers, num_classes):
@@ -173,6 +175,6 @@ def test_primes_are_prime():
 def test_key_design_does_not_import_jax():
   import subprocess
   import sys
-  code = ("import sys, jaxtag.key_design; "
+  code = ("import sys, jaxtag.taggants.key_design; "
           "sys.exit(any(m.split('.')[0] == 'jax' for m in sys.modules))")
   assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -92,14 +92,14 @@ def _read_train(root):
 def test_protected_dataset_holds_exactly_the_crafted_taggants(demo_run):
   """Key file separate and intact, SNR floor held by every poison as read back from the WAVs,
   the WAVs carry the recorded perturbation to 16-bit precision, nothing else changed."""
-  from jaxtag import keys
+  from jaxtag.taggants import keyfile
   workdir, _, _ = demo_run
   summary = json.loads((workdir / "demo_summary.json").read_text())
   protected_root = pathlib.Path(summary["craft"]["protected_dataset"])
   key_file = pathlib.Path(summary["keys"]["key_file"]).resolve()
   assert protected_root.resolve() not in key_file.parents
   assert not list(protected_root.rglob("*.npz"))
-  _, manifest = keys.load_keys(key_file)           # intact: every SHA-256 checks out
+  _, manifest = keyfile.load_keys(key_file)         # intact: every SHA-256 checks out
   assert manifest["fingerprint"] == summary["craft"]["key_fingerprint"]
 
   clean, protected = _read_train(summary["data"]["root"]), _read_train(protected_root)
@@ -235,7 +235,7 @@ def test_craft_publishes_a_complete_copy_and_never_over_the_input(demo_run, tmp_
 
 
 def test_key_file_is_secret_intact_and_outside_dataset(demo_run):
-  from jaxtag import keys
+  from jaxtag.taggants import keyfile
   workdir, _, _ = demo_run
   summary = json.loads((workdir / "demo_summary.json").read_text())
   key_file = pathlib.Path(summary["keys"]["key_file"])
@@ -244,7 +244,7 @@ def test_key_file_is_secret_intact_and_outside_dataset(demo_run):
   assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
   class_names = tuple(json.loads((data_root / "manifest.json").read_text())["config"]["words"]) \
       if (data_root / "manifest.json").exists() else None
-  loaded, manifest = keys.load_keys(key_file)
+  loaded, manifest = keyfile.load_keys(key_file)
   assert loaded.waveforms.shape[0] == summary["keys"]["num_keys"]
   assert [manifest["class_names"][i] for i in np.asarray(loaded.labels)] == summary["keys"]["labels"]
   if class_names is not None:
@@ -265,9 +265,9 @@ def test_stages_rerun_alone_from_their_launchers(demo_run, tmp_path):
   # Same seed and spec: make_keys regenerates bit-identical keys.
   _run("launch.make_keys", "--config=launch/configs/keys.py:tiny", f"--workdir={tmp_path / 'keys'}",
        env=env)
-  from jaxtag import keys
-  a, _ = keys.load_keys(workdir / "keys" / "keys.npz")
-  b, _ = keys.load_keys(tmp_path / "keys" / "keys.npz")
+  from jaxtag.taggants import keyfile
+  a, _ = keyfile.load_keys(workdir / "keys" / "keys.npz")
+  b, _ = keyfile.load_keys(tmp_path / "keys" / "keys.npz")
   np.testing.assert_array_equal(np.asarray(a.waveforms), np.asarray(b.waveforms))
   np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
   # Re-running the same command reuses the key file untouched; another seed is refused.

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtag import keys as keys_lib
-from jaxtag import poscuda
+from jaxtag import poscuda, secrets
 from jaxtag.audio import metrics
+from jaxtag.taggants import keyfile
+from jaxtag.taggants import keys as keys_lib
 
 C = 6
 SPEC = poscuda.PoscudaSpec(clip_samples=4000)  # 80 taps, 240-sample patch, raw U(0, 0.3) taps.
@@ -258,7 +259,7 @@ def test_secret_file_round_trip_is_private_and_auditable(secret_file, secret):
   x, y = _clips()
   np.testing.assert_array_equal(np.asarray(poscuda.apply_poscuda(x, y, loaded)),
                                 np.asarray(poscuda.apply_poscuda(x, y, secret)))
-  with pytest.raises(keys_lib.KeyFileError, match="already exists"):
+  with pytest.raises(secrets.SecretFileError, match="already exists"):
     poscuda.save_filters(secret_file, secret, class_names=NAMES, provenance={})
 
 
@@ -273,7 +274,7 @@ def _rewrite_member(path, name, edit):
 
 def test_secret_file_tampering_is_caught_and_named(secret_file):
   _rewrite_member(secret_file, "filters.npy", lambda b: b[:-4] + bytes(4))
-  with pytest.raises(keys_lib.KeyFileError, match="'filters' was modified"):
+  with pytest.raises(secrets.SecretFileError, match="'filters' was modified"):
     poscuda.load_filters(secret_file)
 
 
@@ -285,55 +286,55 @@ def test_secret_file_manifest_edit_and_wrong_classes_are_caught(secret_file, tmp
   copy = tmp_path / "copy.npz"
   copy.write_bytes(secret_file.read_bytes())
   os.chmod(copy, 0o600)
-  with pytest.raises(keys_lib.KeyFileError, match="other classes"):
+  with pytest.raises(secrets.SecretFileError, match="other classes"):
     poscuda.load_filters(copy, expected_class_names=NAMES[::-1])
   _rewrite_member(secret_file, "manifest.json", lower_blur)
-  with pytest.raises(keys_lib.KeyFileError, match="fingerprint"):
+  with pytest.raises(secrets.SecretFileError, match="fingerprint"):
     poscuda.load_filters(secret_file)
 
 
 def test_secret_file_refuses_dataset_folder_and_foreign_files(tmp_path, secret):
   dataset = tmp_path / "dataset"
   dataset.mkdir()
-  with pytest.raises(keys_lib.KeyFileError, match="inside the dataset"):
+  with pytest.raises(secrets.SecretFileError, match="inside the dataset"):
     poscuda.save_filters(dataset / "sub" / "poscuda.npz", secret, class_names=NAMES,
                          provenance={}, dataset_root=dataset)
   not_zip = tmp_path / "x.npz"
   not_zip.write_bytes(b"not a zip")
   os.chmod(not_zip, 0o600)
-  with pytest.raises(keys_lib.KeyFileError, match="not a readable zip"):
+  with pytest.raises(secrets.SecretFileError, match="not a readable zip"):
     poscuda.load_filters(not_zip)
   other = poscuda.make_filters(jax.random.key(9), SPEC, C)
   forged = tmp_path / "forged.npz"
   poscuda.save_filters(forged, other, class_names=NAMES,
                        provenance=poscuda.filter_provenance(jax.random.key(0)))
   loaded, manifest = poscuda.load_filters(forged)
-  with pytest.raises(keys_lib.KeyFileError, match="does not reproduce"):
+  with pytest.raises(secrets.SecretFileError, match="does not reproduce"):
     poscuda.regenerate_and_check(loaded, manifest)
 
 
 def test_secret_file_and_taggant_key_file_refuse_each_other(secret_file, tmp_path):
-  """Both are secret archives of jaxtag.keyfile; the manifest's format tag keeps them apart."""
+  """Both are secret archives of jaxtag.secrets; the manifest's format tag keeps them apart."""
   key_spec = keys_lib.KeySpec(num_keys=2, d=4, clip_samples=2000, n_fft=128, win_length=128,
                               hop_length=64, n_mels=16, mel_inversion_iters=2,
                               griffin_lim_iters=1)
   key_file = tmp_path / "keys.npz"
-  keys_lib.save_keys(key_file, keys_lib.make_keys(jax.random.key(0), key_spec, C),
-                     class_names=NAMES, provenance={})
-  with pytest.raises(keys_lib.KeyFileError,
+  keyfile.save_keys(key_file, keys_lib.make_keys(jax.random.key(0), key_spec, C),
+                    class_names=NAMES, provenance={})
+  with pytest.raises(secrets.SecretFileError,
                      match=r"PosCUDA secret file .*keys\.npz.*'jaxtag-keys', not 'jaxtag-poscuda'"):
     poscuda.load_filters(key_file)
-  with pytest.raises(keys_lib.KeyFileError,
+  with pytest.raises(secrets.SecretFileError,
                      match=r"key file .*poscuda\.npz.*'jaxtag-poscuda', not 'jaxtag-keys'"):
-    keys_lib.load_keys(secret_file)
+    keyfile.load_keys(secret_file)
 
 
 def test_readable_secret_file_warns_at_the_callers_line(secret_file):
   os.chmod(secret_file, 0o644)
-  with pytest.warns(keys_lib.KeyFilePermissionWarning, match="chmod 600") as record:
+  with pytest.warns(secrets.SecretFilePermissionWarning, match="chmod 600") as record:
     poscuda.load_filters(secret_file)
   assert record[0].filename == __file__
-  with pytest.raises(keys_lib.KeyFileError, match="0o644.*secret filters"):
+  with pytest.raises(secrets.SecretFileError, match="0o644.*secret filters"):
     poscuda.load_filters(secret_file, strict_permissions=True)
 
 
@@ -348,5 +349,5 @@ def test_secret_file_keeps_the_position_window_and_refuses_positions_outside_it(
   outside = poscuda.PoscudaFilters(filters=np.asarray(secret.filters),
                                    positions=np.full((C,), 2000, np.int32), spec=spec)
   poscuda.save_filters(tmp_path / "bad.npz", outside, class_names=NAMES, provenance={})
-  with pytest.raises(keys_lib.KeyFileError, match=r"outside \[1000, 1100\]"):
+  with pytest.raises(secrets.SecretFileError, match=r"outside \[1000, 1100\]"):
     poscuda.load_filters(tmp_path / "bad.npz")

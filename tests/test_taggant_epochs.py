@@ -11,10 +11,10 @@ import pytest
 import tiny_classifier as tc
 
 from benchmarks import taggant_epochs
-from jaxtag import keys as keys_lib
 from jaxtag import sharding, train
 from jaxtag.data.dataset import AudioDataset
-from jaxtag.taggants import blackbox, diagnostics, verify
+from jaxtag.taggants import blackbox, diagnostics, keyfile, verify
+from jaxtag.taggants import keys as keys_lib
 
 
 def _train(workdir, x, y, epochs=3):
@@ -36,7 +36,7 @@ def pair(tmp_path_factory):
                           win_length=200, hop_length=80, n_mels=32, griffin_lim_iters=4)
   secret = keys_lib.make_keys(jax.random.key(0), spec, num_classes=len(tc.CLASSES))
   key_file = root / "secret" / "keys.npz"
-  keys_lib.save_keys(key_file, secret, class_names=tc.CLASSES, provenance={})
+  keyfile.save_keys(key_file, secret, class_names=tc.CLASSES, provenance={})
   # The "suspect" trains on copies of the keys labelled as the keys: it learns them.
   protected_x = np.concatenate([x, np.tile(np.asarray(secret.waveforms), (2, 1))])
   protected_y = np.concatenate([y, np.tile(np.asarray(secret.labels), 2)]).astype(np.int32)
@@ -52,7 +52,7 @@ def test_every_kept_epoch_is_tested_as_verify_tests_the_final_model(pair, tmp_pa
                              "--out", str(tmp_path / "out" / "epochs")])
   assert out["steps_per_epoch"] == 5 and [r["epoch"] for r in out["epochs"]] == [1, 2, 3]
   assert [r["step"] for r in out["epochs"]] == [5, 10, 15]
-  secret, _ = keys_lib.load_keys(key_file)
+  secret, _ = keyfile.load_keys(key_file)
   last = out["epochs"][-1]
   for name in ("suspect", "benign"):
     report = verify.verify(blackbox.LocalBlackBox(root / name, batch_size=4), secret, max_k=3,

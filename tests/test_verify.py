@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from jaxtag import config as config_lib
-from jaxtag import keys as keys_lib
-from jaxtag import key_design, serving, stats
-from jaxtag.taggants import jobs, verify
+from jaxtag import serving, stats
+from jaxtag.taggants import jobs, key_design, keyfile, verify
+from jaxtag.taggants import keys as keys_lib
 from launch.configs import verify as verify_configs
 
 from tiny_classifier import CLASSES, CLIP, SR
@@ -211,8 +211,8 @@ def test_plot_is_written_atomically(report, tmp_path):
 
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory):
-  """Real keys (jaxtag.keys.make_keys) at the tiny model's rate, rounded to 16-bit values so that
-  the HTTP box (which sends 16-bit WAV) hears exactly what the local box hears."""
+  """Real keys (jaxtag.taggants.keys.make_keys) at the tiny model's rate, rounded to 16-bit values
+  so that the HTTP box (which sends 16-bit WAV) hears exactly what the local box hears."""
   spec = keys_lib.KeySpec(num_keys=8, d=16, sample_rate=SR, clip_samples=CLIP, n_fft=256,
                           win_length=200, hop_length=80, n_mels=32, mel_inversion_iters=20,
                           griffin_lim_iters=8)
@@ -221,7 +221,7 @@ def key_file(tmp_path_factory):
   rounded = np.round(np.asarray(made.waveforms) * 32768) / 32768
   made = dataclasses.replace(made, waveforms=rounded.astype(np.float32))
   path = tmp_path_factory.mktemp("keys") / "keys.npz"
-  keys_lib.save_keys(path, made, class_names=CLASSES, provenance=keys_lib.key_provenance(key))
+  keyfile.save_keys(path, made, class_names=CLASSES, provenance=keys_lib.key_provenance(key))
   return path
 
 
@@ -239,7 +239,7 @@ def _config(target, key_file, **overrides):
 
 
 def test_launcher_on_a_workdir_and_over_http(tiny_workdir, tiny_box, key_file, tmp_path):
-  secret, manifest = keys_lib.load_keys(key_file)
+  secret, manifest = keyfile.load_keys(key_file)
   answers = tiny_box.top_k(secret.waveforms, len(CLASSES))
   expected_ranks = [int(np.flatnonzero(row == label)[0]) + 1
                     for row, label in zip(answers, secret.labels)]
@@ -268,8 +268,8 @@ def test_launcher_on_a_workdir_and_over_http(tiny_workdir, tiny_box, key_file, t
 
 def test_launcher_refuses_a_key_file_for_other_classes(tiny_workdir, tmp_path):
   other = tmp_path / "other.npz"
-  keys_lib.save_keys(other, make_fake_keys([0, 1]),
-                     class_names=("yes", "no", "up", "down", "left", "stop"), provenance={})
+  keyfile.save_keys(other, make_fake_keys([0, 1]),
+                    class_names=("yes", "no", "up", "down", "left", "stop"), provenance={})
   with pytest.raises(keys_lib.KeyFileError, match="index 5, key file 'stop' vs black box 'right'"):
     _run_verify(_config(tiny_workdir, other), tmp_path / "out")
   assert not (tmp_path / "out" / "verify_report.json").exists()

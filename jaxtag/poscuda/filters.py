@@ -70,9 +70,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtag import rng
+from jaxtag import rng, secrets
 from jaxtag.audio import metrics
-from jaxtag.keys import key_provenance, spec_from_dict
 from jaxtag.train import infer
 
 REFERENCE_RATE = 16000  # The rate at which the paper's k = 80 and p = 240 are counted.
@@ -163,7 +162,7 @@ class PoscudaSpec:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> PoscudaSpec:
     """Inverse of ``to_dict``; missing fields take their defaults, unknown fields are an error."""
-    return spec_from_dict(cls, d)
+    return secrets.spec_from_dict(cls, d)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -265,7 +264,7 @@ def make_filters(key: jax.Array, spec: PoscudaSpec, num_classes: int) -> Poscuda
 
 def filter_provenance(key: jax.Array, **extra: Any) -> dict[str, Any]:
   """What ``save_filters`` records to regenerate the filters (as secret as they are)."""
-  return key_provenance(key, **{"function": "jaxtag.poscuda.make_filters", **extra})
+  return secrets.prng_provenance(key, **{"function": "jaxtag.poscuda.make_filters", **extra})
 
 
 def _same_conv(x: jax.Array, taps: jax.Array) -> jax.Array:

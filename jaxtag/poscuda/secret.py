@@ -1,6 +1,6 @@
 """The PosCUDA secret file: save, load and audit the class filters and positions.
 
-Secret file (``save_filters``/``load_filters``): a ``jaxtag.keyfile`` secret archive of kind
+Secret file (``save_filters``/``load_filters``): a ``jaxtag.secrets`` secret archive of kind
 ``SECRET_FILE``, tagged ``jaxtag-poscuda`` so that it and a taggant key file are never read as
 each other: one zip with ``filters.npy``, ``positions.npy`` and a manifest (spec, class names,
 provenance, SHA-256/dtype/shape of each array, fingerprint), written atomically with mode 0o600
@@ -16,13 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxtag.keyfile import (SecretArchiveFormat, read_matching_archive, read_secret_archive,
-                            write_secret_archive)
-from jaxtag.keys import KeyFileError
 from jaxtag.poscuda.filters import ARRAY_NAMES, PoscudaFilters, PoscudaSpec, make_filters
+from jaxtag.secrets import (SecretArchiveFormat, SecretFileError, provenance_key,
+                            read_matching_archive, read_secret_archive, write_secret_archive)
 
 FORMAT_NAME = "jaxtag-poscuda"
 FORMAT_VERSION = 1
@@ -43,18 +41,18 @@ def save_filters(path: str | os.PathLike, secret: PoscudaFilters, *,
     class_names: the dataset's classes, in label order (one per filter).
     provenance: what made the filters (``filter_provenance``); JSON-serialisable.
     overwrite: replace an existing file.
-    dataset_root: if given, refuse any path inside it (``jaxtag.keys.check_outside``).
+    dataset_root: if given, refuse any path inside it (``jaxtag.secrets.check_outside``).
 
   Returns:
     The path written.
 
   Raises:
-    KeyFileError: existing file, path inside the dataset, a class count that differs from the
+    SecretFileError: existing file, path inside the dataset, a class count that differs from the
       filters', or a provenance that is not JSON-serialisable.
   """
   if len(class_names) != secret.num_classes:
-    raise KeyFileError(f"{len(class_names)} class names for {secret.num_classes} filters in "
-                       f"{str(path)!r}.")
+    raise SecretFileError(f"{len(class_names)} class names for {secret.num_classes} filters in "
+                          f"{str(path)!r}.")
   return write_secret_archive(path, SECRET_FILE, SECRET_FILE.host_arrays(secret),
                               spec=secret.spec.to_dict(), class_names=class_names,
                               provenance=provenance, overwrite=overwrite,
@@ -67,14 +65,14 @@ def make_or_reuse_filters(path: str | os.PathLike, key: jax.Array, spec: Poscuda
                           overwrite: bool = False) -> tuple[PoscudaFilters, bool]:
   """The filters of ``key`` and ``spec`` in the secret file at ``path``: drawn and written when
   the file is missing (or ``overwrite``), else reused as they are when the file was made with
-  this spec, these classes and this provenance (``jaxtag.keyfile.read_matching_archive``), so
+  this spec, these classes and this provenance (``jaxtag.secrets.read_matching_archive``), so
   a re-run of the protection gets its own secret back and another recipe is refused.
 
   Returns:
     (filters, reused).
 
   Raises:
-    KeyFileError: an existing file made differently (fields and fix named), a modified file, or
+    SecretFileError: an existing file made differently (fields and fix named), a modified file, or
       a path inside ``dataset_root``.
   """
   if pathlib.Path(path).exists() and not overwrite:
@@ -100,7 +98,7 @@ def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str]
     (PoscudaFilters with numpy arrays, manifest dict).
 
   Raises:
-    KeyFileError: missing, unreadable or foreign file (a taggant key file included); an array
+    SecretFileError: missing, unreadable or foreign file (a taggant key file included); an array
       or manifest changed after writing (the array or field is named); arrays that disagree
       with the spec; other classes.
   """
@@ -111,18 +109,19 @@ def load_filters(path: str | os.PathLike, *, expected_class_names: Sequence[str]
   try:
     spec = PoscudaSpec.from_dict(manifest["spec"])
   except (ValueError, TypeError) as e:
-    raise KeyFileError(f"{where}: invalid spec in manifest: {e}") from e
+    raise SecretFileError(f"{where}: invalid spec in manifest: {e}") from e
   num_classes = manifest["num_classes"]
   expected = {"filters": (num_classes, spec.taps), "positions": (num_classes,)}
   for name, shape in expected.items():
     if arrays[name].shape != shape:
-      raise KeyFileError(f"{where}: array {name!r} has shape {arrays[name].shape}, the spec and "
-                         f"{num_classes} classes imply {shape}.")
+      raise SecretFileError(f"{where}: array {name!r} has shape {arrays[name].shape}, the spec and "
+                            f"{num_classes} classes imply {shape}.")
   positions = arrays["positions"]
   first, last = spec.starts
   if spec.use_positions and positions.size and (positions.min() < first or
                                                 positions.max() > last):
-    raise KeyFileError(f"{where}: patch positions outside [{first}, {last}] (the spec's starts).")
+    raise SecretFileError(f"{where}: patch positions outside [{first}, {last}] (the spec's "
+                          "starts).")
   return PoscudaFilters(spec=spec, **arrays), manifest
 
 
@@ -130,17 +129,16 @@ def regenerate_and_check(secret: PoscudaFilters, manifest: Mapping[str, Any]) ->
   """Audits a secret file: re-draws the filters from its provenance and compares them exactly.
 
   Raises:
-    KeyFileError: no key data in the provenance, or regenerated arrays that differ.
+    SecretFileError: no key data in the provenance, or regenerated arrays that differ.
   """
   prov = manifest.get("provenance", {})
   if "key_data" not in prov or "key_impl" not in prov:
-    raise KeyFileError("The manifest's provenance has no key_data/key_impl (not made with "
-                       "filter_provenance): the filters cannot be regenerated.")
-  key = jax.random.wrap_key_data(jnp.asarray(prov["key_data"], jnp.uint32),
-                                 impl=prov["key_impl"])
+    raise SecretFileError("The manifest's provenance has no key_data/key_impl (not made with "
+                          "filter_provenance): the filters cannot be regenerated.")
+  key = provenance_key(prov)
   again = SECRET_FILE.host_arrays(make_filters(key, secret.spec, secret.num_classes))
   stored = SECRET_FILE.host_arrays(secret)
   for name in ARRAY_NAMES:
     if not np.array_equal(again[name], stored[name]):
-      raise KeyFileError(f"Regenerated {name!r} differ from the secret file's: the provenance "
-                         "does not reproduce these filters.")
+      raise SecretFileError(f"Regenerated {name!r} differ from the secret file's: the provenance "
+                            "does not reproduce these filters.")

@@ -1,8 +1,8 @@
 """Calibration: the verification's false-positive rate over fresh key draws against benign models.
 
 A benign model never saw any taggant, so every rejection of H0 is a false positive. The test of
-:mod:`jaxtag.key_design` promises ``P[p <= alpha] <= alpha`` over the draw of the secret keys
-(audio and labels); calibration measures exactly that: it draws ``num_key_draws`` fresh key sets
+:mod:`jaxtag.taggants.key_design` promises ``P[p <= alpha] <= alpha`` over the draw of the secret
+keys (audio and labels); calibration measures exactly that: it draws ``num_key_draws`` fresh key sets
 (``make_keys(fold_in(stream, d), spec, C)`` for draw d: new audio and new labels, never the
 owner's key file), verifies every benign model against every draw with the same statistics as
 :func:`jaxtag.taggants.verify.verify` (:func:`verify.report_from_answers`), and reports the
@@ -31,9 +31,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtag import key_design, stats
-from jaxtag.keys import KeySpec, make_keys
-from jaxtag.taggants import verify
+from jaxtag import stats
+from jaxtag.taggants import key_design, verify
+from jaxtag.taggants.keys import KeySpec, make_keys
 
 FORMAT = "jaxtag-calibration"
 

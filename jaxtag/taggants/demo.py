@@ -19,11 +19,11 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from jaxtag import keys as keys_lib
 from jaxtag import workdir as workdir_lib
 from jaxtag.data import job as data_job
 from jaxtag.data import sources
-from jaxtag.taggants import jobs
+from jaxtag.taggants import jobs, keyfile
+from jaxtag.taggants import keys as keys_lib
 from jaxtag.train import job as train_job
 
 SUMMARY = "demo_summary.json"
@@ -176,7 +176,7 @@ def taggant_effect(suspect: pathlib.Path, benign: pathlib.Path, key_file: str) -
   from jaxtag import train as train_lib
   from jaxtag.taggants import diagnostics
 
-  secret, _ = keys_lib.load_keys(key_file)
+  secret, _ = keyfile.load_keys(key_file)
   scores = {name: diagnostics.key_scores(train_lib.restore_for_inference(directory), secret)
             for name, directory in (("suspect", suspect), ("benign", benign))}
   return diagnostics.paired_effect(scores["suspect"], scores["benign"])

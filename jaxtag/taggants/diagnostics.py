@@ -54,7 +54,7 @@ def key_scores(trained, keys, *, batch_size: int = 64) -> KeyScores:
 
   Args:
     trained: a ``jaxtag.train.TrainedModel``.
-    keys: ``jaxtag.keys.Keys`` (waveforms at the model's sample rate and clip length).
+    keys: ``jaxtag.taggants.keys.Keys`` (waveforms at the model's sample rate and clip length).
     batch_size: keys per forward pass.
   """
   labels = np.asarray(keys.labels)

@@ -19,11 +19,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtag import keys as keys_lib
 from jaxtag import rng, secrets, sharding
 from jaxtag import workdir as workdir_lib
 from jaxtag.data import publish, sources
-from jaxtag.taggants import calibrate, protect
+from jaxtag.taggants import calibrate, keyfile, protect
+from jaxtag.taggants import keys as keys_lib
 from jaxtag.train import job as train_job
 
 KEY_FILE = "keys.npz"
@@ -57,7 +57,7 @@ def check_key_location(job: KeysJob, workdir: str | os.PathLike) -> None:
   """Refuses a key file inside the dataset folder (it would be published with the data)."""
   root = sources.dataset_root(job.data, progress=False)
   if root is not None:
-    keys_lib.check_outside(pathlib.Path(workdir) / KEY_FILE, root)
+    secrets.check_outside(pathlib.Path(workdir) / KEY_FILE, [root], what="key file")
 
 
 def run_keys_job(job: KeysJob, workdir: str | os.PathLike, *,
@@ -73,16 +73,18 @@ def run_keys_job(job: KeysJob, workdir: str | os.PathLike, *,
   secrets.private_dir(workdir)
   if path.exists():   # a re-run reuses it: it must still be private
     runtime.check_secret_input(path, "key file")
+  # The recipe string names the function's first home (jaxtag.keys): key files record it and a
+  # re-run compares it, so it stays as written (keys.PROVENANCE_FUNCTION likewise).
   provenance = {"seed": int(job.seed), "stream": "keys",
                 "recipe": "jaxtag.keys.make_keys(jaxtag.rng.stream(jax.random.key(seed), "
                           "'keys'), spec, C)"}
   key = rng.stream(jax.random.key(int(job.seed)), "keys")
-  secret, _, reused = keys_lib.make_or_reuse_keys(path, key, job.key_spec,
+  secret, _, reused = keyfile.make_or_reuse_keys(path, key, job.key_spec,
                                                   class_names=class_names, provenance=provenance)
   wav_dir = workdir / "keys_wav"
   exported = reused and len(list(wav_dir.glob("*.wav"))) == job.key_spec.num_keys
   if job.export_wav and not exported:   # Atomic per file: a killed export is redone whole.
-    keys_lib.export_keys_wav(secret, wav_dir, class_names=class_names)
+    keyfile.export_keys_wav(secret, wav_dir, class_names=class_names)
   labels = np.asarray(secret.labels)
   return {"key_file": str(path), "num_keys": int(labels.size),
           "labels": [class_names[i] for i in labels], "spec": job.key_spec.to_dict(),
@@ -118,7 +120,7 @@ def verify_target(job: VerifyJob, *, runtime: workdir_lib.Runtime = workdir_lib.
   :class:`jaxtag.taggants.verify.VerifyReport`."""
   from jaxtag.taggants import blackbox, verify
   runtime.check_secret_input(job.key_file, "key file")
-  secret, manifest = keys_lib.load_keys(job.key_file)
+  secret, manifest = keyfile.load_keys(job.key_file)
   box = blackbox.open_blackbox(job.target)
   return verify.verify(box, secret, max_k=job.max_k, decision_k=job.decision_k, alpha=job.alpha,
                        class_names=manifest["class_names"], target=str(job.target),
@@ -320,7 +322,7 @@ def run_craft_job(job: CraftJob, workdir: str | os.PathLike, *,
   secrets.private_dir(workdir)   # checkpoints and reports name the poisons and perturbations
   splits = sources.load_splits(job.data, progress=False)
   clean = splits["train"]
-  secret, manifest = keys_lib.load_keys(job.key_file, expected_class_names=clean.class_names)
+  secret, manifest = keyfile.load_keys(job.key_file, expected_class_names=clean.class_names)
   trained = [train.restore_for_inference(d) for d in job.surrogate_dirs]
   trained = trained[0] if len(trained) == 1 else trained
   mesh = sharding.make_mesh(job.num_devices or None)

@@ -3,7 +3,7 @@
 The one library entry point that the ``craft`` launcher (and users' own scripts) call::
 
     trained = jaxtag.train.restore_for_inference("workdirs/surrogate")   # or a list: an ensemble
-    keys, _ = jaxtag.keys.load_keys("secret/keys.npz", expected_class_names=train.class_names)
+    keys, _ = jaxtag.taggants.keyfile.load_keys("secret/keys.npz", expected_class_names=train.class_names)
     protected, report = protect.protect_dataset(trained, keys, train, config=protect.ProtectConfig(),
                                                 key=jax.random.key(0))
 
@@ -275,7 +275,7 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     trained: the surrogate (``jaxtag.train.TrainedModel``), trained on ``train``'s classes, or a
       list of surrogates of one architecture (an ensemble: other seeds or epochs), whose losses,
       gradient-norm scores and diagnostics are averaged over members.
-    keys: the secret ``jaxtag.keys.Keys``.
+    keys: the secret ``jaxtag.taggants.keys.Keys``.
     train: the clean training split.
     config: budget, selection and crafting settings.
     key: the protection's random key (selection, restarts and augmentation derive from it).

@@ -2,10 +2,10 @@
 
 The suspect is queried once with the K secret keys; a key *hits* at top-k when its label is among
 the k labels answered. H0: the model never saw the taggants, so its answers do not depend on the
-secret labels. The labels are a random draw of ``jaxtag.keys.key_labels`` (distinct within each
-block of C keys), so given the answers the null distribution of the hits is that of the label
-draw, computed exactly by :mod:`jaxtag.key_design` (Monte Carlo, valid by construction, only for
-blocks beyond its exact range). The binomial ``P[Binomial(K, k/C) >= hits]`` of REFERENCE.md §1.3
+secret labels. The labels are a random draw of ``jaxtag.taggants.keys.key_labels`` (distinct
+within each block of C keys), so given the answers the null distribution of the hits is that of
+the label draw, computed exactly by :mod:`jaxtag.taggants.key_design` (Monte Carlo, valid by
+construction, only for blocks beyond its exact range). The binomial ``P[Binomial(K, k/C) >= hits]`` of REFERENCE.md §1.3
 assumes independent labels; it is kept as a reference figure only (it is anti-conservative for
 distinct labels: 1.22e-4 instead of 1.43e-4 at 4 of 10 hits, K = 10, C = 35, top-1).
 
@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxtag import key_design, secrets, stats
-from jaxtag.keys import KeyFileError, Keys
+from jaxtag import secrets, stats
+from jaxtag.taggants import key_design
 from jaxtag.taggants.blackbox import BlackBox
+from jaxtag.taggants.keys import KeyFileError, Keys
 
 REPORT_FORMAT = "jaxtag-verify-report"
 REPORT_VERSION = 2   # 2: the exact test of the key design (1: binomial).
@@ -58,7 +59,7 @@ class VerifyReport:
     alpha: significance level of the decision.
     hits: (max_k,) keys hit at each k.
     p_values: (max_k,) p-value of the key design's test at each k: ``P[hits' >= hits | answers]``
-      over the secret label draw (:func:`jaxtag.key_design.design_test`).
+      over the secret label draw (:func:`jaxtag.taggants.key_design.design_test`).
     floors: (max_k,) the design floor at each k: the smallest p-value K keys can give at top-k
       under this label design, over every answer pattern (:func:`key_design.design_floor`).
     answer_floors: (max_k,) the smallest p-value these answers allow at each k (the p-value of
@@ -305,7 +306,8 @@ def report_from_answers(answers: np.ndarray, labels: np.ndarray, *, class_names:
   statistics; also what calibration runs on batched answers).
 
   Raises:
-    KeyFileError: labels that ``jaxtag.keys.key_labels`` would never draw (repeated in a block).
+    KeyFileError: labels that ``jaxtag.taggants.keys.key_labels`` would never draw (repeated in
+      a block).
   """
   answers = np.asarray(answers, np.int64)
   labels = np.asarray(labels, np.int64)

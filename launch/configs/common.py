@@ -14,10 +14,10 @@ def data_config(kind: str = "corpus", preset: str = "default") -> ml_collections
 
 
 def keys_config_for(preset: str) -> ml_collections.ConfigDict:
-  """The launchers' key spec: every field of jaxtag.keys.KeySpec, with bilinear resizing (the
+  """The launchers' key spec: every field of jaxtag.taggants.keys.KeySpec, with bilinear resizing (the
   launchers' default since the first keys; KeySpec's own default is nearest); the tiny corpus (8
   training clips of 4 words) gets 2 keys with 16 Griffin-Lim iterations."""
-  from jaxtag import keys
+  from jaxtag.taggants import keys
   if preset == "tiny":
     return config_lib.to_config(keys.KeySpec, interpolation="bilinear", num_keys=2,
                                 griffin_lim_iters=16)

@@ -1,4 +1,6 @@
-"""Secret keys for audio data taggants: their spec and generation (the key file: jaxtag.keyfile).
+"""Secret keys for audio data taggants: their spec and generation.
+
+The key file is written and read by ``jaxtag.taggants.keyfile``.
 
 A key is a random d x d matrix drawn in the log-mel domain, resized to the clip's mel grid, and
 turned into a waveform by mel inversion and Griffin-Lim (REFERENCE.md §1.1). Each key carries a
@@ -20,8 +22,9 @@ hears), never ``spectrograms`` (the design target).
 Labels: distinct while K <= C (as in the image reference code); with K > C each class is the
 label of floor(K / C) or ceil(K / C) keys (see ``key_labels``).
 
-Key file: ONE zip archive (stored, not compressed; ``keys.npz`` is a good name, ``numpy.load``
-reads its arrays) holding ``spectrograms.npy``, ``waveforms.npy``, ``labels.npy`` and
+Key file: a secret archive of ``jaxtag.secrets`` (kind ``jaxtag.taggants.keyfile.KEY_FILE``):
+ONE zip (stored, not compressed; ``keys.npz`` is a good name, ``numpy.load`` reads its arrays)
+holding ``spectrograms.npy``, ``waveforms.npy``, ``labels.npy`` and
 ``manifest.json``. The manifest records the spec, the class names, library versions, the
 creation time, the provenance (the PRNG key data that regenerates the keys: as secret as the keys)
 and the SHA-256, dtype and shape of every array, plus a ``fingerprint`` over all of them. The
@@ -44,22 +47,23 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxtag import secrets
 from jaxtag.audio.reconstruction import griffin_lim
 from jaxtag.audio.mel import mel_filterbank, mel_to_linear
 
 FORMAT_NAME = "jaxtag-keys"
 FORMAT_VERSION = 1
-ARRAY_NAMES = ("spectrograms", "waveforms", "labels")  # Their dtypes: jaxtag.keyfile.KEY_FILE.
+ARRAY_NAMES = ("spectrograms", "waveforms", "labels")  # Dtypes: jaxtag.taggants.keyfile.KEY_FILE.
+# The name that key_provenance records. Key files written before the keys moved into
+# jaxtag.taggants record it, and make_or_reuse_keys compares provenances, so it stays as it was.
+PROVENANCE_FUNCTION = "jaxtag.keys.make_keys"
 
-
-class KeyFileError(ValueError):
-  """A key file that is missing, corrupt, modified, or made for other classes."""
-
-
-class KeyFilePermissionWarning(UserWarning):
-  """A key file that users other than its owner can read."""
+# A key file is a secret archive: its errors are the archive's, under the names key users know.
+# KeyFileError: a key file that is missing, corrupt, modified, or made for other classes.
+KeyFileError = secrets.SecretFileError
+# KeyFilePermissionWarning: a key file that users other than its owner can read.
+KeyFilePermissionWarning = secrets.SecretFilePermissionWarning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,18 +149,7 @@ class KeySpec:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> KeySpec:
     """Inverse of ``to_dict``; missing fields take their defaults, unknown fields are an error."""
-    return spec_from_dict(cls, d)
-
-
-def spec_from_dict(cls, d: Mapping[str, Any]):
-  """A (frozen) spec dataclass from the dict its ``to_dict`` wrote, e.g. in a secret file's
-  manifest: missing fields take their defaults, unknown fields are an error that names them."""
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}. "
-                     "Was it written by a newer jaxtag?")
-  return cls(**d)
+    return secrets.spec_from_dict(cls, d)
 
 
 def _check_int(name, value, minimum):
@@ -318,25 +311,7 @@ def key_provenance(key: jax.Array, **extra: Any) -> dict[str, Any]:
 
   Returns:
     A JSON-serialisable dict with the key data, the PRNG implementation, and the flags that
-    change what that key draws.
+    change what that key draws (``jaxtag.secrets.prng_provenance``).
   """
-  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    data, impl = jax.random.key_data(key), str(jax.random.key_impl(key))
-  else:
-    data, impl = key, str(jax.config.jax_default_prng_impl)
-  return {"function": "jaxtag.keys.make_keys", "key_data": np.asarray(data).tolist(),
-          "key_impl": impl,
-          "threefry_partitionable": bool(jax.config.jax_threefry_partitionable), **extra}
+  return secrets.prng_provenance(key, **{"function": PROVENANCE_FUNCTION, **extra})
 
-
-# The key-file functions live in jaxtag.keyfile; they are re-exported here lazily so that
-# `from jaxtag import keys; keys.save_keys(...)` works without a circular import.
-_KEYFILE_NAMES = ("check_outside", "save_keys", "load_keys", "make_or_reuse_keys",
-                  "regenerate_and_check", "export_keys_wav")
-
-
-def __getattr__(name):
-  if name in _KEYFILE_NAMES:
-    from jaxtag import keyfile  # pylint: disable=import-outside-toplevel
-    return getattr(keyfile, name)
-  raise AttributeError(f"module 'jaxtag.keys' has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """The exact test of the key design: the null distribution of hits given the suspect's answers.
 
 The binomial of :mod:`jaxtag.stats` assumes each key's label independent and uniform.
-``jaxtag.keys.key_labels`` draws them otherwise: blocks of C consecutive keys take the first
-entries of one uniform random permutation of the C classes (distinct labels within a block),
+``jaxtag.taggants.keys.key_labels`` draws them otherwise: blocks of C consecutive keys take the
+first entries of one uniform random permutation of the C classes (distinct labels within a block),
 blocks independent. Under H0 (the suspect never saw the taggants) its answers do not depend on the
 labels (the label stream is separate from the audio's), so given the answer sets A_i the null
 distribution of hits = #{i : label_i in A_i} is that of a uniform random injection of each block's
@@ -35,7 +35,7 @@ MAX_EXACT_BITS = 18   # 2^18 states x a few int64 residues: about 0.4 s at most 
 
 
 def permutation_blocks(num_keys: int, num_classes: int) -> list[range]:
-  """The keys that share one label permutation in ``jaxtag.keys.key_labels``.
+  """The keys that share one label permutation in ``jaxtag.taggants.keys.key_labels``.
 
   Args:
     num_keys: K.
@@ -64,9 +64,9 @@ def check_design_labels(labels: Sequence[int] | np.ndarray, num_classes: int) ->
     if (counts > 1).any():
       raise ValueError(
           f"key labels repeat within keys {block.start}..{block.stop - 1} (label "
-          f"{int(values[counts > 1][0])}): jaxtag.keys.key_labels never draws that (each block "
-          f"of {num_classes} keys holds distinct labels), so the exact test's null does not "
-          "describe these keys. Use a key file made by jaxtag.keys.make_keys.")
+          f"{int(values[counts > 1][0])}): jaxtag.taggants.keys.key_labels never draws that "
+          f"(each block of {num_classes} keys holds distinct labels), so the exact test's null "
+          "does not describe these keys. Use a key file made by jaxtag.taggants.keys.make_keys.")
 
 
 def _is_prime(n: int) -> bool:
@@ -220,7 +220,7 @@ def exact_hit_distribution(answers, num_classes: int, *,
   """The exact null distribution of hits given the suspect's answers, as integer counts.
 
   H0: the answers do not depend on the secret labels, which are drawn as
-  ``jaxtag.keys.key_labels`` draws them (see :func:`permutation_blocks`).
+  ``jaxtag.taggants.keys.key_labels`` draws them (see :func:`permutation_blocks`).
 
   Args:
     answers: (K, k) the labels answered for each key (distinct within a row).
@@ -308,7 +308,7 @@ def design_test(answers, labels, num_classes: int, *,
   """One-sided test of H0 "the answers do not depend on the secret labels" for the key design.
 
   The null is the labels' own randomness: given the answer sets, the labels are a uniform draw
-  of ``jaxtag.keys.key_labels`` (distinct within blocks of C keys, blocks independent), so
+  of ``jaxtag.taggants.keys.key_labels`` (distinct within blocks of C keys, blocks independent), so
   ``P[p_value <= alpha | answers] <= alpha`` for every answer pattern. The p-value is computed
   exactly (rook polynomials, integer arithmetic) unless a block's hit board has a connected
   component whose smaller side exceeds ``max_exact_bits`` (only when a block holds more than
