@@ -142,7 +142,7 @@ def test_protect_job_writes_the_layout_and_the_secret(tmp_path):
     jobs.run_protect_job(other, workdir)
   (workdir / "config.json").unlink()   # Without the record, the secret file itself refuses.
   (workdir / jobs.PROTECT_SUMMARY).unlink()
-  with pytest.raises(poscuda.secret.KeyFileError, match="provenance.seed"):
+  with pytest.raises(secrets.SecretFileError, match="provenance.seed"):
     jobs.run_protect_job(other, workdir)
   assert secret_file.read_bytes() == secret_bytes
   with pytest.raises(ValueError, match="not written by this workdir"):

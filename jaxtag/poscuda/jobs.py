@@ -159,7 +159,7 @@ def run_protect_job(job: ProtectJob, workdir: str | os.PathLike, *,
     SecretFileError: the secret file would lie inside the input or output dataset.
     PublishError: an ``output_root`` that publishing would damage.
     ConfigChangedError: the workdir holds a run of another job.
-    KeyFileError: an existing secret file made by another recipe (unless ``overwrite``).
+    secrets.SecretFileError: an existing secret file made by another recipe (unless ``overwrite``).
   """
   workdir = pathlib.Path(workdir)
   check_protect_locations(job, workdir)
