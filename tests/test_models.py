@@ -47,7 +47,7 @@ def _built(name):
   model = models.create_model(name, num_classes=NUM_CLASSES,
                               rngs=nnx.Rngs(0), **TINY[name])
   split = models.split_model(model)
-  apply_fn = models.make_apply_fn(split.graphdef, split.other)
+  apply_fn = models.PureModel(split.graphdef, split.other, NUM_CLASSES).apply
   return model, split, apply_fn
 
 
@@ -89,6 +89,14 @@ def test_apply_fn_matches_module_call(name):
   # __call__ is classify(features(.)).
   split_call = nnx.jit(lambda m, w: m.classify(m.features(w))[0])(model, x)
   np.testing.assert_allclose(split_call, expected, rtol=1e-6, atol=1e-6)
+  # The pure form's features and classify compose to the same logits, in float32, and eval
+  # mode returns the batch statistics it was given.
+  pure = models.PureModel(split.graphdef, split.other, NUM_CLASSES)
+  logits, stats = jax.jit(lambda p, b, w: pure.classify(p, b, pure.features(p, b, w)))(
+      split.params, split.batch_stats, x)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+  assert jax.tree.structure(stats) == jax.tree.structure(split.batch_stats)
 
 
 @pytest.mark.parametrize("name", SWEEP)

@@ -244,7 +244,7 @@ def test_tiny_model_learns_an_easy_task_and_restores_for_inference(tmp_path):
   logits, _ = jax.jit(lambda x: trained.model(x))(test.waveforms)
   np.testing.assert_allclose(np.mean(np.argmax(logits, -1) == test.labels),
                              result.metrics["test/accuracy"], atol=1e-9)
-  apply_logits, _, _ = trained.apply_fn()(trained.params, trained.batch_stats, test.waveforms)
+  apply_logits, _, _ = trained.pure.apply(trained.params, trained.batch_stats, test.waveforms)
   np.testing.assert_allclose(apply_logits, logits, rtol=1e-5, atol=1e-5)
 
 
@@ -306,7 +306,7 @@ def test_distillation_teaches_the_teachers_labels_not_the_datas(tmp_path):
   soft = loop.teacher_targets(tmp_path / "teacher", data, batch_size=50)
   np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
   trained = train.restore_for_inference(tmp_path / "teacher")
-  logits, _, _ = trained.apply_fn()(trained.params, trained.batch_stats, data.waveforms)
+  logits, _, _ = trained.pure.apply(trained.params, trained.batch_stats, data.waveforms)
   np.testing.assert_allclose(soft, jax.nn.softmax(logits), rtol=1e-4, atol=1e-6)
   warm = loop.teacher_targets(tmp_path / "teacher", data, temperature=4.0)
   entropy = lambda p: -np.sum(p * np.log(p + 1e-12), axis=1).mean()

@@ -1,12 +1,14 @@
-"""Models by name, and the pure ``apply_fn`` that algorithms consume.
+"""Models by name, and the one pure form that algorithms consume (:class:`PureModel`).
 
 Functional interface (what `train`, `taggants` and `poscuda` use)::
 
     model = create_model("m5", num_classes=35, rngs=nnx.Rngs(0))
     graphdef, params, batch_stats, other = split_model(model)
-    apply_fn = make_apply_fn(graphdef, other)
-    logits, intermediates, new_batch_stats = apply_fn(
+    pure = PureModel(graphdef, other, num_classes=35)
+    logits, intermediates, new_batch_stats = pure.apply(
         params, batch_stats, waveform, train=True, key=key)
+    feats = pure.features(params, batch_stats, waveform)       # the fixed front end
+    logits, new_batch_stats = pure.classify(params, batch_stats, feats, train=False)
 
 * ``params``: every ``nnx.Param`` (what optimisers and gradients see).
 * ``batch_stats``: every ``nnx.BatchStat`` (BatchNorm running mean/var); an
@@ -15,19 +17,20 @@ Functional interface (what `train`, `taggants` and `poscuda` use)::
   in train mode batch statistics normalise and the updated running averages
   come back as ``new_batch_stats``.
 * ``other``: the remaining state (stored dropout RNG streams); it is closed
-  over and never changes, because ``apply_fn`` draws dropout masks from its
+  over and never changes, because ``apply`` draws dropout masks from its
   explicit ``key`` only. ``train=True`` on a model with active dropout
   requires a key; eval mode is deterministic and ignores it.
 
-All three states are pytrees of arrays, so ``apply_fn`` composes with
+All three states are pytrees of arrays, so ``PureModel``'s methods compose with
 ``jax.jit``, ``jax.vmap`` and ``jax.grad`` with respect to ``params`` and to
 ``waveform`` (including second-order derivatives).
 """
 
 import inspect
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxtag.models.ast import AST, AST_SIZES
@@ -47,7 +50,6 @@ _REGISTRY = {
     "transformer": (FrameTransformer, {}),
 }
 
-ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array], nnx.State]]
 
 
 def available_models() -> tuple[str, ...]:
@@ -123,34 +125,72 @@ def has_active_dropout(model: nnx.Module) -> bool:
              for _, node in nnx.iter_graph(model))
 
 
-def make_apply_fn(graphdef, other: nnx.State) -> ApplyFn:
-  """Returns the pure forward function of a split model.
+class PureModel(NamedTuple):
+  """A model as pure functions of its weights: the one functional form that training, crafting,
+  verification and PosCUDA use.
 
-  Args:
-    graphdef: from `split_model`.
-    other: the non-parameter, non-BatchNorm state from `split_model`.
+  ``params`` and ``batch_stats`` are arguments of every method (so ``jax.grad`` with respect to
+  them, or to the waveforms, composes under ``jit`` and ``vmap``, second order included);
+  ``graphdef`` and ``other`` (the stored dropout streams, never changed) are fixed.
 
-  Returns:
-    ``apply_fn(params, batch_stats, waveform, *, train=False, key=None) ->
-    (logits, intermediates, new_batch_stats)``. ``key`` (a
-    ``jax.random.key``) drives dropout in train mode; it is required when
-    ``train=True`` and the model has active dropout. In eval mode
-    ``new_batch_stats`` is ``batch_stats``.
+  Attributes:
+    graphdef: from :func:`split_model`.
+    other: the non-parameter, non-BatchNorm state from :func:`split_model`.
+    num_classes: C, the width of the logits.
   """
 
-  def apply_fn(params, batch_stats, waveform, *, train: bool = False,
-               key: Optional[jax.Array] = None):
-    # copy=True gives fresh Variables at the current trace level even when
-    # the states are closed-over constants (nnx.scan in the LSTM needs it).
-    model = nnx.merge(graphdef, params, batch_stats, other, copy=True)
+  graphdef: Any
+  other: nnx.State
+  num_classes: int
+
+  def module(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
+    """The module holding these weights. ``copy=True`` gives fresh variables at the current
+    trace level even when the states are closed-over constants (``nnx.scan`` in the LSTM needs
+    it, and BatchNorm may then update its statistics under ``jax.grad``)."""
+    return nnx.merge(self.graphdef, params, batch_stats, self.other, copy=True)
+
+  def features(self, params: nnx.State, batch_stats: nnx.State, waveforms: jax.Array
+               ) -> jax.Array:
+    """The fixed front end: ``(B, T)`` waveforms to the model's features."""
+    return self.module(params, batch_stats).features(waveforms)
+
+  def classify(self, params: nnx.State, batch_stats: nnx.State, features: jax.Array, *,
+               train: bool = False, dropout_key: Optional[jax.Array] = None
+               ) -> tuple[jax.Array, nnx.State]:
+    """The trainable body on features: ``(logits (B, C) float32, new batch_stats)``.
+
+    ``train=True``: batch statistics normalise (and come back updated) and dropout is on, with
+    masks from ``dropout_key``. ``train=False`` with a ``dropout_key``: the eval model
+    (BatchNorm on its running statistics) with dropout on; without one: deterministic.
+    """
+    model = self.module(params, batch_stats)
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    if train:
+      if rngs is None and has_active_dropout(model):
+        raise ValueError("classify(train=True) on a model with dropout needs a dropout_key "
+                         "(jax.random.key) for the dropout masks.")
+      logits, _ = model.classify(features, train=True, rngs=rngs)
+      return logits.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
+    if rngs is None:
+      logits, _ = model.classify(features, train=False)
+    else:
+      logits, _ = model.classify(features, train=False, dropout=True, rngs=rngs)
+    return logits.astype(jnp.float32), batch_stats
+
+  def apply(self, params: nnx.State, batch_stats: nnx.State, waveform: jax.Array, *,
+            train: bool = False, key: Optional[jax.Array] = None):
+    """The whole model: ``(logits, intermediates, new_batch_stats)`` (module doc).
+
+    ``key`` drives dropout in train mode; it is required when ``train=True`` and the model has
+    active dropout. In eval mode ``new_batch_stats`` is ``batch_stats``.
+    """
+    model = self.module(params, batch_stats)
     if train and key is None and has_active_dropout(model):
-      raise ValueError("apply_fn(train=True) on a model with dropout needs a "
-                       "key (jax.random.key) for the dropout masks.")
+      raise ValueError("apply(train=True) on a model with dropout needs a key "
+                       "(jax.random.key) for the dropout masks.")
     rngs = nnx.Rngs(dropout=key) if (train and key is not None) else None
     logits, intermediates = model(waveform, train=train, rngs=rngs)
     if not train:
       return logits, intermediates, batch_stats
     return logits, intermediates, nnx.state(model, nnx.BatchStat)
-
-  return apply_fn
 

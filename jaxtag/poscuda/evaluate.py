@@ -133,7 +133,7 @@ class Predictor:
   def __init__(self, run_dir: pathlib.Path, batch_size: int):
     from jaxtag import train
     trained = train.restore_for_inference(run_dir)
-    apply_fn = trained.apply_fn()
+    apply_fn = trained.pure.apply
 
     def forward(params, batch_stats, waveforms):
       logits, intermediates, _ = apply_fn(params, batch_stats, waveforms, train=False)

@@ -157,7 +157,7 @@ class LocalBlackBox:
     self._lock = threading.Lock()
     self._weights = (trained.params, trained.batch_stats)
     self._device = jax.local_devices()[0]  # Where restore_for_inference put the weights.
-    apply_fn = trained.apply_fn()
+    apply_fn = trained.pure.apply
     num_classes = self.num_classes
 
     def ranking(params, batch_stats, waveforms):

@@ -16,13 +16,13 @@ from jaxtag.train.augment import AugmentConfig
 from jaxtag.train.checkpoint import (ModelInfo, TrainedModel, checkpoint_steps, load_trained,
                                      read_model_info, restore_for_inference, restore_step)
 from jaxtag.train.optim import OptimConfig, make_optimizer, make_schedule
-from jaxtag.train.state import (ModelParts, ModelSpec, StepSignature, TrainState,
+from jaxtag.train.state import (ModelSpec, StepSignature, TrainState,
                                 abstract_train_state, create_train_state, jit_eval_step,
                                 jit_train_step, step_signature)
 from jaxtag.train.steps import cross_entropy, eval_step, forward, train_step
 
 __all__ = [
-    "AugmentConfig", "ModelInfo", "ModelParts", "ModelSpec", "OptimConfig", "StepSignature",
+    "AugmentConfig", "ModelInfo", "ModelSpec", "OptimConfig", "StepSignature",
     "TrainConfig", "TrainResult", "TrainState", "TrainedModel", "abstract_train_state",
     "checkpoint_steps", "create_train_state", "cross_entropy", "eval_step", "evaluate", "forward", "jit_eval_step",
     "jit_train_step", "load_trained", "make_optimizer", "make_schedule", "read_model_info",

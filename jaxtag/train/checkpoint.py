@@ -167,9 +167,11 @@ class TrainedModel(NamedTuple):
   other: nnx.State
   info: ModelInfo
 
-  def apply_fn(self):
-    """The pure ``apply_fn(params, batch_stats, waveform, *, train=False, key=None)``."""
-    return models.make_apply_fn(self.graphdef, self.other)
+  @property
+  def pure(self) -> models.PureModel:
+    """The model's pure form (``pure.apply(params, batch_stats, waveform)``, ``features``,
+    ``classify``), the one that training, crafting and verification use."""
+    return models.PureModel(self.graphdef, self.other, self.info.num_classes)
 
 
 def _restore_weights(workdir: pathlib.Path, path: pathlib.Path, info: ModelInfo, *, sharding,

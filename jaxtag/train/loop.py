@@ -122,7 +122,7 @@ class TrainResult:
   """
 
   state: state_lib.TrainState
-  parts: state_lib.ModelParts
+  parts: models.PureModel
   info: ckpt.ModelInfo | None
   metrics: dict[str, float]
   steps_run: int
@@ -279,7 +279,7 @@ def teacher_targets(teacher_dir: str | os.PathLike, dataset: AudioDataset, *,
     raise DatasetError(f"distill_from {str(teacher_dir)!r}: the teacher takes "
                        f"{info.clip_samples} samples at {info.sample_rate} Hz, the data "
                        f"{dataset.num_samples} at {dataset.sample_rate} Hz.")
-  apply_fn = teacher.apply_fn()
+  apply_fn = teacher.pure.apply
 
   @jax.jit
   def probabilities(params, batch_stats, waveforms):

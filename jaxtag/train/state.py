@@ -3,7 +3,8 @@
 A model is split (``jaxtag.models.split_model``) into a static ``graphdef``, trainable
 ``params``, BatchNorm ``batch_stats`` and the rest (``other``: stored dropout RNG streams, which
 never change because the steps pass dropout keys explicitly). :class:`TrainState` holds what
-changes during training; ``graphdef`` and ``other`` travel beside it in :class:`ModelParts`.
+changes during training; ``graphdef`` and ``other`` travel beside it in the model's pure form
+(:class:`jaxtag.models.PureModel`, bound into the steps).
 
 Data parallelism: parameters, optimiser state and keys are replicated over the mesh, batches are
 split along its ``"data"`` axis (``jaxtag.sharding``). With ``jit`` and these shardings the
@@ -79,13 +80,6 @@ class ModelSpec:
                                **self.overrides)
 
 
-class ModelParts(NamedTuple):
-  """The parts of a split model that training does not change (bound into the steps)."""
-  graphdef: Any
-  other: nnx.State
-  num_classes: int
-
-
 def _split_for_training(spec: ModelSpec, tx: optax.GradientTransformation, key: jax.Array,
                         graphdef_box: list) -> tuple[TrainState, nnx.State]:
   split = models.split_model(spec.build(nnx.Rngs(key)))
@@ -96,11 +90,11 @@ def _split_for_training(spec: ModelSpec, tx: optax.GradientTransformation, key: 
 
 
 def abstract_train_state(spec: ModelSpec, tx: optax.GradientTransformation, mesh
-                         ) -> tuple[TrainState, ModelParts]:
+                         ) -> tuple[TrainState, models.PureModel]:
   """Shapes, dtypes and (replicated) shardings of the state, without allocating it.
 
   Returns:
-    ``(abstract TrainState of ShapeDtypeStruct with shardings, ModelParts with an abstract
+    ``(abstract TrainState of ShapeDtypeStruct with shardings, PureModel with an abstract
     ``other``)``; restore checkpoints into the former.
   """
   box: list = []
@@ -108,11 +102,11 @@ def abstract_train_state(spec: ModelSpec, tx: optax.GradientTransformation, mesh
   state, other = jax.eval_shape(lambda k: _split_for_training(spec, tx, k, box), abstract_key)
   rep = sharding.replicated(mesh)
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
-  return state, ModelParts(box[0], other, spec.num_classes)
+  return state, models.PureModel(box[0], other, spec.num_classes)
 
 
 def create_train_state(spec: ModelSpec, tx: optax.GradientTransformation, key: jax.Array,
-                       mesh) -> tuple[TrainState, ModelParts]:
+                       mesh) -> tuple[TrainState, models.PureModel]:
   """Initialises the model and optimiser directly with replicated shardings on ``mesh``.
 
   The initialisation runs inside one ``jit`` whose outputs are placed on the mesh, so no host
@@ -125,13 +119,13 @@ def create_train_state(spec: ModelSpec, tx: optax.GradientTransformation, key: j
     mesh: the device mesh.
 
   Returns:
-    ``(TrainState, ModelParts)``.
+    ``(TrainState, PureModel)``.
   """
   box: list = []
   rep = sharding.replicated(mesh)
   init = jax.jit(lambda k: _split_for_training(spec, tx, k, box), out_shardings=rep)
   state, other = init(key)
-  return state, ModelParts(box[0], other, spec.num_classes)
+  return state, models.PureModel(box[0], other, spec.num_classes)
 
 
 def host_batch_spec(batch_size: int, num_samples: int, *, mask: bool = False,

@@ -22,7 +22,8 @@ import optax
 from flax import nnx
 
 from jaxtag.train import augment as augment_lib
-from jaxtag.train.state import ModelParts, TrainState
+from jaxtag.models import PureModel
+from jaxtag.train.state import TrainState
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, *,
@@ -47,7 +48,7 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def forward(parts: ModelParts, params: nnx.State, batch_stats: nnx.State, waveforms: jax.Array,
+def forward(parts: PureModel, params: nnx.State, batch_stats: nnx.State, waveforms: jax.Array,
             *, train: bool, key: jax.Array | None = None,
             augment: augment_lib.AugmentConfig | None = None):
   """Logits of ``waveforms``: features, optional SpecAugment (train only), classify.
@@ -69,23 +70,17 @@ def forward(parts: ModelParts, params: nnx.State, batch_stats: nnx.State, wavefo
   """
   if train and key is None:
     raise ValueError("forward(train=True) needs a key for SpecAugment masks and dropout.")
-  # copy=True: fresh nnx variables in the current trace, so that BatchNorm may update its
-  # statistics under jax.grad (variables shared with an outer trace cannot be mutated).
-  model = nnx.merge(parts.graphdef, params, batch_stats, parts.other, copy=True)
-  features = model.features(waveforms)
-  rngs = None
-  if train:
-    k_mask, k_dropout = jax.random.split(key)
-    if augment is not None:
-      features = augment_lib.augment_features(k_mask, features, augment)
-    rngs = nnx.Rngs(dropout=k_dropout)
-  logits, _ = model.classify(features, train=train, rngs=rngs)
-  new_stats = nnx.state(model, nnx.BatchStat) if train else batch_stats
-  return logits, new_stats
+  features = parts.features(params, batch_stats, waveforms)
+  if not train:
+    return parts.classify(params, batch_stats, features)
+  k_mask, k_dropout = jax.random.split(key)
+  if augment is not None:
+    features = augment_lib.augment_features(k_mask, features, augment)
+  return parts.classify(params, batch_stats, features, train=True, dropout_key=k_dropout)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
-               parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               parts: PureModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
                augment: augment_lib.AugmentConfig, sample_rate: int,
                label_smoothing: float = 0.0, distill_weight: float = 0.0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -139,7 +134,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, parts: ModelParts,
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, parts: PureModel,
               prefix: str = "eval") -> dict[str, jax.Array]:
   """Sums of loss and correct predictions over a batch's real (``mask == 1``) rows.
 
