@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtag import errors, rng, sharding
+from jaxtag import errors, models, rng, sharding
 from jaxtag.audio import io as audio_io
 from jaxtag.data import pipeline
 from jaxtag.data.dataset import AudioDataset, DatasetError
