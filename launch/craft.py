@@ -131,34 +131,29 @@ def protect_config(config: Any):
       retrain_rounds=config.retrain_rounds, min_budget_lsb=config.min_budget_lsb)
 
 
-def retrainer(config: Any, workdir: pathlib.Path, splits: dict, mesh):
-  """``retrain(protected_train, round)`` for ``protect_dataset``: every surrogate trained again,
-  with its own recorded recipe and seed, on the protected training set, into
-  ``<workdir>/retrain_<round>/surrogate_<i>`` (training resumes there, so a resumed craft does not
-  train twice)."""
+def retrainer(config: Any, workdir: pathlib.Path, splits: dict):
+  """The library's ``RetrainPlan`` for ``protect_dataset``: every surrogate trained again, with
+  its own recorded recipe and seed (its workdir's config.json), on the protected training set,
+  into ``<workdir>/retrain_<round>/surrogate_<i>`` (training resumes there, so a resumed craft
+  does not train twice)."""
   import json
 
   import ml_collections
 
-  from jaxtag import train as train_lib
+  from jaxtag.taggants import protect
   from launch import train as train_launch
 
   recipes = [ml_collections.ConfigDict(json.loads(pathlib.Path(d, "config.json").read_text()))
              for d in surrogate_dirs(config)]
-
-  def retrain(protected_train, r):
-    models = []
+  plan = protect.RetrainPlan(
+      surrogates=tuple(protect.RetrainSurrogate(train_launch.train_config(recipe),
+                                                app.root_key(recipe)) for recipe in recipes),
+      root=workdir, validation_data=splits.get("validation"), progress=config.progress,
+      transfer_guard=app.transfer_guard_level())
+  for r in range(config.retrain_rounds):   # each retraining's record of its recipe
     for i, recipe in enumerate(recipes):
-      directory = workdir / f"retrain_{r}" / f"surrogate_{i}"
-      app.dump_config(recipe, directory)
-      train_lib.train(train_launch.train_config(recipe), train_data=protected_train,
-                      validation_data=splits.get("validation"), key=app.root_key(recipe),
-                      workdir=directory, mesh=mesh, progress=config.progress,
-                      transfer_guard=app.transfer_guard_level())
-      models.append(train_lib.restore_for_inference(directory))
-    return models[0] if len(models) == 1 else models
-
-  return retrain
+      app.dump_config(recipe, plan.workdir(r, i))
+  return plan
 
 
 def plot_report(report, path: pathlib.Path) -> None:
@@ -203,14 +198,13 @@ def run_stage(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   clean = splits["train"]
   secret, manifest = keys_lib.load_keys(config.key_file, expected_class_names=clean.class_names)
   trained = [train.restore_for_inference(d) for d in surrogate_dirs(config)]
-  trained = trained[0] if len(trained) == 1 else trained
   mesh = sharding.make_mesh(config.num_devices or None)
   protected, report = protect.protect_dataset(
       trained, secret, clean, config=protect_config(config),
       key=rng.stream(app.root_key(config), "craft"), mesh=mesh,
       checkpoint_dir=workdir / "craft_ckpt", checkpoint_every=config.checkpoint_every,
       progress=config.progress,
-      retrain=retrainer(config, workdir, splits, mesh) if config.retrain_rounds else None)
+      retrain=retrainer(config, workdir, splits) if config.retrain_rounds else None)
   # Read back before it is published: poisons exact to the 16-bit step, nothing else changed.
   published = publish.export_splits(
       source, {**splits, "train": protected}, destination, clean=splits, owner=owner(workdir),
