@@ -32,17 +32,26 @@ lowering the SNR below the floor (round to nearest where that keeps the floor, e
 zero); crafting applies the same quantisation with a straight-through gradient, so that the loss is
 that of the clips that will be published.
 
-Surrogate ensembles (Witches' Brew's lever for transfer to models the owner did not train): pass
-``params``/``batch_stats`` of several surrogates of one architecture (other seeds, or other epochs
-of one run) as sequences; they are stacked on a leading member axis, every member has its own key
-gradient, and the loss of a group is the mean over members of ``1 - cos``. The members are
-processed one after another (see ``unroll`` below), so memory does not grow with their number.
+Surrogate ensembles (Witches' Brew's lever for transfer to models the owner did not train): the
+surrogates are always an :class:`Ensemble`, the weights of one or more surrogates of one
+architecture (other seeds, or other epochs of one run) stacked on a leading member axis; every
+member has its own key gradient, and the loss of a group is the mean over members of
+``1 - cos``. The members are processed one after another (see ``unroll`` below), so memory does
+not grow with their number; an ensemble of one crafts exactly as that surrogate alone.
 
 Where things are: the surrogate's pure functions, the key gradients and the parameter-tree cosine
 in :mod:`jaxtag.taggants.alignment`; the settings, the augmentation and the pure jitted step in
 :mod:`jaxtag.taggants.step`; the SNR/box projection and the 16-bit quantisation in
-:mod:`jaxtag.taggants.constraint`; this module is the driver (:func:`craft`: shardings, restarts,
-checkpoints, retraining) and re-exports all of them.
+:mod:`jaxtag.taggants.constraint`; this module is the driver and re-exports all of them::
+
+    run = craft_init(ensemble_from_trained(models), Poisons(...), config=config, key=key,
+                     options=RunOptions(checkpoint_dir=...))   # or resumes from the checkpoint
+    run = craft_run(run, until=100)      # a checkpointable stop (e.g. to retrain the surrogates:
+    run = with_surrogates(run, retrained)   # jaxtag.taggants.protect does it)
+    result = craft_finish(craft_run(run))
+
+with shardings, restarts, checkpoints and ``metrics.jsonl`` (one line per step; a resumed craft's
+history covers every step). :func:`craft` chains the three.
 
 Sharding: the poison axis is split over the mesh's data axis; the parameter-gradient sums over
 poisons are reduced across devices by the collectives that XLA inserts for the explicit in/out

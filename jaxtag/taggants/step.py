@@ -1,8 +1,8 @@
 """The crafting step: its settings, its differentiable augmentation and the pure, jitted step.
 
 One sign-Adam step on the perturbations of every group (key) of poisons, against one surrogate or
-a stacked ensemble; what ``jaxtag.taggants.craft.craft`` drives (with shardings, restarts,
-checkpoints and retraining) and what the benchmarks time. Every public name here is re-exported by
+a stacked ensemble; what ``jaxtag.taggants.craft.craft_run`` drives (with shardings, restarts
+and checkpoints) and what the benchmarks time. Every public name here is re-exported by
 :mod:`jaxtag.taggants.craft`, whose docstring describes the method.
 """
 
