@@ -469,6 +469,9 @@ def craft_run(run: CraftRun, until: int | None = None) -> CraftRun:
   at checkpoints and at ``until``) into the history and ``metrics.jsonl``. With a
   ``checkpoint_dir``, the state is checkpointed every ``checkpoint_every`` steps and at
   ``until``, so that :func:`craft_init` resumes there.
+
+  The step donates the state's buffers, as a training step does: use the returned run, never
+  ``run`` again (read :func:`current_delta` of a run before running it further).
   """
   compiled, config, options = run.compiled, run.compiled.config, run.compiled.options
   until = run.total_steps if until is None else min(int(until), run.total_steps)
