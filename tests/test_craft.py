@@ -14,7 +14,7 @@ import pytest
 import tiny_classifier as tc
 from flax import nnx
 
-from jaxtag import models, sharding, train
+from jaxtag import models, rng, sharding, train
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.keys import Keys, KeySpec
 from jaxtag.taggants import constraint, craft, protect, select
@@ -146,10 +146,31 @@ def test_tree_cosine_matches_numpy_and_excludes_leaves():
 # ------------------------------------------------------------------ selection
 
 
+def _numpy_rng(seed: int = 0) -> np.random.Generator:
+  return np.random.default_rng(seed)
+
+
+def test_selection_from_a_key_draws_from_the_keys_numpy_seed():
+  """A JAX key selects what numpy's generator of its 31-bit seed selects (the numbers protection
+  has always drawn), and the mixup pool's generator is the next seed's."""
+  labels = np.repeat(np.arange(5), 40)
+  key = jax.random.key(3)
+  seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+  assert rng.numpy_seed(key) == seed
+  by_key = select.select_poisons(key, labels, np.array([1, 3]), budget=0.1)
+  by_seed = select.select_poisons(np.random.default_rng(seed), labels, np.array([1, 3]),
+                                  budget=0.1)
+  np.testing.assert_array_equal(by_key.indices, by_seed.indices)
+  np.testing.assert_array_equal(rng.numpy_rng(key, offset=1).integers(0, 1000, 8),
+                                np.random.default_rng(seed + 1).integers(0, 1000, 8))
+  other = select.select_poisons(jax.random.key(4), labels, np.array([1, 3]), budget=0.1)
+  assert not np.array_equal(other.indices, by_key.indices)
+
+
 def test_selection_respects_budget_labels_and_disjointness():
   labels = np.repeat(np.arange(5), 40)
   key_labels = np.array([1, 3, 1])          # two keys share class 1
-  sel = select.select_poisons(np.random.default_rng(0), labels, key_labels, budget=0.1)
+  sel = select.select_poisons(_numpy_rng(), labels, key_labels, budget=0.1)
   assert sel.num_poisons == 20
   assert sel.mask.sum(1).tolist() == [7, 7, 6]
   flat = sel.flat_indices()
@@ -158,7 +179,7 @@ def test_selection_respects_budget_labels_and_disjointness():
     assert np.all(labels[sel.indices[k][sel.mask[k]]] == key_labels[k])
   padded = sel.pad_to(4)
   assert padded.indices.shape == (3, 8) and padded.num_poisons == 20
-  assert np.array_equal(select.select_poisons(np.random.default_rng(0), labels, key_labels, budget=0.1).indices,
+  assert np.array_equal(select.select_poisons(_numpy_rng(), labels, key_labels, budget=0.1).indices,
                         sel.indices)
 
 
@@ -166,7 +187,7 @@ def test_selection_respects_budget_labels_and_disjointness():
 def test_ranked_selection_takes_the_largest_scores(method):
   labels = np.repeat(np.arange(4), 25)
   scores = np.random.default_rng(0).random(100)
-  sel = select.select_poisons(np.random.default_rng(0), labels, np.array([2]), budget=0.05, method=method,
+  sel = select.select_poisons(_numpy_rng(), labels, np.array([2]), budget=0.05, method=method,
                               scores=scores)
   pool = np.flatnonzero(labels == 2)
   want = pool[np.argsort(-scores[pool])[:5]]
@@ -177,14 +198,15 @@ def test_selection_keeps_to_the_eligible_clips():
   labels = np.repeat(np.arange(4), 25)
   eligible = np.random.default_rng(1).random(100) < 0.5
   for seed in range(5):
-    sel = select.select_poisons(np.random.default_rng(seed), labels, np.array([0, 2]), budget=0.1, eligible=eligible)
+    sel = select.select_poisons(_numpy_rng(seed), labels, np.array([0, 2]), budget=0.1,
+                                eligible=eligible)
     assert sel.num_poisons == 10 and np.all(eligible[sel.flat_indices()])
   few = np.zeros(100, bool)
   few[:3] = True                                # 3 eligible clips of class 0, 5 needed
   with pytest.raises(ValueError, match="3 eligible training clips .22 left out"):
-    select.select_poisons(np.random.default_rng(0), labels, np.array([0, 2]), budget=0.1, eligible=few)
+    select.select_poisons(_numpy_rng(), labels, np.array([0, 2]), budget=0.1, eligible=few)
   with pytest.raises(ValueError, match="eligible must have"):
-    select.select_poisons(np.random.default_rng(0), labels, np.array([0]), budget=0.1, eligible=eligible[:10])
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.1, eligible=eligible[:10])
 
 
 def test_poisons_must_be_loud_enough_to_survive_the_16_bit_export():
@@ -235,15 +257,15 @@ def test_budget_message_when_no_budget_can_work():
 def test_selection_errors():
   labels = np.repeat(np.arange(4), 5)
   with pytest.raises(ValueError, match="budget"):
-    select.select_poisons(np.random.default_rng(0), labels, np.array([0]), budget=0.0)
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.0)
   with pytest.raises(ValueError, match="class 0 has 5"):
-    select.select_poisons(np.random.default_rng(0), labels, np.array([0]), budget=0.5)
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.5)
   with pytest.raises(ValueError, match="needs at least one"):
-    select.select_poisons(np.random.default_rng(0), labels, np.arange(4), budget=0.1)
+    select.select_poisons(_numpy_rng(), labels, np.arange(4), budget=0.1)
   with pytest.raises(ValueError, match="scores"):
-    select.select_poisons(np.random.default_rng(0), labels, np.array([0]), budget=0.1, method="grad_norm")
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.1, method="grad_norm")
   with pytest.raises(ValueError, match="loudest"):
-    select.select_poisons(np.random.default_rng(0), labels, np.array([0]), budget=0.1, method="quietest")
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.1, method="quietest")
 
 
 # ------------------------------------------------------------------ crafting on a trained model
@@ -259,7 +281,7 @@ def craft_inputs(surrogate):
   x, y = tc.tone_clips(48, seed=3)
   key_waves = _clips(2, length=tc.CLIP, seed=7, amp=0.2)
   key_labels = np.array([2, 4], np.int32)
-  sel = select.select_poisons(np.random.default_rng(0), y, key_labels, budget=8 / 48).pad_to(8)
+  sel = select.select_poisons(_numpy_rng(), y, key_labels, budget=8 / 48).pad_to(8)
   return dict(key_waveforms=key_waves, key_labels=key_labels, poison_x=x[sel.indices],
               poison_labels=y[sel.indices], poison_mask=sel.mask, sample_rate=tc.SR,
               pool=x[:16], pool_labels=y[:16])

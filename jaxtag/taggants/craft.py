@@ -76,6 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag import rng as rng_lib
+from jaxtag.taggants import craft_records
+from jaxtag.taggants.craft_records import METRICS_JSONL  # noqa: F401  (re-exported)
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
     Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
     ensemble_key_gradients, key_gradients, leaf_keep, members_of, stack_members, tree_cosine,
@@ -88,7 +90,6 @@ from jaxtag.taggants.step import (  # noqa: F401  (re-exported: the public craft
 
 _log = logging.getLogger(__name__)
 
-METRICS_JSONL = "metrics.jsonl"   # one line per crafting step, beside the checkpoints
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,11 +415,12 @@ def craft_init(surrogates: Ensemble, poisons: Poisons, *, config: CraftConfig, k
   state = _commit(compiled, _fresh_state(compiled))
   history: list[dict[str, float]] = []
   if options.checkpoint_dir is not None:
-    restored = _restore(_checkpoint_manager(options.checkpoint_dir), state)
+    restored = craft_records.restore(craft_records.checkpoint_manager(options.checkpoint_dir),
+                                     state)
     if restored is not None:
       state = restored
       _log.info("Resuming the craft at step %d from %s", int(state.step), options.checkpoint_dir)
-    history = _read_history(options.checkpoint_dir, int(state.step))
+    history = craft_records.read_history(options.checkpoint_dir, int(state.step))
   zeros = jax.device_put(jnp.zeros_like(state.u), state.u.sharding)
   initial = np.asarray(compiled.eval_fn(zeros, inputs, placed.params, placed.batch_stats))
   return CraftRun(compiled, state, int(state.step), inputs, placed, initial, tuple(history))
@@ -479,7 +481,7 @@ def craft_run(run: CraftRun, until: int | None = None) -> CraftRun:
     return run
   state, step = run.state, run.step
   history, pending = list(run.history), []
-  log = _CraftLog(options, run.total_steps, step)
+  log = craft_records.CraftLog(options.checkpoint_dir, options.progress, run.total_steps, step)
   step_key = rng_lib.stream(compiled.key, "augment")
   params, batch_stats = run.surrogates.params, run.surrogates.batch_stats
   try:
@@ -537,98 +539,3 @@ def craft(surrogates: Ensemble, poisons: Poisons, *, config: CraftConfig, key: j
   checkpoint): :func:`craft_init`, :func:`craft_run`, :func:`craft_finish`."""
   return craft_finish(craft_run(craft_init(surrogates, poisons, config=config, key=key,
                                            options=options)))
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints, metrics.jsonl and the progress bar
-# --------------------------------------------------------------------------------------------
-
-
-class _CraftLog:
-  """The side effects of :func:`craft_run`: progress bar, ``metrics.jsonl``, checkpoints."""
-
-  def __init__(self, options: RunOptions, total: int, start: int):
-    self.options = options
-    self.total = total
-    self.bar = _progress(total, start, options.progress)
-    self.manager = self.writer = None
-    if options.checkpoint_dir is not None:
-      from jaxtag.train.loop import MetricsWriter
-      self.manager = _checkpoint_manager(options.checkpoint_dir)
-      self.writer = MetricsWriter(pathlib.Path(options.checkpoint_dir) / METRICS_JSONL)
-      self.writer.rewind(start - 1)   # steps past the checkpoint belong to a lost run
-
-  def flush(self, pending) -> list[dict[str, float]]:
-    """Fetches the pending steps' losses (one transfer) and logs them; returns their records."""
-    losses = jax.device_get([loss for _, _, loss in pending])
-    records = [{"step": step, "restart": restart, "loss": float(loss)}
-               for (step, restart, _), loss in zip(pending, losses)]
-    for record in records:
-      if self.writer is not None:
-        self.writer.write(record)
-    if self.bar is not None and records:
-      self.bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", restart=records[-1]["restart"])
-    return records
-
-  def advance(self, state: CraftState, step: int, checkpoint: bool) -> None:
-    """One step done: the bar moves; at a checkpoint step the state is saved."""
-    if self.bar is not None:
-      self.bar.update(1)
-    if self.manager is not None and checkpoint:
-      _save(self.manager, state, step)
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-    if self.manager is not None:
-      self.manager.wait_until_finished()
-      self.manager.close()
-
-
-def _read_history(directory, step: int) -> list[dict[str, float]]:
-  """The history of the steps before ``step`` from ``metrics.jsonl`` (a resumed craft's)."""
-  import json
-  path = pathlib.Path(directory) / METRICS_JSONL
-  if step == 0 or not path.exists():
-    return []
-  records = {}
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      continue   # a line cut by a kill
-    if record.get("step", step) < step:
-      records[record["step"]] = record
-  return [records[s] for s in sorted(records)]
-
-
-def _progress(total, start, enabled):
-  if not enabled:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=start, desc="craft", unit="step", dynamic_ncols=True)
-
-
-def _checkpoint_manager(directory):
-  import orbax.checkpoint as ocp
-  directory = pathlib.Path(directory).absolute()
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
-  return ocp.CheckpointManager(directory, options=options)
-
-
-def _save(manager, state: CraftState, step: int) -> None:
-  import orbax.checkpoint as ocp
-  manager.save(step, args=ocp.args.StandardSave(state))
-
-
-def _restore(manager, template: CraftState) -> CraftState | None:
-  import orbax.checkpoint as ocp
-  try:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  finally:
-    manager.close()
