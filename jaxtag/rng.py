@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import jax
+import numpy as np
 
 
 def stream(key: jax.Array, name: str) -> jax.Array:
@@ -19,3 +20,22 @@ def stream(key: jax.Array, name: str) -> jax.Array:
 def step_key(key: jax.Array, step: int | jax.Array) -> jax.Array:
   """The key of one step of a stream; resuming at ``step`` gives the same key again."""
   return jax.random.fold_in(key, step)
+
+
+def numpy_seed(key: jax.Array) -> int:
+  """A 31-bit integer seed for numpy drawn from ``key``, for the host-side draws that numpy makes
+  (poison selection, the mixup pool).
+
+  The one place where the library turns a JAX key into an integer: its callers take keys.
+  """
+  return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+def numpy_rng(key: jax.Array, *, offset: int = 0) -> np.random.Generator:
+  """A numpy generator seeded with :func:`numpy_seed` of ``key`` plus ``offset``.
+
+  ``offset`` gives a second generator from the same key: the mixup pool of
+  :func:`jaxtag.taggants.protect.protect_dataset` uses offset 1 of the selection key, as it always
+  has, so that a given key still selects the same poisons and pool.
+  """
+  return np.random.default_rng(numpy_seed(key) + offset)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import shutil
 import warnings
 
@@ -13,7 +14,7 @@ import pytest
 import tiny_classifier as tc
 from flax import nnx
 
-from jaxtag import models, sharding, train
+from jaxtag import models, rng, sharding, train
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.taggants.keys import Keys, KeySpec
 from jaxtag.taggants import constraint, craft, protect, select
@@ -145,10 +146,31 @@ def test_tree_cosine_matches_numpy_and_excludes_leaves():
 # ------------------------------------------------------------------ selection
 
 
+def _numpy_rng(seed: int = 0) -> np.random.Generator:
+  return np.random.default_rng(seed)
+
+
+def test_selection_from_a_key_draws_from_the_keys_numpy_seed():
+  """A JAX key selects what numpy's generator of its 31-bit seed selects (the numbers protection
+  has always drawn), and the mixup pool's generator is the next seed's."""
+  labels = np.repeat(np.arange(5), 40)
+  key = jax.random.key(3)
+  seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+  assert rng.numpy_seed(key) == seed
+  by_key = select.select_poisons(key, labels, np.array([1, 3]), budget=0.1)
+  by_seed = select.select_poisons(np.random.default_rng(seed), labels, np.array([1, 3]),
+                                  budget=0.1)
+  np.testing.assert_array_equal(by_key.indices, by_seed.indices)
+  np.testing.assert_array_equal(rng.numpy_rng(key, offset=1).integers(0, 1000, 8),
+                                np.random.default_rng(seed + 1).integers(0, 1000, 8))
+  other = select.select_poisons(jax.random.key(4), labels, np.array([1, 3]), budget=0.1)
+  assert not np.array_equal(other.indices, by_key.indices)
+
+
 def test_selection_respects_budget_labels_and_disjointness():
   labels = np.repeat(np.arange(5), 40)
   key_labels = np.array([1, 3, 1])          # two keys share class 1
-  sel = select.select_poisons(0, labels, key_labels, budget=0.1)
+  sel = select.select_poisons(_numpy_rng(), labels, key_labels, budget=0.1)
   assert sel.num_poisons == 20
   assert sel.mask.sum(1).tolist() == [7, 7, 6]
   flat = sel.flat_indices()
@@ -157,7 +179,7 @@ def test_selection_respects_budget_labels_and_disjointness():
     assert np.all(labels[sel.indices[k][sel.mask[k]]] == key_labels[k])
   padded = sel.pad_to(4)
   assert padded.indices.shape == (3, 8) and padded.num_poisons == 20
-  assert np.array_equal(select.select_poisons(0, labels, key_labels, budget=0.1).indices,
+  assert np.array_equal(select.select_poisons(_numpy_rng(), labels, key_labels, budget=0.1).indices,
                         sel.indices)
 
 
@@ -165,7 +187,7 @@ def test_selection_respects_budget_labels_and_disjointness():
 def test_ranked_selection_takes_the_largest_scores(method):
   labels = np.repeat(np.arange(4), 25)
   scores = np.random.default_rng(0).random(100)
-  sel = select.select_poisons(0, labels, np.array([2]), budget=0.05, method=method,
+  sel = select.select_poisons(_numpy_rng(), labels, np.array([2]), budget=0.05, method=method,
                               scores=scores)
   pool = np.flatnonzero(labels == 2)
   want = pool[np.argsort(-scores[pool])[:5]]
@@ -176,14 +198,15 @@ def test_selection_keeps_to_the_eligible_clips():
   labels = np.repeat(np.arange(4), 25)
   eligible = np.random.default_rng(1).random(100) < 0.5
   for seed in range(5):
-    sel = select.select_poisons(seed, labels, np.array([0, 2]), budget=0.1, eligible=eligible)
+    sel = select.select_poisons(_numpy_rng(seed), labels, np.array([0, 2]), budget=0.1,
+                                eligible=eligible)
     assert sel.num_poisons == 10 and np.all(eligible[sel.flat_indices()])
   few = np.zeros(100, bool)
   few[:3] = True                                # 3 eligible clips of class 0, 5 needed
   with pytest.raises(ValueError, match="3 eligible training clips .22 left out"):
-    select.select_poisons(0, labels, np.array([0, 2]), budget=0.1, eligible=few)
+    select.select_poisons(_numpy_rng(), labels, np.array([0, 2]), budget=0.1, eligible=few)
   with pytest.raises(ValueError, match="eligible must have"):
-    select.select_poisons(0, labels, np.array([0]), budget=0.1, eligible=eligible[:10])
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.1, eligible=eligible[:10])
 
 
 def test_poisons_must_be_loud_enough_to_survive_the_16_bit_export():
@@ -234,15 +257,15 @@ def test_budget_message_when_no_budget_can_work():
 def test_selection_errors():
   labels = np.repeat(np.arange(4), 5)
   with pytest.raises(ValueError, match="budget"):
-    select.select_poisons(0, labels, np.array([0]), budget=0.0)
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.0)
   with pytest.raises(ValueError, match="class 0 has 5"):
-    select.select_poisons(0, labels, np.array([0]), budget=0.5)
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.5)
   with pytest.raises(ValueError, match="needs at least one"):
-    select.select_poisons(0, labels, np.arange(4), budget=0.1)
+    select.select_poisons(_numpy_rng(), labels, np.arange(4), budget=0.1)
   with pytest.raises(ValueError, match="scores"):
-    select.select_poisons(0, labels, np.array([0]), budget=0.1, method="grad_norm")
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.1, method="grad_norm")
   with pytest.raises(ValueError, match="loudest"):
-    select.select_poisons(0, labels, np.array([0]), budget=0.1, method="quietest")
+    select.select_poisons(_numpy_rng(), labels, np.array([0]), budget=0.1, method="quietest")
 
 
 # ------------------------------------------------------------------ crafting on a trained model
@@ -258,7 +281,7 @@ def craft_inputs(surrogate):
   x, y = tc.tone_clips(48, seed=3)
   key_waves = _clips(2, length=tc.CLIP, seed=7, amp=0.2)
   key_labels = np.array([2, 4], np.int32)
-  sel = select.select_poisons(0, y, key_labels, budget=8 / 48).pad_to(8)
+  sel = select.select_poisons(_numpy_rng(), y, key_labels, budget=8 / 48).pad_to(8)
   return dict(key_waveforms=key_waves, key_labels=key_labels, poison_x=x[sel.indices],
               poison_labels=y[sel.indices], poison_mask=sel.mask, sample_rate=tc.SR,
               pool=x[:16], pool_labels=y[:16])
@@ -271,9 +294,19 @@ CONFIG = craft.CraftConfig(steps=8, restarts=2, snr_db=20.0, learning_rate=0.5,
 
 
 def _craft(surrogate, craft_inputs, mesh, **kwargs):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
-  return craft.craft(clf, params, stats, config=kwargs.pop("config", CONFIG),
-                     key=jax.random.key(0), mesh=mesh, progress=False, **craft_inputs, **kwargs)
+  """One craft, start to end, against ``surrogate`` alone (an ensemble of one)."""
+  config = kwargs.pop("config", CONFIG)
+  return craft.craft(craft.ensemble_from_trained([surrogate]), craft.Poisons(**craft_inputs),
+                     config=config, key=jax.random.key(0),
+                     options=craft.RunOptions(mesh=mesh, progress=False, **kwargs))
+
+
+def _craft_members(clf, params, stats, craft_inputs, config=None, **options):
+  """One craft against the ensemble of ``params``/``stats`` (lists, one entry per member)."""
+  return craft.craft(craft.ensemble(clf, params, stats), craft.Poisons(**craft_inputs),
+                     config=config or CONFIG, key=jax.random.key(0),
+                     options=craft.RunOptions(mesh=sharding.make_mesh(1), progress=False,
+                                              **options))
 
 
 @pytest.fixture(scope="module")
@@ -318,10 +351,58 @@ def test_craft_resumes_where_an_uninterrupted_run_ends(surrogate, craft_inputs, 
   shutil.rmtree(ckpt / "6")
   resumed = _craft(surrogate, craft_inputs, mesh, config=config, checkpoint_dir=ckpt,
                    checkpoint_every=2)
-  assert [h["step"] for h in resumed.history] == [4, 5]
+  # The history covers every step: those before the resume come back from metrics.jsonl.
+  assert [h["step"] for h in resumed.history] == list(range(6))
+  assert resumed.history == full.history
   np.testing.assert_array_equal(resumed.delta, full.delta)
   np.testing.assert_array_equal(resumed.losses, full.losses)
   np.testing.assert_array_equal(resumed.restart_losses, full.restart_losses)
+
+
+def test_an_interrupted_craft_rebuilt_from_its_checkpoint_equals_an_uninterrupted_one(
+    surrogate, craft_inputs, tmp_path):
+  """craft_run(until=k), then a new craft_init from the checkpoint (as a new process would):
+  the same perturbations, losses and per-step history as one run, and a metrics.jsonl line per
+  step."""
+  config = dataclasses.replace(CONFIG, restarts=2, steps=3)
+  surrogates = craft.ensemble_from_trained([surrogate])
+  poisons = craft.Poisons(**craft_inputs)
+  options = craft.RunOptions(mesh=sharding.make_mesh(1), progress=False,
+                             checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5, log_every=2)
+  init = functools.partial(craft.craft_init, surrogates, poisons, config=config,
+                           key=jax.random.key(0))
+  whole = craft.craft_finish(craft.craft_run(init(options=dataclasses.replace(
+      options, checkpoint_dir=None))))
+  first = craft.craft_run(init(options=options), until=4)   # stops inside the second restart
+  assert first.step == 4 and [h["step"] for h in first.history] == [0, 1, 2, 3]
+  with pytest.raises(ValueError, match="step 4 of 6"):
+    craft.craft_finish(first)
+  rebuilt = init(options=options)
+  assert rebuilt.step == 4 and rebuilt.history == first.history
+  resumed = craft.craft_finish(craft.craft_run(rebuilt))
+  assert [h["step"] for h in resumed.history] == list(range(6))
+  assert [h["restart"] for h in resumed.history] == [0, 0, 0, 1, 1, 1]
+  assert resumed.history == whole.history
+  np.testing.assert_array_equal(resumed.delta, whole.delta)
+  np.testing.assert_array_equal(resumed.losses, whole.losses)
+  np.testing.assert_array_equal(resumed.restart_losses, whole.restart_losses)
+  np.testing.assert_array_equal(resumed.initial_losses, whole.initial_losses)
+  lines = [json.loads(line) for line in
+           (tmp_path / "ckpt" / craft.METRICS_JSONL).read_text().splitlines()]
+  assert lines == whole.history
+
+
+def test_losses_are_fetched_every_log_every_steps_not_every_step(surrogate, craft_inputs):
+  """The loop keeps the losses on the device between fetches: with a transfer guard that
+  refuses implicit device-to-host transfers the steps between two fetches still run."""
+  config = dataclasses.replace(CONFIG, restarts=1, steps=4)
+  run = craft.craft_init(craft.ensemble_from_trained([surrogate]),
+                         craft.Poisons(**craft_inputs), config=config, key=jax.random.key(0),
+                         options=craft.RunOptions(mesh=sharding.make_mesh(1), progress=False,
+                                                  log_every=4, checkpoint_every=4))
+  with jax.transfer_guard_device_to_host("disallow"):
+    run = craft.craft_run(run)
+  assert [h["step"] for h in run.history] == [0, 1, 2, 3]
 
 
 def _tone_data_and_keys():
@@ -338,7 +419,7 @@ def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
   x, y, data, keys = _tone_data_and_keys()
   config = protect.ProtectConfig(budget=0.1, craft=dataclasses.replace(CONFIG, restarts=1,
                                                                        steps=3))
-  protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
+  protected, report = protect.protect_dataset([surrogate], keys, data, config=config,
                                               key=jax.random.key(0), mesh=sharding.make_mesh(1),
                                               progress=False)
   changed = np.flatnonzero(np.any(protected.waveforms != data.waveforms, axis=1))
@@ -351,7 +432,7 @@ def test_protect_dataset_applies_exactly_the_crafted_perturbation(surrogate):
   assert np.all(np.isfinite(report.alignment_before)) and np.all(np.isfinite(report.alignment_after))
   bad = dataclasses.replace(data, class_names=tuple(reversed(tc.CLASSES)))
   with pytest.raises(ValueError, match="classes"):
-    protect.protect_dataset(surrogate, keys, bad, config=config, key=jax.random.key(0),
+    protect.protect_dataset([surrogate], keys, bad, config=config, key=jax.random.key(0),
                             progress=False)
 
 
@@ -407,7 +488,7 @@ def test_protect_dataset_under_the_stft_mask_exports_within_the_bound(surrogate)
   _, _, data, keys = _tone_data_and_keys()
   config = protect.ProtectConfig(budget=0.1, diagnostics=False,
                                  craft=dataclasses.replace(MASK_CONFIG, steps=2))
-  protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
+  protected, report = protect.protect_dataset([surrogate], keys, data, config=config,
                                               key=jax.random.key(0), mesh=sharding.make_mesh(1),
                                               progress=False)
   idx = report.poison_indices
@@ -481,22 +562,50 @@ def test_ensemble_loss_is_the_mean_of_its_members_losses(surrogate, craft_inputs
 def test_ensemble_of_one_surrogate_twice_crafts_as_that_surrogate(surrogate, craft_inputs,
                                                                    result_1dev):
   clf, params, stats = craft.classifier_from_trained(surrogate)
-  twice = craft.craft(clf, [params, params], [stats, stats], config=CONFIG,
-                      key=jax.random.key(0), mesh=sharding.make_mesh(1), progress=False,
-                      **craft_inputs)
+  twice = _craft_members(clf, [params, params], [stats, stats], craft_inputs)
   np.testing.assert_allclose(twice.initial_losses, result_1dev.initial_losses, atol=1e-5)
   np.testing.assert_allclose(twice.losses, result_1dev.losses, atol=1e-4)
   a, b = twice.delta.ravel(), result_1dev.delta.ravel()
   assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
 
 
+def test_an_ensemble_of_one_steps_exactly_as_its_surrogate_alone(surrogate, craft_inputs):
+  """The driver always crafts against a stacked ensemble; one member must give the numbers of
+  the single-surrogate step bit for bit (the published results were crafted that way)."""
+  clf, params, stats = craft.classifier_from_trained(surrogate)
+  kw = jnp.asarray(craft_inputs["key_waveforms"])
+  kl = jnp.asarray(craft_inputs["key_labels"])
+  keep = craft.leaf_keep(params, ())
+  single = _group_inputs(clf, craft_inputs, craft.key_gradients(clf, params, stats, kw, kl),
+                         CONFIG.snr_db)
+  one_p, one_s = craft.stack_members([params]), craft.stack_members([stats])
+  one = single._replace(key_grads=craft.ensemble_key_gradients(clf, one_p, one_s, kw, kl))
+  for a, b in zip(jax.tree.leaves(single.key_grads), jax.tree.leaves(one.key_grads)):
+    np.testing.assert_array_equal(a, b[:, 0])
+  u0 = craft.project(jax.random.normal(jax.random.key(5), single.x.shape), single.x, single.scale)
+  pool = jnp.asarray(craft_inputs["pool"])
+  pool_targets = jax.nn.one_hot(craft_inputs["pool_labels"], clf.num_classes)
+  out = []
+  for ensemble, inputs, p, s in ((False, single, params, stats), (True, one, one_p, one_s)):
+    step, tx = craft.make_craft_step(clf, CONFIG, keep=keep, sample_rate=tc.SR,
+                                     ensemble=ensemble)
+    u = jnp.array(u0)
+    state = craft.CraftState(u=u, opt_state=tx.init(u), step=jnp.zeros((), jnp.int32),
+                             best_u=jnp.zeros_like(u), best_loss=jnp.full((2,), jnp.inf),
+                             restart_losses=jnp.full((1, 2), jnp.nan))
+    state, losses = step(state, inputs, p, s, pool, pool_targets, jax.random.key(1))
+    evals = craft.eval_losses(state.u, inputs, p, s, clf=clf, config=CONFIG, keep=keep,
+                              sample_rate=tc.SR, ensemble=ensemble)
+    out.append((np.asarray(losses), np.asarray(state.u), np.asarray(evals)))
+  for a, b in zip(*out):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate, craft_inputs):
   clf, params, stats = craft.classifier_from_trained(surrogate)
   other = surrogate._replace(params=_other_member(params, 3))
   config = dataclasses.replace(CONFIG, restarts=1, steps=6)
-  r = craft.craft(clf, [params, other.params], [stats, stats], config=config,
-                  key=jax.random.key(0), mesh=sharding.make_mesh(1), progress=False,
-                  **craft_inputs)
+  r = _craft_members(clf, [params, other.params], [stats, stats], craft_inputs, config)
   assert np.all(r.losses < r.initial_losses - 0.01), (r.initial_losses, r.losses)
   mask = craft_inputs["poison_mask"]
   assert np.all(r.snr_db[mask] >= config.snr_db - 1e-6)
@@ -511,7 +620,7 @@ def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate,
   assert set(changed.tolist()) <= set(report.poison_indices.tolist())
   assert np.all(np.isfinite(report.alignment_after))
   # The mean of the members' diagnostics, not the first member's alone.
-  _, report_0 = protect.protect_dataset(surrogate, keys, data, config=pconfig,
+  _, report_0 = protect.protect_dataset([surrogate], keys, data, config=pconfig,
                                         key=jax.random.key(0), mesh=sharding.make_mesh(1),
                                         progress=False)
   np.testing.assert_array_equal(report_0.poison_indices.size, report.poison_indices.size)
@@ -582,87 +691,145 @@ def test_craft_config_refuses_a_bad_unroll(unroll):
 # ------------------------------------------------------------------ retraining during the craft
 
 
-def test_retraining_swaps_the_surrogate_mid_craft_and_resumes(surrogate, craft_inputs, tmp_path):
+def test_new_surrogates_mid_craft_take_over_the_key_gradients(surrogate, craft_inputs):
+  """craft_run(until=2), with_surrogates, craft_run: the same weights go on seamlessly; other
+  weights change the last steps; current_delta is what would be published."""
   clf, params, stats = craft.classifier_from_trained(surrogate)
   other = _other_member(params, 6)
-  mesh = sharding.make_mesh(1)
   config = dataclasses.replace(CONFIG, restarts=1, steps=4)
-  run = functools.partial(craft.craft, clf, params, stats, config=config, key=jax.random.key(0),
-                          mesh=mesh, progress=False, **craft_inputs)
-  plain = run()
-  # Retraining that gives back the same weights continues the craft seamlessly.
-  same = run(retrain=lambda delta, r: (params, stats), retrain_at=(2,))
+  start = functools.partial(craft.craft_init, craft.ensemble(clf, [params], [stats]),
+                            craft.Poisons(**craft_inputs), config=config, key=jax.random.key(0),
+                            options=craft.RunOptions(mesh=sharding.make_mesh(1), progress=False))
+  plain = craft.craft_finish(craft.craft_run(start()))
+  # craft_run donates the run's state to the step: a run is used once, as a train state is.
+  same = craft.with_surrogates(craft.craft_run(start(), until=2),
+                               craft.ensemble(clf, [params], [stats]))
+  same = craft.craft_finish(craft.craft_run(same))
   np.testing.assert_array_equal(same.delta, plain.delta)
   np.testing.assert_array_equal(same.losses, plain.losses)
 
-  calls = []
-
-  def retrain(delta, r):
-    calls.append((r, delta.copy()))
-    return other, stats
-
-  ckpt = tmp_path / "ckpt"
-  full = run(retrain=retrain, retrain_at=(2,), checkpoint_dir=ckpt, checkpoint_every=1)
-  assert [r for r, _ in calls] == [0]
-  delta = calls[0][1]
+  half = craft.craft_run(start(), until=2)
+  delta = craft.current_delta(half)
   mask = craft_inputs["poison_mask"]
   assert delta.shape == craft_inputs["poison_x"].shape and np.all(delta[~mask] == 0)
   grid = delta * craft.PCM16_SCALE
   np.testing.assert_array_equal(grid, np.round(grid))            # what would be published
   assert np.any(delta[mask] != 0)
-  np.testing.assert_array_equal(full.initial_losses, plain.initial_losses)
-  assert np.any(full.losses != plain.losses)     # the last steps aligned with the new surrogate
-  assert np.all(full.snr_db[mask] >= config.snr_db - 1e-6)
-
-  # Crash after the retraining: the resumed craft retrains on the same data and ends the same.
-  for step in (3, 4):
-    shutil.rmtree(ckpt / str(step))
-  calls.clear()
-  resumed = run(retrain=retrain, retrain_at=(2,), checkpoint_dir=ckpt, checkpoint_every=1)
-  assert [r for r, _ in calls] == [0]
-  np.testing.assert_array_equal(calls[0][1], delta)
-  np.testing.assert_array_equal(resumed.delta, full.delta)
-  np.testing.assert_array_equal(resumed.losses, full.losses)
+  swapped = craft.craft_finish(craft.craft_run(
+      craft.with_surrogates(half, craft.ensemble(clf, [other], [stats]))))
+  np.testing.assert_array_equal(swapped.initial_losses, plain.initial_losses)
+  assert np.any(swapped.losses != plain.losses)  # the last steps aligned with the new surrogate
+  assert np.all(swapped.snr_db[mask] >= config.snr_db - 1e-6)
+  with pytest.raises(ValueError, match="2 surrogates for a craft against an ensemble of 1"):
+    craft.with_surrogates(half, craft.ensemble(clf, [params, other], [stats, stats]))
 
 
-def test_retraining_settings_are_checked(surrogate, craft_inputs):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
-  run = functools.partial(craft.craft, clf, params, stats, key=jax.random.key(0),
-                          mesh=sharding.make_mesh(1), progress=False, **craft_inputs)
+def _fake_retraining(monkeypatch, models):
+  """Replaces the training in protect.retrain_surrogates by ``models`` and records its calls
+  ``(round, training set)``."""
+  calls = []
+
+  def retrain(plan, data, round_index, *, mesh=None):
+    calls.append((round_index, data))
+    return list(models)
+
+  monkeypatch.setattr(protect, "retrain_surrogates", retrain)
+  return calls
+
+
+def _plan(members=1, root="unused"):
+  return protect.RetrainPlan(
+      surrogates=tuple(protect.RetrainSurrogate(config=None, key=jax.random.key(i))
+                       for i in range(members)), root=root, progress=False)
+
+
+def test_retraining_settings_are_checked(surrogate):
+  _, _, data, keys = _tone_data_and_keys()
+  run = functools.partial(protect.protect_dataset, [surrogate], keys, data,
+                          key=jax.random.key(0), mesh=sharding.make_mesh(1), progress=False)
+  config = protect.ProtectConfig(budget=0.1, retrain_rounds=1, craft=CONFIG)   # restarts=2
   with pytest.raises(ValueError, match="restarts=1"):
-    run(config=CONFIG, retrain=lambda d, r: (params, stats), retrain_at=(2,))
-  with pytest.raises(ValueError, match="no retrain function"):
-    run(config=dataclasses.replace(CONFIG, restarts=1), retrain_at=(2,))
-  with pytest.raises(ValueError, match="increasing steps"):
-    run(config=dataclasses.replace(CONFIG, restarts=1), retrain=lambda d, r: (params, stats),
-        retrain_at=(8,))
+    run(config=config, retrain=_plan())
+  config = dataclasses.replace(config, craft=dataclasses.replace(CONFIG, restarts=1))
+  with pytest.raises(ValueError, match="needs a retrain plan"):
+    run(config=config)
+  with pytest.raises(ValueError, match="2 surrogates for an ensemble of 1"):
+    run(config=config, retrain=_plan(2))
   with pytest.raises(ValueError, match="retrain_rounds"):
     protect.ProtectConfig(retrain_rounds=-1)
+  with pytest.raises(ValueError, match="retrain_rounds"):
+    protect.ProtectConfig(retrain_rounds=8, craft=CONFIG)           # not before step 8 of 8
   assert protect.ProtectConfig(retrain_rounds=3).retrain_steps() == (62, 125, 188)
 
 
-def test_protect_dataset_retrains_on_the_protected_training_set(surrogate):
+def test_protect_dataset_retrains_on_the_protected_training_set(surrogate, monkeypatch):
   _, _, data, keys = _tone_data_and_keys()
   config = protect.ProtectConfig(budget=0.1, retrain_rounds=1, diagnostics=False,
                                  craft=dataclasses.replace(CONFIG, restarts=1, steps=4))
-  seen = []
-
-  def retrain(dataset, r):
-    seen.append((r, dataset))
-    return surrogate
-
-  with pytest.raises(ValueError, match="needs a retrain function"):
-    protect.protect_dataset(surrogate, keys, data, config=config, key=jax.random.key(0),
-                            progress=False)
-  protected, report = protect.protect_dataset(surrogate, keys, data, config=config,
+  seen = _fake_retraining(monkeypatch, [surrogate])
+  protected, report = protect.protect_dataset([surrogate], keys, data, config=config,
                                               key=jax.random.key(0), mesh=sharding.make_mesh(1),
-                                              progress=False, retrain=retrain)
+                                              progress=False, retrain=_plan())
   assert [r for r, _ in seen] == [0]
   mid = seen[0][1]
   np.testing.assert_array_equal(mid.labels, data.labels)
   changed = np.flatnonzero(np.any(mid.waveforms != data.waveforms, axis=1))
   assert changed.size > 0 and set(changed.tolist()) <= set(report.poison_indices.tolist())
   assert np.any(mid.waveforms[changed] != protected.waveforms[changed])   # crafting went on
+
+
+def test_a_craft_resumed_after_retraining_retrains_on_the_same_data(surrogate, monkeypatch,
+                                                                    tmp_path):
+  _, _, data, keys = _tone_data_and_keys()
+  _, params, _ = craft.classifier_from_trained(surrogate)
+  other = surrogate._replace(params=_other_member(params, 6))
+  config = protect.ProtectConfig(budget=0.1, retrain_rounds=1, diagnostics=False,
+                                 craft=dataclasses.replace(CONFIG, restarts=1, steps=4))
+  seen = _fake_retraining(monkeypatch, [other])
+  ckpt = tmp_path / "ckpt"
+  run = functools.partial(protect.protect_dataset, [surrogate], keys, data, config=config,
+                          key=jax.random.key(0), mesh=sharding.make_mesh(1), progress=False,
+                          retrain=_plan(), checkpoint_dir=ckpt, checkpoint_every=1)
+  _, full = run()
+  _, plain = protect.protect_dataset([surrogate], keys, data,
+                                     config=dataclasses.replace(config, retrain_rounds=0),
+                                     key=jax.random.key(0), mesh=sharding.make_mesh(1),
+                                     progress=False)
+  assert np.any(full.final_losses != plain.final_losses)   # the retrained surrogate took over
+  first = seen[0][1].waveforms
+  # Crash after the retraining: the resumed craft retrains on the same data and ends the same.
+  for step in (3, 4):
+    shutil.rmtree(ckpt / str(step))
+  seen.clear()
+  protected, resumed = run()
+  assert [r for r, _ in seen] == [0]
+  np.testing.assert_array_equal(seen[0][1].waveforms, first)
+  np.testing.assert_array_equal(resumed.final_losses, full.final_losses)
+  assert resumed.history == full.history and len(resumed.history) == 4
+
+
+def test_retrain_surrogates_trains_each_surrogate_into_its_round_folder(tmp_path):
+  x, y = tc.tone_clips(16, seed=2)
+  data = AudioDataset(x, y, tc.CLASSES, tc.SR)
+  recipe = train.TrainConfig(
+      model="cnn", model_overrides={"channels": [4, 8], "n_mels": 16, "sample_rate": tc.SR,
+                                    "dropout_rate": 0.0},
+      num_epochs=1, batch_size=8, eval_batch_size=8, log_every_steps=1,
+      optim=train.OptimConfig(learning_rate=1e-2, warmup_steps=0))
+  plan = protect.RetrainPlan(
+      surrogates=(protect.RetrainSurrogate(recipe, jax.random.key(3)),
+                  protect.RetrainSurrogate(recipe, jax.random.key(4))),
+      root=tmp_path, progress=False)
+  models = protect.retrain_surrogates(plan, data, 1, mesh=sharding.make_mesh(1))
+  assert [m.info.class_names for m in models] == [tc.CLASSES] * 2
+  for i in range(2):
+    assert (tmp_path / "retrain_1" / f"surrogate_{i}" / "model.json").exists()
+  a, b = (jax.tree.leaves(m.params)[0] for m in models)
+  assert not np.array_equal(a, b)                                  # each its own key
+  # The same key trains the same weights (what makes a resumed craft's retraining reproducible).
+  again = protect.retrain_surrogates(dataclasses.replace(plan, root=tmp_path / "again"), data, 1,
+                                     mesh=sharding.make_mesh(1))
+  np.testing.assert_array_equal(jax.tree.leaves(again[0].params)[0], a)
 
 
 def test_the_step_compiles_once_per_craft(surrogate, craft_inputs, caplog):
@@ -672,8 +839,7 @@ def test_the_step_compiles_once_per_craft(surrogate, craft_inputs, caplog):
   clf, params, stats = craft.classifier_from_trained(surrogate)
   config = dataclasses.replace(CONFIG, restarts=2, steps=2, learning_rate=0.123)
   with caplog.at_level("WARNING"), jax.log_compiles(True):
-    r = craft.craft(clf, params, stats, config=config, key=jax.random.key(0),
-                    mesh=sharding.make_mesh(1), progress=False, **craft_inputs)
+    r = _craft_members(clf, [params], [stats], craft_inputs, config)
   compiled = [rec.getMessage() for rec in caplog.records
               if "Finished XLA compilation" in rec.getMessage()]
   assert len(r.history) == 4

@@ -149,12 +149,25 @@ def ensemble_key_gradients(clf: Classifier, params, batch_stats, key_waveforms: 
                            key_labels: jax.Array, *, objective: Objective = "per_key",
                            contrast: float = 0.0):
   """:func:`key_gradients` of every member of a stacked ensemble, laid out ``(G, E, ...)``: the
-  group axis first (as the crafting step maps over groups), then the member axis."""
+  group axis first (as the crafting step maps over groups), then the member axis.
+
+  An ensemble of one is computed without the loop over members, so that it gives exactly the
+  numbers of that surrogate alone.
+  """
+  if members_of(params) == 1:
+    g = key_gradients(clf, *jax.tree.map(lambda x: x[0], (params, batch_stats)), key_waveforms,
+                      key_labels, objective=objective, contrast=contrast)
+    return jax.tree.map(lambda x: x[:, None], g)
   per_member = jax.lax.map(
       lambda pb: key_gradients(clf, pb[0], pb[1], key_waveforms, key_labels, objective=objective,
                                contrast=contrast),
       (params, batch_stats))
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), per_member)
+
+
+def members_of(stacked) -> int:
+  """The number of members of a stacked ensemble's tree (the leading axis of its leaves)."""
+  return int(np.shape(jax.tree.leaves(stacked)[0])[0])
 
 
 def stack_members(trees) -> Any:

@@ -32,17 +32,26 @@ lowering the SNR below the floor (round to nearest where that keeps the floor, e
 zero); crafting applies the same quantisation with a straight-through gradient, so that the loss is
 that of the clips that will be published.
 
-Surrogate ensembles (Witches' Brew's lever for transfer to models the owner did not train): pass
-``params``/``batch_stats`` of several surrogates of one architecture (other seeds, or other epochs
-of one run) as sequences; they are stacked on a leading member axis, every member has its own key
-gradient, and the loss of a group is the mean over members of ``1 - cos``. The members are
-processed one after another (see ``unroll`` below), so memory does not grow with their number.
+Surrogate ensembles (Witches' Brew's lever for transfer to models the owner did not train): the
+surrogates are always an :class:`Ensemble`, the weights of one or more surrogates of one
+architecture (other seeds, or other epochs of one run) stacked on a leading member axis; every
+member has its own key gradient, and the loss of a group is the mean over members of
+``1 - cos``. The members are processed one after another (see ``unroll`` below), so memory does
+not grow with their number; an ensemble of one crafts exactly as that surrogate alone.
 
 Where things are: the surrogate's pure functions, the key gradients and the parameter-tree cosine
 in :mod:`jaxtag.taggants.alignment`; the settings, the augmentation and the pure jitted step in
 :mod:`jaxtag.taggants.step`; the SNR/box projection and the 16-bit quantisation in
-:mod:`jaxtag.taggants.constraint`; this module is the driver (:func:`craft`: shardings, restarts,
-checkpoints, retraining) and re-exports all of them.
+:mod:`jaxtag.taggants.constraint`; this module is the driver and re-exports all of them::
+
+    run = craft_init(ensemble_from_trained(models), Poisons(...), config=config, key=key,
+                     options=RunOptions(checkpoint_dir=...))   # or resumes from the checkpoint
+    run = craft_run(run, until=100)      # a checkpointable stop (e.g. to retrain the surrogates:
+    run = with_surrogates(run, retrained)   # jaxtag.taggants.protect does it)
+    result = craft_finish(craft_run(run))
+
+with shardings, restarts, checkpoints and ``metrics.jsonl`` (one line per step; a resumed craft's
+history covers every step). :func:`craft` chains the three.
 
 Sharding: the poison axis is split over the mesh's data axis; the parameter-gradient sums over
 poisons are reduced across devices by the collectives that XLA inserts for the explicit in/out
@@ -66,11 +75,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtag import errors
 from jaxtag import rng as rng_lib
+from jaxtag.taggants import craft_records
+from jaxtag.taggants.craft_records import METRICS_JSONL  # noqa: F401  (re-exported)
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
     Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
-    ensemble_key_gradients, key_gradients, leaf_keep, stack_members, tree_cosine,
+    ensemble_key_gradients, key_gradients, leaf_keep, members_of, stack_members, tree_cosine,
     tree_projection)
 from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
     PCM16_SCALE, project, quantize_perturbation, snr_scale)
@@ -80,32 +90,118 @@ from jaxtag.taggants.step import (  # noqa: F401  (re-exported: the public craft
 
 _log = logging.getLogger(__name__)
 
-# retrain(delta (K, n, T), round) -> (params, batch_stats) of the retrained surrogate(s).
-RetrainFn = Callable[[np.ndarray, int], tuple[Any, Any]]
-
 
 
 # --------------------------------------------------------------------------------------------
-# The driver
+# What a craft takes
 # --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class CraftResult:
-  """What :func:`craft` returns (host numpy arrays).
+class Ensemble:
+  """The surrogates crafted against: one architecture, weights stacked on a leading member axis.
+
+  One member is an ensemble too (and crafts exactly as that surrogate alone): the driver never
+  tells one surrogate from several.
 
   Attributes:
-    delta: float32 ``(G, n, T)`` the quantised perturbations (exactly what the 16-bit export
+    clf: the surrogates' pure functions (:func:`classifier_from_trained`).
+    params, batch_stats: the members' weights, stacked (:func:`stack_members`).
+  """
+
+  clf: Classifier
+  params: Any
+  batch_stats: Any
+
+  @property
+  def members(self) -> int:
+    """How many surrogates are stacked."""
+    return members_of(self.params)
+
+
+def ensemble(clf: Classifier, params: Sequence[Any], batch_stats: Sequence[Any]) -> Ensemble:
+  """Stacks the weights of surrogates of one architecture (one or more) into an :class:`Ensemble`.
+
+  Raises:
+    ValueError: no surrogate, as many ``batch_stats`` as ``params`` missing, or two
+      architectures.
+  """
+  params, batch_stats = list(params), list(batch_stats)
+  if len(batch_stats) != len(params):
+    raise ValueError(f"An ensemble of {len(params)} surrogates needs as many batch_stats; got "
+                     f"{len(batch_stats)}.")
+  return Ensemble(clf, stack_members(params), stack_members(batch_stats))
+
+
+def ensemble_from_trained(trained: Sequence[Any]) -> Ensemble:
+  """The :class:`Ensemble` of trained surrogates (``jaxtag.train.TrainedModel``s, one or more)."""
+  parts = [classifier_from_trained(m) for m in trained]
+  if not parts:
+    raise ValueError("A surrogate ensemble needs at least one member.")
+  return ensemble(parts[0][0], [p for _, p, _ in parts], [b for _, _, b in parts])
+
+
+@dataclasses.dataclass(frozen=True)
+class Poisons:
+  """The keys and the clips to perturb (host arrays).
+
+  Attributes:
+    key_waveforms: float32 ``(K, T)`` keys; key_labels: int ``(K,)`` their target labels.
+    poison_x: float32 ``(K, n, T)`` each key's poison clips (16-bit grid values).
+    poison_labels: int ``(K, n)`` their true labels; poison_mask: bool ``(K, n)`` real entries
+      (``jaxtag.taggants.select.Selection`` gives indices and mask in this layout).
+    sample_rate: of every waveform.
+    pool, pool_labels: clean clips ``(M, T)`` for mixup (needed when ``augment.mixup_alpha``).
+  """
+
+  key_waveforms: np.ndarray
+  key_labels: np.ndarray
+  poison_x: np.ndarray
+  poison_labels: np.ndarray
+  poison_mask: np.ndarray
+  sample_rate: int
+  pool: np.ndarray | None = None
+  pool_labels: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a craft runs (nothing here changes its numbers).
+
+  Attributes:
+    mesh: device mesh (default: every device); ``n`` must divide by its data-axis size (use
+      ``Selection.pad_to``).
+    checkpoint_dir: where to checkpoint, resume and write ``metrics.jsonl`` (None: none).
+    checkpoint_every: steps between checkpoints.
+    log_every: steps between fetches of the losses from the device (history, ``metrics.jsonl``,
+      progress bar); the loop never waits for the device in between.
+    progress: show a progress bar.
+  """
+
+  mesh: Any = None
+  checkpoint_dir: str | pathlib.Path | None = None
+  checkpoint_every: int = 25
+  log_every: int = 25
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CraftResult:
+  """What :func:`craft_finish` returns (host numpy arrays).
+
+  Attributes:
+    delta: float32 ``(K, n, T)`` the quantised perturbations (exactly what the 16-bit export
       adds when ``config.quantize``; under ``constraint="stft_mask"`` rounded to the grid, and
       :func:`jaxtag.taggants.protect.export_under_mask` makes them exact under the bound), zero
       on padding.
-    losses: ``(G,)`` final alignment loss per group (no augmentation; for an ensemble the mean
-      over members), best restart.
-    initial_losses: ``(G,)`` the loss of the unperturbed poisons (on the surrogate as given,
-      before any retraining).
+    losses: ``(G,)`` final alignment loss per group (no augmentation; the mean over the
+      ensemble's members), best restart.
+    initial_losses: ``(G,)`` the loss of the unperturbed poisons (on the surrogates given to
+      :func:`craft_init`, before any retraining).
     restart_losses: ``(restarts, G)``.
-    history: per step ``{"step", "restart", "loss"}`` (mean over groups of the augmented loss).
-    snr_db: ``(G, n)`` achieved SNR per poison (inf for padding).
+    history: per step ``{"step", "restart", "loss"}`` (mean over groups of the augmented loss),
+      every step of the craft, also those run before a resume.
+    snr_db: ``(K, n)`` achieved SNR per poison (inf for padding).
   """
 
   delta: np.ndarray
@@ -114,6 +210,59 @@ class CraftResult:
   restart_losses: np.ndarray
   history: list[dict[str, float]]
   snr_db: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: craft_init / craft_run / craft_finish
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+  """What a craft builds once: the jitted functions, the shardings and the host inputs."""
+
+  config: CraftConfig
+  key: jax.Array
+  poisons: Poisons
+  options: RunOptions
+  host_inputs: CraftInputs      # (G, n, ...) host arrays, no key gradients
+  step_fn: Callable
+  eval_fn: Callable
+  grads_fn: Callable
+  start_fn: Callable            # restart -> projected first ``u`` of that restart
+  tx: Any
+  state_sharding: Any
+  replicated: Any
+  pool: Any
+  pool_targets: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CraftRun:
+  """A craft in progress: what :func:`craft_run` advances and :func:`craft_finish` ends.
+
+  Attributes:
+    state: the checkpointed :class:`CraftState` (on the mesh).
+    step: ``state.step`` on the host (read once, then counted: the loop never syncs for it).
+    inputs: the poisons and the key gradients of the current surrogates, on the mesh.
+    surrogates: the current ensemble, on the mesh.
+    initial_losses: ``(G,)`` the unperturbed poisons' losses on the surrogates first given.
+    history: ``{"step", "restart", "loss"}`` of every step run so far (read back from
+      ``metrics.jsonl`` on a resume).
+  """
+
+  compiled: _Compiled
+  state: CraftState
+  step: int
+  inputs: CraftInputs
+  surrogates: Ensemble
+  initial_losses: np.ndarray
+  history: tuple[dict[str, float], ...]
+
+  @property
+  def total_steps(self) -> int:
+    """``restarts * steps``: where the craft ends."""
+    return self.compiled.config.restarts * self.compiled.config.steps
 
 
 def _put(mesh, array, spec):
@@ -134,256 +283,259 @@ def key_start(key_waveforms, length: int, n: int) -> np.ndarray:
   return np.repeat(keys[:, None], n, axis=1).astype(np.float32)
 
 
-def craft(clf: Classifier, params, batch_stats, *, key_waveforms, key_labels, poison_x,
-          poison_labels, poison_mask, config: CraftConfig, key: jax.Array, sample_rate: int,
-          pool: np.ndarray | None = None, pool_labels: np.ndarray | None = None, mesh=None,
-          checkpoint_dir: str | pathlib.Path | None = None, checkpoint_every: int = 25,
-          progress: bool = True, retrain: RetrainFn | None = None,
-          retrain_at: Sequence[int] = ()) -> CraftResult:
-  """Crafts the taggant perturbations of every key's poisons.
-
-  Args:
-    clf, params, batch_stats: the surrogate (:func:`classifier_from_trained`); for an ensemble,
-      ``params`` and ``batch_stats`` are lists (one entry per surrogate, one architecture).
-    key_waveforms: float32 ``(K, T)`` keys; key_labels: int ``(K,)`` their target labels.
-    poison_x: float32 ``(K, n, T)`` each key's poison clips (16-bit grid values).
-    poison_labels: int ``(K, n)`` their true labels; poison_mask: bool ``(K, n)`` real entries.
-      (``jaxtag.taggants.select.Selection`` gives indices and mask in this layout.)
-    config: the craft settings.
-    key: the craft's random key (restart inits and augmentation draws derive from it).
-    sample_rate: of every waveform.
-    pool, pool_labels: clean clips ``(M, T)`` for mixup (needed when ``augment.mixup_alpha``).
-    mesh: device mesh (default: every device); ``n`` must divide by its data-axis size (use
-      ``Selection.pad_to``).
-    checkpoint_dir: where to checkpoint and resume (None: no checkpoints).
-    checkpoint_every: steps between checkpoints.
-    progress: show a progress bar.
-    retrain: Witches' Brew's retraining: ``retrain(delta, round) -> (params, batch_stats)`` gives
-      the surrogate(s) retrained on the data as it would be published with ``delta`` (float32
-      ``(K, n, T)``, quantised, zero on padding; lists for an ensemble, same architecture). The
-      key gradients are recomputed from the new weights and crafting goes on from the current
-      perturbations and optimiser state. It should be deterministic and resumable (a resumed
-      craft calls it again with the same ``delta``, kept in ``checkpoint_dir``).
-    retrain_at: the steps before which ``retrain`` is called (needs ``config.restarts == 1``).
-
-  Returns:
-    A :class:`CraftResult`.
-  """
-  from jaxtag import sharding as sharding_lib
-  P = jax.sharding.PartitionSpec
-  mesh = mesh or sharding_lib.make_mesh()
+def _check(poisons: Poisons, config: CraftConfig, mesh) -> None:
+  """Refuses poisons that do not split over the mesh, or mixup without a pool."""
   axis = mesh.axis_names[0]
-  num_keys, n, length = np.shape(poison_x)
+  n = np.shape(poisons.poison_x)[1]
   if n % mesh.shape[axis]:
     raise ValueError(f"{n} poisons per key do not split over {mesh.shape[axis]} devices; pad with "
                      "Selection.pad_to(mesh size).")
-  if config.augment.mixup_alpha > 0 and pool is None:
+  if config.augment.mixup_alpha > 0 and poisons.pool is None:
     raise ValueError("CraftAugment.mixup_alpha > 0 needs a pool of clean clips (pool=...).")
-  retrain_at = tuple(int(s) for s in retrain_at)
-  if retrain_at:
-    if retrain is None:
-      raise ValueError("retrain_at is set but no retrain function was given.")
-    if config.restarts != 1:
-      raise ValueError(f"Retraining during the craft needs "
-                       f"{errors.option('restarts', 1, owner='CraftConfig')}; got "
-                       f"{config.restarts}.")
-    if list(retrain_at) != sorted(set(retrain_at)) or not all(
-        0 < s < config.steps for s in retrain_at):
-      raise ValueError(f"retrain_at={retrain_at} must be increasing steps in (0, {config.steps}).")
-  poison_x = np.asarray(poison_x, np.float32)
-  weights = np.asarray(poison_mask, np.float32)
-  targets = np.eye(clf.num_classes, dtype=np.float32)[np.asarray(poison_labels)]
+
+
+def _host_inputs(poisons: Poisons, config: CraftConfig, num_classes: int) -> CraftInputs:
+  """The poisons grouped ``(G, n, ...)`` on the host (one group for the joint objective)."""
+  num_keys, n, length = np.shape(poisons.poison_x)
+  x = np.asarray(poisons.poison_x, np.float32)
+  weights = np.asarray(poisons.poison_mask, np.float32)
+  targets = np.eye(num_classes, dtype=np.float32)[np.asarray(poisons.poison_labels)]
   if config.objective == "joint":
-    poison_x = poison_x.reshape(1, num_keys * n, length)
+    x = x.reshape(1, num_keys * n, length)
     targets = targets.reshape(1, num_keys * n, -1)
     weights = weights.reshape(1, num_keys * n)
-  groups, n_group = weights.shape
-  scale = np.asarray(snr_scale(jnp.asarray(poison_x), config.unit_db)) * (weights > 0)
+  scale = np.asarray(snr_scale(jnp.asarray(x), config.unit_db)) * (weights > 0)
+  return CraftInputs(x, targets, weights, scale, None)
 
-  ensemble = isinstance(params, list)    # a list of trees; a single tree may itself be a tuple
-  if ensemble:
-    if not isinstance(batch_stats, list) or len(batch_stats) != len(params):
-      raise ValueError(f"An ensemble of {len(params)} surrogates needs as many batch_stats; got "
-                       f"{type(batch_stats).__name__}.")
-    keep = leaf_keep(params[0], tuple(config.exclude_params))
-  else:
-    keep = leaf_keep(params, tuple(config.exclude_params))
+
+def _compile(surrogates: Ensemble, poisons: Poisons, config: CraftConfig, key: jax.Array,
+             options: RunOptions, mesh) -> _Compiled:
+  """Builds the craft's jitted functions and shardings (one compilation of each per craft)."""
+  P = jax.sharding.PartitionSpec
+  clf, axis = surrogates.clf, mesh.axis_names[0]
+  host = _host_inputs(poisons, config, clf.num_classes)
   repl = jax.sharding.NamedSharding(mesh, P())
-  grads_fn = jax.jit(functools.partial(
-      ensemble_key_gradients if ensemble else key_gradients, clf, objective=config.objective,
-      contrast=config.key_contrast),
-      out_shardings=repl)
-
-  def surrogate(params, batch_stats):
-    """The weights on the mesh (stacked for an ensemble) and their key gradients."""
-    if ensemble:
-      if len(params) != members or len(batch_stats) != members:
-        raise ValueError(f"retrain returned {len(params)} surrogates for an ensemble of "
-                         f"{members}.")
-      params, batch_stats = stack_members(params), stack_members(batch_stats)
-    params, batch_stats = jax.device_put((params, batch_stats), repl)
-    return params, batch_stats, grads_fn(params, batch_stats, jnp.asarray(key_waveforms),
-                                         jnp.asarray(key_labels))
-
-  members = len(params) if ensemble else 1
-  params, batch_stats, g_key = surrogate(params, batch_stats)
-  inputs = CraftInputs(
-      x=_put(mesh, poison_x, P(None, axis, None)), targets=_put(mesh, targets, P(None, axis, None)),
-      weights=_put(mesh, weights, P(None, axis)), scale=_put(mesh, scale, P(None, axis)),
-      key_grads=g_key)
-  if pool is None:
-    pool_dev = pool_targets = None
-  else:
-    pool_dev = jax.device_put(jnp.asarray(pool, jnp.float32), repl)
-    pool_targets = jax.device_put(
-        jax.nn.one_hot(jnp.asarray(pool_labels), clf.num_classes, dtype=jnp.float32), repl)
-
-  step_fn, tx = make_craft_step(clf, config, keep=keep, sample_rate=sample_rate,
-                                ensemble=ensemble)
   u_sharding = jax.sharding.NamedSharding(mesh, P(None, axis, None))
-  eval_fn = jax.jit(functools.partial(eval_losses, clf=clf, config=config, keep=keep,
-                                      sample_rate=sample_rate, ensemble=ensemble))
-
+  keep = leaf_keep(surrogates.params, tuple(config.exclude_params))
+  statics = dict(clf=clf, config=config, keep=keep, sample_rate=poisons.sample_rate,
+                 ensemble=True)
+  step_fn, tx = make_craft_step(clf, config, keep=keep, sample_rate=poisons.sample_rate,
+                                ensemble=True)
+  eval_fn = jax.jit(functools.partial(eval_losses, **statics))
+  grads_fn = jax.jit(functools.partial(ensemble_key_gradients, clf, objective=config.objective,
+                                       contrast=config.key_contrast), out_shardings=repl)
+  groups, n_group, length = host.x.shape
   start = None if config.init == "random" else jnp.asarray(
-      key_start(key_waveforms, length, n).reshape(groups, n_group, length))
+      key_start(poisons.key_waveforms, length, np.shape(poisons.poison_x)[1]).reshape(
+          groups, n_group, length))
+  project_fn = jax.jit(functools.partial(project, mask=config.stft_mask()),
+                       out_shardings=u_sharding)
+  x_dev = _put(mesh, host.x, P(None, axis, None))
+  scale_dev = _put(mesh, host.scale, P(None, axis))
 
-  def fresh_u(restart):
+  def start_fn(restart):
     k = rng_lib.stream(jax.random.fold_in(key, restart), "init")
     u = config.init_scale * jax.random.uniform(k, (groups, n_group, length), minval=-1, maxval=1)
     if start is not None:
       u = u + start
-    u = jax.device_put(u, u_sharding)
-    return jax.jit(functools.partial(project, mask=config.stft_mask()),
-                   out_shardings=u_sharding)(u, inputs.x, inputs.scale)
+    return project_fn(jax.device_put(u, u_sharding), x_dev, scale_dev)
 
-  def new_state():
-    u = fresh_u(0)
-    return CraftState(u=u, opt_state=tx.init(u), step=jnp.zeros((), jnp.int32),
-                      best_u=jnp.zeros_like(u),
-                      best_loss=jnp.full((groups,), jnp.inf, jnp.float32),
-                      restart_losses=jnp.full((config.restarts, groups), jnp.nan, jnp.float32))
-
+  pool = pool_targets = None
+  if poisons.pool is not None:
+    pool = jax.device_put(jnp.asarray(poisons.pool, jnp.float32), repl)
+    pool_targets = jax.device_put(jax.nn.one_hot(jnp.asarray(poisons.pool_labels),
+                                                 clf.num_classes, dtype=jnp.float32), repl)
+  compiled = _Compiled(config, key, poisons, options, host, step_fn, eval_fn, grads_fn, start_fn,
+                       tx, None, repl, pool, pool_targets)
   # One placement and strong dtypes for every state the step sees (perturbation-shaped leaves
   # split like ``u``, the rest replicated), so that the jitted step compiles once: a state built
   # outside it with other (or unspecified) shardings or weak types would make the second step
   # compile the step again (tens of seconds once the loops are unrolled).
-  state_sharding = jax.tree.map(lambda x: u_sharding if np.ndim(x) == 3 else repl, new_state())
+  state_sharding = jax.tree.map(lambda x: u_sharding if np.ndim(x) == 3 else repl,
+                                _fresh_state(compiled))
+  return dataclasses.replace(compiled, state_sharding=state_sharding)
 
-  def commit(state):
-    return jax.device_put(state, state_sharding)
 
-  host_inputs = CraftInputs(poison_x, targets, weights, scale, None)
+def _fresh_state(compiled: _Compiled) -> CraftState:
+  """The state at step 0: the first restart's start, no best yet."""
+  u = compiled.start_fn(0)
+  groups = u.shape[0]
+  return CraftState(u=u, opt_state=compiled.tx.init(u), step=jnp.zeros((), jnp.int32),
+                    best_u=jnp.zeros_like(u),
+                    best_loss=jnp.full((groups,), jnp.inf, jnp.float32),
+                    restart_losses=jnp.full((compiled.config.restarts, groups), jnp.nan,
+                                            jnp.float32))
 
-  def retrain_round(r, u):
-    """Round ``r`` of retraining on the data crafted so far (``u``); its ``delta`` is kept in
-    ``checkpoint_dir`` so that a resumed craft retrains on exactly the same data."""
-    nonlocal params, batch_stats, inputs
-    record = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / f"retrain_{r}.npy"
-    if record is not None and record.exists():
-      delta = np.load(record)
-    else:
-      delta = np.asarray(perturbation(jnp.asarray(jax.device_get(u)), host_inputs, config))
-      delta = np.where(weights[..., None] > 0, delta, 0.0).astype(np.float32)
-      delta = delta.reshape(num_keys, n, length)
-      if record is not None:
-        from jaxtag.audio import io as audio_io
-        with audio_io.atomic_file(record, "wb") as f:
-          np.save(f, delta)
-    _log.info("Retraining the surrogate (round %d of %d) on the data crafted so far", r + 1,
-              len(retrain_at))
-    params, batch_stats, g = surrogate(*retrain(delta, r))
-    inputs = inputs._replace(key_grads=g)
 
-  state = commit(new_state())
-  manager = None
-  if checkpoint_dir is not None:
-    manager = _checkpoint_manager(checkpoint_dir, checkpoint_every)
-    restored = _restore(manager, state)
+def _commit(compiled: _Compiled, state: CraftState) -> CraftState:
+  return jax.device_put(state, compiled.state_sharding)
+
+
+def _placed(compiled: _Compiled, surrogates: Ensemble, inputs: CraftInputs):
+  """The ensemble on the mesh (replicated) and ``inputs`` with its key gradients."""
+  params, batch_stats = jax.device_put((surrogates.params, surrogates.batch_stats),
+                                       compiled.replicated)
+  poisons = compiled.poisons
+  grads = compiled.grads_fn(params, batch_stats, jnp.asarray(poisons.key_waveforms),
+                            jnp.asarray(poisons.key_labels))
+  return Ensemble(surrogates.clf, params, batch_stats), inputs._replace(key_grads=grads)
+
+
+def craft_init(surrogates: Ensemble, poisons: Poisons, *, config: CraftConfig, key: jax.Array,
+               options: RunOptions = RunOptions()) -> CraftRun:
+  """Starts a craft, or resumes it from ``options.checkpoint_dir``.
+
+  Args:
+    surrogates: the ensemble to align with (:func:`ensemble_from_trained`; one member allowed).
+    poisons: the keys and the clips to perturb.
+    config: the craft settings.
+    key: the craft's random key (restart inits and augmentation draws derive from it).
+    options: mesh, checkpoints, logging.
+
+  Returns:
+    A :class:`CraftRun` at step 0, or at the latest checkpoint's step with the history of the
+    steps before it (from ``metrics.jsonl``).
+
+  Raises:
+    ValueError: poisons that do not split over the mesh, or mixup without a pool.
+  """
+  from jaxtag import sharding as sharding_lib
+  mesh = options.mesh or sharding_lib.make_mesh()
+  _check(poisons, config, mesh)
+  P = jax.sharding.PartitionSpec
+  compiled = _compile(surrogates, poisons, config, key, options, mesh)
+  host, axis = compiled.host_inputs, mesh.axis_names[0]
+  inputs = CraftInputs(
+      x=_put(mesh, host.x, P(None, axis, None)), targets=_put(mesh, host.targets,
+                                                              P(None, axis, None)),
+      weights=_put(mesh, host.weights, P(None, axis)), scale=_put(mesh, host.scale,
+                                                                  P(None, axis)),
+      key_grads=None)
+  placed, inputs = _placed(compiled, surrogates, inputs)
+  state = _commit(compiled, _fresh_state(compiled))
+  history: list[dict[str, float]] = []
+  if options.checkpoint_dir is not None:
+    restored = craft_records.restore(craft_records.checkpoint_manager(options.checkpoint_dir),
+                                     state)
     if restored is not None:
       state = restored
-      _log.info("Resuming the craft at step %d from %s", int(state.step), checkpoint_dir)
+      _log.info("Resuming the craft at step %d from %s", int(state.step), options.checkpoint_dir)
+    history = craft_records.read_history(options.checkpoint_dir, int(state.step))
+  zeros = jax.device_put(jnp.zeros_like(state.u), state.u.sharding)
+  initial = np.asarray(compiled.eval_fn(zeros, inputs, placed.params, placed.batch_stats))
+  return CraftRun(compiled, state, int(state.step), inputs, placed, initial, tuple(history))
 
-  initial = np.asarray(eval_fn(jax.device_put(jnp.zeros_like(state.u), u_sharding), inputs,
-                               params, batch_stats))
-  done = [r for r, s in enumerate(retrain_at) if s < int(state.step)]
-  if done:                                   # resumed after a retraining round: redo its last
-    retrain_round(done[-1], state.u)         # (delta read back from its record)
-  total = config.restarts * config.steps
-  step_key = rng_lib.stream(key, "augment")
-  history: list[dict[str, float]] = []
-  bar = _progress(total, int(state.step), progress)
-  while int(state.step) < total:
-    step = int(state.step)
-    restart, within = divmod(step, config.steps)
-    if within == 0 and step > 0:
-      u = fresh_u(restart)
-      state = commit(dataclasses.replace(state, u=u, opt_state=tx.init(u)))
-    if step in retrain_at:
-      retrain_round(retrain_at.index(step), state.u)
-    state, losses = step_fn(state, inputs, params, batch_stats, pool_dev, pool_targets, step_key)
-    loss = float(jnp.mean(losses))
-    history.append({"step": step, "restart": restart, "loss": loss})
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.4f}", restart=restart)
-    if within == config.steps - 1:   # end of a restart: keep each group's best
-      final = eval_fn(state.u, inputs, params, batch_stats)
-      better = final < state.best_loss
-      state = commit(dataclasses.replace(
-          state, best_u=jnp.where(better[:, None, None], state.u, state.best_u),
-          best_loss=jnp.where(better, final, state.best_loss),
-          restart_losses=state.restart_losses.at[restart].set(final)))
-    if manager is not None and (int(state.step) % checkpoint_every == 0
-                                or int(state.step) == total):
-      _save(manager, state)
-  if bar is not None:
-    bar.close()
-  if manager is not None:
-    manager.wait_until_finished()
-    manager.close()
-  if total == 0:   # key insertion (CraftConfig.steps = 0): the projected start is the result
-    final = eval_fn(state.u, inputs, params, batch_stats)
+
+def with_surrogates(run: CraftRun, surrogates: Ensemble) -> CraftRun:
+  """The craft going on against other surrogates (e.g. retrained ones): the key gradients are
+  recomputed from their weights; the perturbations and the optimiser state carry over.
+
+  Raises:
+    ValueError: another number of members than the craft started with.
+  """
+  if surrogates.members != run.surrogates.members:
+    raise ValueError(f"{surrogates.members} surrogates for a craft against an ensemble of "
+                     f"{run.surrogates.members}.")
+  placed, inputs = _placed(run.compiled, surrogates, run.inputs)
+  return dataclasses.replace(run, surrogates=placed, inputs=inputs)
+
+
+def current_delta(run: CraftRun) -> np.ndarray:
+  """The perturbations as they stand: float32 ``(K, n, T)``, quantised as they would be
+  published, zero on padding."""
+  return _delta(run.compiled, run.state.u)
+
+
+def _delta(compiled: _Compiled, u) -> np.ndarray:
+  host = compiled.host_inputs
+  delta = np.asarray(perturbation(jnp.asarray(jax.device_get(u)), host, compiled.config))
+  delta = np.where(host.weights[..., None] > 0, delta, 0.0).astype(np.float32)
+  return delta.reshape(np.shape(compiled.poisons.poison_x))
+
+
+def _end_restart(run: CraftRun, state: CraftState, restart: int) -> CraftState:
+  """Keeps each group's best perturbation after restart ``restart`` (all on the device)."""
+  final = run.compiled.eval_fn(state.u, run.inputs, run.surrogates.params,
+                               run.surrogates.batch_stats)
+  better = final < state.best_loss
+  return _commit(run.compiled, dataclasses.replace(
+      state, best_u=jnp.where(better[:, None, None], state.u, state.best_u),
+      best_loss=jnp.where(better, final, state.best_loss),
+      restart_losses=state.restart_losses.at[restart].set(final)))
+
+
+def craft_run(run: CraftRun, until: int | None = None) -> CraftRun:
+  """Runs the craft's steps up to global step ``until`` (default: the end) and returns it there.
+
+  The per-step losses stay on the device and are fetched every ``options.log_every`` steps (and
+  at checkpoints and at ``until``) into the history and ``metrics.jsonl``. With a
+  ``checkpoint_dir``, the state is checkpointed every ``checkpoint_every`` steps and at
+  ``until``, so that :func:`craft_init` resumes there.
+
+  The step donates the state's buffers, as a training step does: use the returned run, never
+  ``run`` again (read :func:`current_delta` of a run before running it further).
+  """
+  compiled, config, options = run.compiled, run.compiled.config, run.compiled.options
+  until = run.total_steps if until is None else min(int(until), run.total_steps)
+  if until <= run.step:
+    return run
+  state, step = run.state, run.step
+  history, pending = list(run.history), []
+  log = craft_records.CraftLog(options.checkpoint_dir, options.progress, run.total_steps, step)
+  step_key = rng_lib.stream(compiled.key, "augment")
+  params, batch_stats = run.surrogates.params, run.surrogates.batch_stats
+  try:
+    while step < until:
+      restart, within = divmod(step, config.steps)
+      if within == 0 and step > 0:
+        u = compiled.start_fn(restart)
+        state = _commit(compiled, dataclasses.replace(state, u=u, opt_state=compiled.tx.init(u)))
+      state, losses = compiled.step_fn(state, run.inputs, params, batch_stats, compiled.pool,
+                                       compiled.pool_targets, step_key)
+      pending.append((step, restart, jnp.mean(losses)))
+      if within == config.steps - 1:   # end of a restart: keep each group's best
+        state = _end_restart(run, state, restart)
+      step += 1
+      checkpoint = step % options.checkpoint_every == 0 or step in (run.total_steps, until)
+      if checkpoint or step % options.log_every == 0:
+        history += log.flush(pending)
+        pending = []
+      log.advance(state, step, checkpoint)
+  finally:
+    log.close()
+  return dataclasses.replace(run, state=state, step=step, history=tuple(history))
+
+
+def craft_finish(run: CraftRun) -> CraftResult:
+  """The result of a craft run to its end (:func:`craft_run` without ``until``).
+
+  Raises:
+    ValueError: the craft has not reached its last step.
+  """
+  if run.step < run.total_steps:
+    raise ValueError(f"The craft is at step {run.step} of {run.total_steps}; run it to the end "
+                     "(craft_run) first.")
+  compiled, state = run.compiled, run.state
+  if run.total_steps == 0:   # key insertion (CraftConfig.steps = 0): the projected start is it
+    final = compiled.eval_fn(state.u, run.inputs, run.surrogates.params,
+                             run.surrogates.batch_stats)
     state = dataclasses.replace(state, best_u=state.u, best_loss=final,
                                 restart_losses=state.restart_losses.at[0].set(final))
-
-  best_u = np.asarray(jax.device_get(state.best_u))
-  delta = np.asarray(perturbation(jnp.asarray(best_u), host_inputs, config))
-  delta = np.where(weights[..., None] > 0, delta, 0.0).astype(np.float32)
-  delta = delta.reshape(num_keys, n, length)
-  x = poison_x.reshape(num_keys, n, length)
+  delta = _delta(compiled, state.best_u)
+  x = np.asarray(compiled.poisons.poison_x, np.float32)
   with np.errstate(divide="ignore"):
     snr = 10 * np.log10(np.sum(x.astype(np.float64) ** 2, -1) /
                         np.sum(delta.astype(np.float64) ** 2, -1))
-  snr = np.where(np.asarray(poison_mask), snr, np.inf)
-  return CraftResult(delta=delta, losses=np.asarray(state.best_loss), initial_losses=initial,
-                     restart_losses=np.asarray(state.restart_losses), history=history,
-                     snr_db=snr)
+  snr = np.where(np.asarray(compiled.poisons.poison_mask), snr, np.inf)
+  return CraftResult(delta=delta, losses=np.asarray(state.best_loss),
+                     initial_losses=run.initial_losses,
+                     restart_losses=np.asarray(state.restart_losses),
+                     history=list(run.history), snr_db=snr)
 
 
-def _progress(total, start, enabled):
-  if not enabled:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=start, desc="craft", unit="step", dynamic_ncols=True)
-
-
-def _checkpoint_manager(directory, every):
-  import orbax.checkpoint as ocp
-  directory = pathlib.Path(directory).absolute()
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
-  return ocp.CheckpointManager(directory, options=options)
-
-
-def _save(manager, state: CraftState) -> None:
-  import orbax.checkpoint as ocp
-  manager.save(int(state.step), args=ocp.args.StandardSave(state))
-
-
-def _restore(manager, template: CraftState) -> CraftState | None:
-  import orbax.checkpoint as ocp
-  step = manager.latest_step()
-  if step is None:
-    return None
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+def craft(surrogates: Ensemble, poisons: Poisons, *, config: CraftConfig, key: jax.Array,
+          options: RunOptions = RunOptions()) -> CraftResult:
+  """Crafts the taggant perturbations of every key's poisons, start to end (or from a
+  checkpoint): :func:`craft_init`, :func:`craft_run`, :func:`craft_finish`."""
+  return craft_finish(craft_run(craft_init(surrogates, poisons, config=config, key=key,
+                                           options=options)))

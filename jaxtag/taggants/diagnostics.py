@@ -349,48 +349,74 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
   poison = grouped_gradients(clf, params, batch_stats, train_waveforms[rows], train_labels[rows],
                              poisons.keys, num_keys)
   all_poisons = jax.tree.map(lambda x: jnp.sum(x, axis=0), poison.grad)
-  n, p = len(train_labels), rows.size
-  if reference_rows is None:
-    whole = summed_gradient(clf, params, batch_stats, train_waveforms, train_labels,
-                            batch_size=batch_size)
-    whole_grad, scale, described = whole.grad, 1.0, {"mode": "all", "clips": n}
-  else:
-    reference_rows = np.asarray(reference_rows, np.int64)
-    if np.isin(reference_rows, rows).any():
-      raise ValueError("reference_rows must be clean clips; some are poisons.")
-    order = np.sort(reference_rows)   # Sorted reads of a memory-mapped split are faster.
-    whole = summed_gradient(clf, params, batch_stats, train_waveforms[order],
-                            train_labels[order], batch_size=batch_size)
-    scale = (n - p) / order.size
-    whole_grad = jax.tree.map(lambda c, q: scale * c + q, whole.grad, all_poisons)
-    described = {"mode": "clean_subset", "clips": int(order.size), "scale": scale}
+  whole, whole_grad, described = _whole_set_gradient(
+      clf, params, batch_stats, train_waveforms, train_labels, rows, all_poisons,
+      reference_rows, batch_size)
   stats = signal_statistics(key_grads, poison.grad, whole_grad, all_poisons)
   scores = key_log_probs(clf, params, batch_stats, key_waveforms, key_labels)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    poison_loss = poison.loss_sum / poison.count
-    poison_acc = poison.correct / poison.count
-  control = {}
   if unperturbed_poisons is not None:
     if np.shape(unperturbed_poisons)[0] != rows.size:
       raise ValueError(f"{np.shape(unperturbed_poisons)[0]} unperturbed poisons for "
                        f"{rows.size} poisons.")
     clean = grouped_gradients(clf, params, batch_stats, np.asarray(unperturbed_poisons),
                               train_labels[rows], poisons.keys, num_keys)
-    base = signal_statistics(key_grads, clean.grad, whole_grad)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      control = {"unperturbed_grad_norm": base["poison_grad_norm"],
-                 "unperturbed_cos": base["poison_cos"],
-                 "unperturbed_projection": base["poison_projection"],
-                 "unperturbed_loss": clean.loss_sum / clean.count}
-    stats = {**stats, **control}
+    stats = {**stats, **_unperturbed_control(key_grads, clean, whole_grad)}
+  return {"keys": _per_key_records(stats, key_labels, poison, scores),
+          "means": _signal_means(stats, all_poisons, poison, scores, whole, rows.size),
+          "whole_set": {**described, "num_train": len(train_labels),
+                        "num_poisons": int(rows.size)}}
+
+
+def _whole_set_gradient(clf, params, batch_stats, train_waveforms, train_labels, rows,
+                        all_poisons, reference_rows, batch_size):
+  """``S``, the summed gradient of the training set: every clip's, or a clean subset's scaled
+  to the clean clips plus the poisons' own. Returns ``(GradientSum, S, description)``."""
+  n, p = len(train_labels), rows.size
+  if reference_rows is None:
+    whole = summed_gradient(clf, params, batch_stats, train_waveforms, train_labels,
+                            batch_size=batch_size)
+    return whole, whole.grad, {"mode": "all", "clips": n}
+  reference_rows = np.asarray(reference_rows, np.int64)
+  if np.isin(reference_rows, rows).any():
+    raise ValueError("reference_rows must be clean clips; some are poisons.")
+  order = np.sort(reference_rows)   # Sorted reads of a memory-mapped split are faster.
+  whole = summed_gradient(clf, params, batch_stats, train_waveforms[order],
+                          train_labels[order], batch_size=batch_size)
+  scale = (n - p) / order.size
+  whole_grad = jax.tree.map(lambda c, q: scale * c + q, whole.grad, all_poisons)
+  return whole, whole_grad, {"mode": "clean_subset", "clips": int(order.size), "scale": scale}
+
+
+def _unperturbed_control(key_grads, clean: GradientSum, whole_grad) -> dict[str, np.ndarray]:
+  """The unperturbed poisons' statistics, per key (the control of :func:`signal_at`)."""
+  base = signal_statistics(key_grads, clean.grad, whole_grad)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return {"unperturbed_grad_norm": base["poison_grad_norm"],
+            "unperturbed_cos": base["poison_cos"],
+            "unperturbed_projection": base["poison_projection"],
+            "unperturbed_loss": clean.loss_sum / clean.count}
+
+
+def _per_key_records(stats, key_labels, poison: GradientSum, scores) -> list[dict[str, Any]]:
+  """One JSON-friendly record per key (None for a non-finite number)."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    poison_loss = poison.loss_sum / poison.count
+    poison_acc = poison.correct / poison.count
   per_key = []
-  for k in range(num_keys):
+  for k in range(len(key_labels)):
     record = {name: float(v[k]) for name, v in stats.items() if np.ndim(v)}
     record.update(key=k, label=int(key_labels[k]), num_poisons=int(poison.count[k]),
                   key_log_prob=float(scores.log_prob[k]), key_rank=int(scores.rank[k]),
                   poison_loss=float(poison_loss[k]), poison_accuracy=float(poison_acc[k]))
     per_key.append({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
                     for key, v in record.items()})
+  return per_key
+
+
+def _signal_means(stats, all_poisons, poison: GradientSum, scores, whole: GradientSum,
+                  num_poisons: int) -> dict[str, Any]:
+  """The per-key numbers averaged over keys, and the whole-set ones."""
+  p = num_poisons
   all_norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
                                for x in jax.tree.leaves(all_poisons))))
   means = {name: _mean(v) for name, v in stats.items() if np.ndim(v)}
@@ -405,8 +431,7 @@ def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, 
       poison_loss=float(poison.loss_sum.sum() / max(p, 1)),
       poison_accuracy=float(poison.correct.sum() / max(p, 1)),
       reference_loss=whole.loss_sum / whole.count, reference_accuracy=whole.correct / whole.count)
-  return {"keys": per_key, "means": means, "whole_set": {**described, "num_train": n,
-                                                          "num_poisons": int(p)}}
+  return means
 
 
 PLOTTED = (("poison_grad_norm", "|G_k| (poisons' summed gradient)"),

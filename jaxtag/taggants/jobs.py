@@ -253,30 +253,25 @@ def check_craft_inputs(job: CraftJob, workdir: str | os.PathLike, *,
     publish.check_destination(destination, owner=craft_owner(workdir), name="output_dir")
 
 
-def _retrainer(job: CraftJob, workdir: pathlib.Path, splits: dict, mesh, runtime):
-  """``retrain(protected_train, round)`` for ``protect_dataset``: every surrogate trained again,
-  with the recipe and seed its workdir recorded, on the protected training set, into
+def retrain_plan(job: CraftJob, workdir: pathlib.Path, splits: dict,
+                 runtime: workdir_lib.Runtime) -> protect.RetrainPlan:
+  """The ``RetrainPlan`` for ``protect_dataset``: every surrogate trained again, with the recipe
+  and seed its workdir recorded (``config.json``), on the protected training set, into
   ``<workdir>/retrain_<round>/surrogate_<i>`` (training resumes there, so a resumed craft does
-  not train twice)."""
+  not train twice). Each retraining folder records its recipe up front."""
   from jaxtag import config as config_lib
-  from jaxtag import train as train_lib
 
   recipes = [config_lib.from_config(train_job.TrainJob, workdir_lib.read_recorded(d))
              for d in job.surrogate_dirs]
-
-  def retrain(protected_train, r):
-    models = []
+  plan = protect.RetrainPlan(
+      surrogates=tuple(protect.RetrainSurrogate(recipe.recipe, recipe.key())
+                       for recipe in recipes),
+      root=workdir, validation_data=splits.get("validation"), progress=job.progress,
+      transfer_guard=runtime.transfer_guard)
+  for r in range(job.retrain_rounds):
     for i, recipe in enumerate(recipes):
-      directory = workdir / f"retrain_{r}" / f"surrogate_{i}"
-      workdir_lib.record(recipe, directory)
-      train_lib.train(recipe.recipe, train_data=protected_train,
-                      validation_data=splits.get("validation"), key=recipe.key(),
-                      workdir=directory, mesh=mesh, progress=job.progress,
-                      transfer_guard=runtime.transfer_guard)
-      models.append(train_lib.restore_for_inference(directory))
-    return models[0] if len(models) == 1 else models
-
-  return retrain
+      workdir_lib.record(recipe, plan.workdir(r, i))
+  return plan
 
 
 def plot_craft_report(report, path: str | os.PathLike) -> None:
@@ -324,14 +319,13 @@ def run_craft_job(job: CraftJob, workdir: str | os.PathLike, *,
   clean = splits["train"]
   secret, manifest = keyfile.load_keys(job.key_file, expected_class_names=clean.class_names)
   trained = [train.restore_for_inference(d) for d in job.surrogate_dirs]
-  trained = trained[0] if len(trained) == 1 else trained
   mesh = sharding.make_mesh(job.num_devices or None)
   protected, report = protect.protect_dataset(
       trained, secret, clean, config=job.protect_config,
       key=rng.stream(jax.random.key(int(job.seed)), "craft"), mesh=mesh,
       checkpoint_dir=workdir / "craft_ckpt", checkpoint_every=job.checkpoint_every,
       progress=job.progress,
-      retrain=_retrainer(job, workdir, splits, mesh, runtime) if job.retrain_rounds else None)
+      retrain=retrain_plan(job, workdir, splits, runtime) if job.retrain_rounds else None)
   # Read back before it is published: poisons exact to the 16-bit step, nothing else changed.
   published = publish.export_splits(
       job.data, {**splits, "train": protected}, destination, clean=splits,

@@ -2,7 +2,7 @@
 
 The one library entry point that the ``craft`` launcher (and users' own scripts) call::
 
-    trained = jaxtag.train.restore_for_inference("workdirs/surrogate")   # or a list: an ensemble
+    trained = [jaxtag.train.restore_for_inference("workdirs/surrogate")]   # more: an ensemble
     keys, _ = jaxtag.taggants.keyfile.load_keys("secret/keys.npz", expected_class_names=train.class_names)
     protected, report = protect.protect_dataset(trained, keys, train, config=protect.ProtectConfig(),
                                                 key=jax.random.key(0))
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -29,6 +31,8 @@ from jaxtag.data.dataset import AudioDataset
 from jaxtag.taggants import constraint as constraint_lib
 from jaxtag.taggants import craft as craft_lib
 from jaxtag.taggants import select as select_lib
+
+_log = logging.getLogger(__name__)
 
 
 def _finite_mean(values) -> float | None:
@@ -51,8 +55,8 @@ class ProtectConfig:
     mixup_pool_size: clean training clips kept for mixup while crafting (when mixup is on).
     diagnostics: compute each poison's own gradient alignment with its key, before and after.
     retrain_rounds: Witches' Brew's retraining: the surrogates are retrained this many times
-      on the data crafted so far, at evenly spaced steps of the craft (needs a ``retrain``
-      function, see :func:`protect_dataset`, and ``craft.restarts == 1``); 0: never.
+      on the data crafted so far, at evenly spaced steps of the craft (needs a
+      :class:`RetrainPlan`, see :func:`protect_dataset`, and ``craft.restarts == 1``); 0: never.
     min_budget_lsb: with ``craft.quantize``, only clips whose perturbation budget (RMS at the
       SNR floor; under ``craft.constraint="stft_mask"``, at ``mask_db``) is at least this many 16-bit steps may be poisons: under about one step the
       exported perturbation rounds to nothing (at 55 dB, clips quieter than about -35 dBFS RMS;
@@ -264,42 +268,62 @@ def _snr_db(clean: np.ndarray, delta: np.ndarray) -> np.ndarray:
                          np.sum(np.square(delta, dtype=np.float64), -1))
 
 
-def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig,
-                    key: jax.Array, mesh=None, checkpoint_dir=None, checkpoint_every: int = 25,
-                    progress: bool = True,
-                    retrain: Callable[[AudioDataset, int], Any] | None = None,
-                    ) -> tuple[AudioDataset, ProtectReport]:
-  """Returns the protected training set (poisons perturbed, labels untouched) and a report.
+@dataclasses.dataclass(frozen=True)
+class RetrainSurrogate:
+  """How one surrogate is retrained: its own recipe and key (as it was first trained).
 
-  Args:
-    trained: the surrogate (``jaxtag.train.TrainedModel``), trained on ``train``'s classes, or a
-      list of surrogates of one architecture (an ensemble: other seeds or epochs), whose losses,
-      gradient-norm scores and diagnostics are averaged over members.
-    keys: the secret ``jaxtag.taggants.keys.Keys``.
-    train: the clean training split.
-    config: budget, selection and crafting settings.
-    key: the protection's random key (selection, restarts and augmentation derive from it).
-    mesh: device mesh for crafting (default: every device).
-    checkpoint_dir: crafting checkpoints (resume on re-run); None for none.
-    checkpoint_every: steps between checkpoints.
-    progress: progress bar.
-    retrain: for ``config.retrain_rounds``: ``retrain(protected_train, round)`` returns the
-      surrogate(s) (a ``TrainedModel``, or a list for an ensemble) retrained, with the original
-      recipe, on ``protected_train`` (the training set with the perturbations crafted so far).
-      Make it resumable (e.g. train into a workdir per round): a resumed craft calls it again
-      with the same data. The returned models' diagnostics are not reported; the report's
-      alignment diagnostics use the surrogates given in ``trained``.
-
-  Under ``config.craft.constraint="stft_mask"`` the crafted perturbations are exported by
-  :func:`export_under_mask` (exact under the bound on the 16-bit clips; the report's ``snr_db``
-  and ``mask_margin_db`` are those of the exported perturbations).
-
-  Raises:
-    ValueError: the surrogate's classes or sample rate differ from the dataset's, or
-      ``retrain_rounds`` is set without ``retrain``.
+  Attributes:
+    config: its ``jaxtag.train.TrainConfig``.
+    key: its training key (``jaxtag.train.train``'s ``key``).
   """
-  from jaxtag import sharding as sharding_lib
-  members = [trained] if hasattr(trained, "info") else list(trained)  # TrainedModel is a tuple
+
+  config: Any
+  key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainPlan:
+  """Witches' Brew's retraining, for ``ProtectConfig.retrain_rounds``: every surrogate trained
+  again, with its own recipe, on the training set with the perturbations crafted so far.
+
+  Attributes:
+    surrogates: one entry per surrogate, in the order :func:`protect_dataset` gets them.
+    root: round ``r`` trains surrogate ``i`` into ``root/retrain_<r>/surrogate_<i>`` (training
+      resumes there, so a resumed craft does not train twice).
+    validation_data: evaluated while retraining (None: none).
+    progress: show the training loops' progress bars.
+    transfer_guard: ``jaxtag.train.train``'s ``transfer_guard``.
+  """
+
+  surrogates: tuple[RetrainSurrogate, ...]
+  root: str | pathlib.Path
+  validation_data: AudioDataset | None = None
+  progress: bool = True
+  transfer_guard: str = "allow"
+
+  def workdir(self, round_index: int, member: int) -> pathlib.Path:
+    """Where round ``round_index`` retrains surrogate ``member``."""
+    return pathlib.Path(self.root) / f"retrain_{round_index}" / f"surrogate_{member}"
+
+
+def retrain_surrogates(plan: RetrainPlan, data: AudioDataset, round_index: int, *,
+                       mesh=None) -> list[Any]:
+  """Trains every surrogate of ``plan`` on ``data`` (round ``round_index``) and returns them
+  (``jaxtag.train.TrainedModel``s, restored for inference, in the plan's order)."""
+  from jaxtag import train as train_lib
+  models = []
+  for i, surrogate in enumerate(plan.surrogates):
+    directory = plan.workdir(round_index, i)
+    train_lib.train(surrogate.config, train_data=data, validation_data=plan.validation_data,
+                    key=surrogate.key, workdir=directory, mesh=mesh, progress=plan.progress,
+                    transfer_guard=plan.transfer_guard)
+    models.append(train_lib.restore_for_inference(directory))
+  return models
+
+
+def _check_surrogates(members: Sequence[Any], train: AudioDataset, config: ProtectConfig,
+                      retrain: RetrainPlan | None) -> None:
+  """Refuses surrogates that do not match the dataset, and retraining settings that do not fit."""
   if not members:
     raise ValueError("protect_dataset needs at least one surrogate.")
   for i, member in enumerate(members):
@@ -311,58 +335,154 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
     if info.sample_rate != train.sample_rate:
       raise ValueError(f"{name} expects {info.sample_rate} Hz; the dataset is "
                        f"{train.sample_rate} Hz.")
-  if config.retrain_rounds and retrain is None:
+  if not config.retrain_rounds:
+    return
+  if retrain is None:
     raise ValueError(f"{errors.option('retrain_rounds', owner='ProtectConfig')}="
-                     f"{config.retrain_rounds} needs a retrain "
-                     "function (protect_dataset(..., retrain=...)).")
-  mesh = mesh or sharding_lib.make_mesh()
-  surrogates = [craft_lib.classifier_from_trained(m) for m in members]
-  clf = surrogates[0][0]
+                     f"{config.retrain_rounds} needs a retrain plan "
+                     "(protect_dataset(..., retrain=RetrainPlan(...))).")
+  if len(retrain.surrogates) != len(members):
+    raise ValueError(f"The retrain plan has {len(retrain.surrogates)} surrogates for an ensemble "
+                     f"of {len(members)}.")
+  if config.craft.restarts != 1:
+    raise ValueError(f"Retraining during the craft needs "
+                     f"{errors.option('restarts', 1, owner='CraftConfig')}; got "
+                     f"{config.craft.restarts}.")
+
+
+def _select(members: Sequence[Any], keys, train: AudioDataset, config: ProtectConfig,
+            key: jax.Array, mesh) -> tuple[select_lib.Selection, np.ndarray | None]:
+  """The poisons (padded to the mesh) and the mixup pool's training-set indices (None: no
+  mixup). Both draw from ``key``'s ``select`` stream, the pool with the generator after."""
   key_labels = np.asarray(keys.labels)
   scores = None
   if config.selection == "grad_norm":
-    scores = np.mean([grad_norm_scores(c, p, b, train, np.unique(key_labels))
-                      for c, p, b in surrogates], axis=0)
+    scores = np.mean([grad_norm_scores(*craft_lib.classifier_from_trained(m), train,
+                                       np.unique(key_labels)) for m in members], axis=0)
   elif config.selection == "loudest":
     scores = clip_rms(train.waveforms)
-  seed = int(jax.random.randint(rng_lib.stream(key, "select"), (), 0, 2**31 - 1))
-  selection = select_lib.select_poisons(seed, train.labels, key_labels, budget=config.budget,
-                                        method=config.selection, scores=scores,
+  select_key = rng_lib.stream(key, "select")
+  selection = select_lib.select_poisons(select_key, train.labels, key_labels,
+                                        budget=config.budget, method=config.selection,
+                                        scores=scores,
                                         eligible=carries_perturbation(train.waveforms, config))
   padded = selection.pad_to(mesh.shape[mesh.axis_names[0]])
-  pool = pool_labels = None
-  if config.craft.augment.mixup_alpha > 0:
-    pool_rng = np.random.default_rng(seed + 1)
-    others = np.setdiff1d(np.arange(len(train)), selection.flat_indices())
-    pick = pool_rng.choice(others, size=min(config.mixup_pool_size, others.size), replace=False)
-    pool, pool_labels = train.waveforms[pick], train.labels[pick]
+  if config.craft.augment.mixup_alpha <= 0:
+    return padded, None
+  pool_rng = rng_lib.numpy_rng(select_key, offset=1)
+  others = np.setdiff1d(np.arange(len(train)), selection.flat_indices())
+  return padded, pool_rng.choice(others, size=min(config.mixup_pool_size, others.size),
+                                 replace=False)
 
-  def retrain_surrogates(delta, r):
-    """craft's retrain hook: the training set with ``delta`` applied, through ``retrain``."""
+
+def _retrain_delta(run: craft_lib.CraftRun, round_index: int, checkpoint_dir) -> np.ndarray:
+  """The perturbations that round ``round_index`` retrains on: the current ones, kept in
+  ``checkpoint_dir`` so that a resumed craft retrains on exactly the same data."""
+  record = None if checkpoint_dir is None else (
+      pathlib.Path(checkpoint_dir) / f"retrain_{round_index}.npy")
+  if record is not None and record.exists():
+    return np.load(record)
+  delta = craft_lib.current_delta(run)
+  if record is not None:
+    from jaxtag.audio import io as audio_io
+    with audio_io.atomic_file(record, "wb") as f:
+      np.save(f, delta)
+  return delta
+
+
+def _run_with_retraining(run: craft_lib.CraftRun, train: AudioDataset,
+                         padded: select_lib.Selection, config: ProtectConfig,
+                         plan: RetrainPlan | None, *, mesh, checkpoint_dir) -> craft_lib.CraftRun:
+  """Runs the craft to its end, retraining the surrogates before each of
+  ``config.retrain_steps()`` (a resumed craft first redoes the last round it had passed)."""
+  steps = config.retrain_steps() if config.retrain_rounds else ()
+  passed = [r for r, s in enumerate(steps) if s < run.step]
+  for r in range(passed[-1] if passed else 0, len(steps)):
+    run = craft_lib.craft_run(run, until=steps[r])
+    delta = _retrain_delta(run, r, checkpoint_dir)
     waves = train.waveforms.copy()
     waves[padded.indices[padded.mask]] += delta[padded.mask]
-    new = retrain(train.with_waveforms(waves), r)
-    new = [new] if hasattr(new, "info") else list(new)
-    parts = [craft_lib.classifier_from_trained(m)[1:] for m in new]
-    if len(parts) == 1 and len(surrogates) == 1:
-      return parts[0]
-    return [p for p, _ in parts], [b for _, b in parts]
+    _log.info("Retraining the surrogates (round %d of %d) on the data crafted so far", r + 1,
+              len(steps))
+    models = retrain_surrogates(plan, train.with_waveforms(waves), r, mesh=mesh)
+    run = craft_lib.with_surrogates(run, craft_lib.ensemble_from_trained(models))
+  return craft_lib.craft_run(run)
 
-  start = time.perf_counter()
-  if len(surrogates) == 1:
-    params, batch_stats = surrogates[0][1:]
-  else:
-    params, batch_stats = [s[1] for s in surrogates], [s[2] for s in surrogates]
-  result = craft_lib.craft(
-      clf, params, batch_stats, key_waveforms=np.asarray(keys.waveforms), key_labels=key_labels,
+
+def _diagnostics(members: Sequence[Any], keys, clean: np.ndarray, perturbed: np.ndarray,
+                 labels: np.ndarray, keys_of: np.ndarray,
+                 config: ProtectConfig) -> tuple[np.ndarray, np.ndarray]:
+  """Each poison's alignment with its key before and after, the mean over the members."""
+  before, after = [], []
+  for member in members:
+    c, p, b = craft_lib.classifier_from_trained(member)
+    keep = craft_lib.leaf_keep(p, tuple(config.craft.exclude_params))
+    per_key = craft_lib.key_gradients(c, p, b, jnp.asarray(keys.waveforms),
+                                      jnp.asarray(keys.labels), objective="per_key")
+    before.append(_alignment(c, p, b, clean, labels, per_key, keys_of, keep))
+    after.append(_alignment(c, p, b, perturbed, labels, per_key, keys_of, keep))
+  return np.mean(before, axis=0), np.mean(after, axis=0)
+
+
+def protect_dataset(trained: Sequence[Any], keys, train: AudioDataset, *, config: ProtectConfig,
+                    key: jax.Array, mesh=None, checkpoint_dir=None, checkpoint_every: int = 25,
+                    progress: bool = True, retrain: RetrainPlan | None = None,
+                    ) -> tuple[AudioDataset, ProtectReport]:
+  """Returns the protected training set (poisons perturbed, labels untouched) and a report.
+
+  Args:
+    trained: the surrogates (``jaxtag.train.TrainedModel``s; one, or an ensemble of one
+      architecture: other seeds or epochs), trained on ``train``'s classes; losses,
+      gradient-norm scores and diagnostics are averaged over them.
+    keys: the secret ``jaxtag.taggants.keys.Keys``.
+    train: the clean training split.
+    config: budget, selection and crafting settings.
+    key: the protection's random key (selection, restarts and augmentation derive from it).
+    mesh: device mesh for crafting (default: every device).
+    checkpoint_dir: crafting checkpoints and ``metrics.jsonl`` (resume on re-run); None for none.
+    checkpoint_every: steps between checkpoints.
+    progress: progress bar.
+    retrain: for ``config.retrain_rounds``: how to retrain each surrogate
+      (:class:`RetrainPlan`); :func:`retrain_surrogates` trains them with ``jaxtag.train.train``
+      on the training set with the perturbations crafted so far. The retrained models'
+      diagnostics are not reported; the report's alignment diagnostics use ``trained``.
+
+  Under ``config.craft.constraint="stft_mask"`` the crafted perturbations are exported by
+  :func:`export_under_mask` (exact under the bound on the 16-bit clips; the report's ``snr_db``
+  and ``mask_margin_db`` are those of the exported perturbations).
+
+  Raises:
+    ValueError: the surrogates' classes or sample rate differ from the dataset's, or
+      ``retrain_rounds`` is set without a plan that fits.
+  """
+  from jaxtag import sharding as sharding_lib
+  members = list(trained)
+  _check_surrogates(members, train, config, retrain)
+  mesh = mesh or sharding_lib.make_mesh()
+  padded, pool = _select(members, keys, train, config, key, mesh)
+  poisons = craft_lib.Poisons(
+      key_waveforms=np.asarray(keys.waveforms), key_labels=np.asarray(keys.labels),
       poison_x=train.waveforms[padded.indices], poison_labels=train.labels[padded.indices],
-      poison_mask=padded.mask, config=config.craft, key=rng_lib.stream(key, "craft"),
-      sample_rate=train.sample_rate, pool=pool, pool_labels=pool_labels, mesh=mesh,
-      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, progress=progress,
-      retrain=retrain_surrogates if config.retrain_rounds else None,
-      retrain_at=config.retrain_steps())
+      poison_mask=padded.mask, sample_rate=train.sample_rate,
+      pool=None if pool is None else train.waveforms[pool],
+      pool_labels=None if pool is None else train.labels[pool])
+  start = time.perf_counter()
+  run = craft_lib.craft_init(
+      craft_lib.ensemble_from_trained(members), poisons, config=config.craft,
+      key=rng_lib.stream(key, "craft"),
+      options=craft_lib.RunOptions(mesh=mesh, checkpoint_dir=checkpoint_dir,
+                                   checkpoint_every=checkpoint_every, progress=progress))
+  run = _run_with_retraining(run, train, padded, config, retrain, mesh=mesh,
+                             checkpoint_dir=checkpoint_dir)
+  result = craft_lib.craft_finish(run)
   seconds = time.perf_counter() - start
+  return _apply(members, keys, train, padded, result, config, seconds)
 
+
+def _apply(members: Sequence[Any], keys, train: AudioDataset, padded: select_lib.Selection,
+           result: craft_lib.CraftResult, config: ProtectConfig,
+           seconds: float) -> tuple[AudioDataset, ProtectReport]:
+  """The training set with the crafted perturbations exported onto its poisons, and the report."""
   mask = padded.mask
   indices = padded.indices[mask]
   keys_of = np.nonzero(mask)[0]
@@ -377,19 +497,10 @@ def protect_dataset(trained, keys, train: AudioDataset, *, config: ProtectConfig
   protected = train.with_waveforms(waveforms)
   margin = None if stft_mask is None else mask_margins(
       train.waveforms[indices], waveforms[indices], stft_mask)
-
   before = after = np.full(indices.size, np.nan, np.float32)
   if config.diagnostics:
-    before, after = [], []
-    for c, p, b in surrogates:
-      keep = craft_lib.leaf_keep(p, tuple(config.craft.exclude_params))
-      per_key = craft_lib.key_gradients(c, p, b, jnp.asarray(keys.waveforms),
-                                        jnp.asarray(key_labels), objective="per_key")
-      before.append(_alignment(c, p, b, train.waveforms[indices], train.labels[indices],
-                               per_key, keys_of, keep))
-      after.append(_alignment(c, p, b, waveforms[indices], train.labels[indices], per_key,
-                              keys_of, keep))
-    before, after = np.mean(before, axis=0), np.mean(after, axis=0)
+    before, after = _diagnostics(members, keys, train.waveforms[indices], waveforms[indices],
+                                 train.labels[indices], keys_of, config)
   report = ProtectReport(
       poison_indices=indices.astype(np.int64), poison_keys=keys_of.astype(np.int64),
       snr_db=snr_db, initial_losses=result.initial_losses,

@@ -16,9 +16,11 @@ import fractions
 import math
 from typing import Literal
 
+import jax
 import numpy as np
 
 from jaxtag import errors
+from jaxtag import rng as rng_lib
 
 Method = Literal["random", "grad_norm", "loudest"]
 METHODS = ("random", "grad_norm", "loudest")
@@ -104,7 +106,7 @@ def poisons_per_key(budget: float, num_train: int, num_keys: int) -> np.ndarray:
   return counts
 
 
-def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labels: np.ndarray, *,
+def select_poisons(key: jax.Array | np.random.Generator, labels: np.ndarray, key_labels: np.ndarray, *,
                    budget: float, method: Method = "random",
                    scores: np.ndarray | None = None,
                    eligible: np.ndarray | None = None) -> Selection:
@@ -113,7 +115,8 @@ def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labe
   Keys that share a label (more keys than classes) get disjoint poisons.
 
   Args:
-    seed: numpy seed or generator (selection is host-side and happens once).
+    key: a JAX key (its numpy generator is :func:`jaxtag.rng.numpy_rng` of it), or a numpy
+      generator to draw from (selection is host-side numpy and happens once).
     labels: int ``(N,)`` training labels.
     key_labels: int ``(K,)`` target label of each key.
     budget: fraction of the training set that is perturbed in total (the paper: 0.01).
@@ -144,7 +147,7 @@ def select_poisons(seed: int | np.random.Generator, labels: np.ndarray, key_labe
   elif np.shape(eligible) != labels.shape:
     raise ValueError(f"eligible must have the labels' shape {labels.shape}; got "
                      f"{np.shape(eligible)}.")
-  rng = np.random.default_rng(seed)
+  rng = key if isinstance(key, np.random.Generator) else rng_lib.numpy_rng(key)
   counts = poisons_per_key(budget, labels.size, key_labels.size)
   n_max = int(counts.max())
   indices = np.zeros((key_labels.size, n_max), np.int32)

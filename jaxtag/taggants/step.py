@@ -1,8 +1,8 @@
 """The crafting step: its settings, its differentiable augmentation and the pure, jitted step.
 
 One sign-Adam step on the perturbations of every group (key) of poisons, against one surrogate or
-a stacked ensemble; what ``jaxtag.taggants.craft.craft`` drives (with shardings, restarts,
-checkpoints and retraining) and what the benchmarks time. Every public name here is re-exported by
+a stacked ensemble; what ``jaxtag.taggants.craft.craft_run`` drives (with shardings, restarts
+and checkpoints) and what the benchmarks time. Every public name here is re-exported by
 :mod:`jaxtag.taggants.craft`, whose docstring describes the method.
 """
 
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxtag import errors
-from jaxtag.taggants.alignment import (Classifier, Objective, cross_entropy, tree_cosine,
-                                      tree_projection)
+from jaxtag.taggants.alignment import (Classifier, Objective, cross_entropy, members_of,
+                                      tree_cosine, tree_projection)
 from jaxtag.taggants.constraint import (StftMask, check_mask_settings, project,
                                         quantize_perturbation, round_to_grid)
 from jaxtag.train import augment as augment_lib
@@ -419,7 +419,8 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
   ``config.alignment == "inner"``, ``1 - <sum, key gradient> / |key gradient|^2``).
 
   With ``ensemble``, ``params``, ``batch_stats`` and ``g_key`` carry a leading member axis and the
-  loss is the mean over members (every member sees the same augmented clips).
+  loss is the mean over members (every member sees the same augmented clips); an ensemble of one
+  member gives exactly that member's loss (no loop, no mean).
   """
   inputs = CraftInputs(x, targets, weights, scale, None)
   waves = x + perturbation(u, inputs, config)
@@ -447,6 +448,8 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
       return 1.0 - tree_projection(grads, g, keep)
     return 1.0 - tree_cosine(grads, g, keep)
 
+  if ensemble and members_of(params) == 1:   # one member: exactly that surrogate's loss
+    return member_loss(*jax.tree.map(lambda a: a[0], (params, batch_stats, g_key)))
   if ensemble:
     return jnp.mean(sequential_map(lambda m: member_loss(*m), (params, batch_stats, g_key),
                                    unroll=config.loop_unroll()))
