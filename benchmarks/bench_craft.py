@@ -9,7 +9,7 @@ projection. ``f`` is an Audio Spectrogram Transformer on 128 x 128 fbank feature
 classes; ``g_key`` is a fixed key gradient (all parameters, 4 key inputs).
 
 * jaxtag: the real ``jaxtag.taggants.craft.craft_step`` (one group: the ``joint`` objective),
-  jitted with its state donated, as ``craft.craft`` runs it. The Classifier's ``features`` is the
+  jitted with its state donated, as ``craft.craft`` runs it. The pure model's ``features`` is the
   identity (a reshape of the flattened fbank), so both sides see the same input features; no
   augmentation (one view, no shift or gain) and no 16-bit quantisation.
 * PyTorch (``bench_craft_torch.py``, imported only when that side runs):
@@ -67,7 +67,7 @@ NUM_KEYS = 4
 SAMPLE_RATE = 16000   # unused by the step without augmentation; craft_step requires one
 SNR_DB = 40.0
 UNIT = "poison-sample-steps/s"
-INPUT_NOTE = "128x128 fbank features fed to both sides (jaxtag Classifier.features = reshape)"
+INPUT_NOTE = "128x128 fbank features fed to both sides (jaxtag models.PureModel.features = reshape)"
 
 # AST sizes: "base" is the AST paper's model (85.4M parameters with a 35-class head).
 SIZES = {
@@ -145,20 +145,23 @@ def jax_model(size: str, precision: str = "fp32", *, seed: int = 0) -> nnx.Modul
                              **SIZES[size], max_length=FRAMES, num_mel_bins=MELS, dtype=dtype)
 
 
-def feature_classifier(model: nnx.Module) -> tuple[craft.Classifier, nnx.State, nnx.State]:
-  """``(Classifier, params, batch_stats)`` whose ``features`` maps flattened fbank features
-  ``(B, 128 * 128)`` to ``(B, 128, 128)`` (no front end)."""
-  split = models.split_model(model)
-  full = craft.classifier(split.graphdef, split.other, NUM_CLASSES)
+class FeatureInput(models.PureModel):
+  """The AST as a pure model whose ``features`` maps flattened fbank features
+  ``(B, 128 * 128)`` to ``(B, 128, 128)`` (no front end: both sides get the same features)."""
 
-  def features(params, batch_stats, x):
+  def features(self, params, batch_stats, waveforms):
     del params, batch_stats
-    return x.reshape(x.shape[:-1] + (FRAMES, MELS))
-
-  return craft.Classifier(features, full.classify, NUM_CLASSES), split.params, split.batch_stats
+    return waveforms.reshape(waveforms.shape[:-1] + (FRAMES, MELS))
 
 
-def jax_inputs(clf: craft.Classifier, params, batch_stats, problem: Problem) -> craft.CraftInputs:
+def feature_classifier(model: nnx.Module) -> tuple[models.PureModel, nnx.State, nnx.State]:
+  """``(pure model, params, batch_stats)`` of ``model`` fed fbank features (FeatureInput)."""
+  split = models.split_model(model)
+  return (FeatureInput(split.graphdef, split.other, NUM_CLASSES), split.params,
+          split.batch_stats)
+
+
+def jax_inputs(clf: models.PureModel, params, batch_stats, problem: Problem) -> craft.CraftInputs:
   """One group (leading axis 1) of the problem, with its key gradient."""
   g_key = jax.jit(functools.partial(craft.key_gradients, clf, objective="joint"))(
       params, batch_stats, jnp.asarray(problem.key_x), jnp.asarray(problem.key_labels))

@@ -65,7 +65,7 @@ def make_step(*, model: str, keys: int, poisons: int, members: int, unroll: bool
     split = registry.split_model(registry.create_model(model, num_classes=NUM_CLASSES,
                                                        rngs=nnx.Rngs(seed + m)))
     trees.append(split)
-  clf = craft.classifier(trees[0].graphdef, trees[0].other, NUM_CLASSES)
+  clf = registry.PureModel(trees[0].graphdef, trees[0].other, NUM_CLASSES)
   ensemble = members > 1
   if ensemble:
     params = craft.stack_members([t.params for t in trees])

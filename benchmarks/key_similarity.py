@@ -90,7 +90,7 @@ def main(argv=None) -> list[dict]:
 
   secret, _ = keyfile.load_keys(args.key_file)
   trained = train.restore_for_inference(args.model)
-  clf, params, stats = alignment.classifier_from_trained(trained)
+  clf, params, stats = alignment.split_trained(trained)
   labels = [int(x) for x in args.labels.split(",")]
   bad = [y for y in labels if not 0 <= y < clf.num_classes]
   if bad:

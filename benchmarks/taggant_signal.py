@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                else train.restore_for_inference(args.init))
     if first is None:
       first = trained
-      clf = alignment.classifier_from_trained(trained)[0]   # one compiled chunk for every epoch
+      clf = alignment.split_trained(trained)[0]   # one compiled chunk for every epoch
     else:
       _check_same_architecture(first, trained, args.init if workdir is None else workdir)
     point = diagnostics.signal_at(

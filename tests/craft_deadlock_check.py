@@ -58,7 +58,7 @@ def main(argv=None) -> int:
   trees = [registry.split_model(registry.create_model(
       "cnn", num_classes=NUM_CLASSES, channels=(8, 16), n_mels=32, rngs=nnx.Rngs(m)))
            for m in range(args.members)]
-  clf = craft.classifier(trees[0].graphdef, trees[0].other, NUM_CLASSES)
+  clf = registry.PureModel(trees[0].graphdef, trees[0].other, NUM_CLASSES)
   ensemble = args.members > 1
   if ensemble:
     params = craft.stack_members([t.params for t in trees])

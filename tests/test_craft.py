@@ -535,7 +535,7 @@ def _group_inputs(clf, craft_inputs, key_grads, snr_db):
 
 
 def test_ensemble_loss_is_the_mean_of_its_members_losses(surrogate, craft_inputs):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   other = _other_member(params, 1)
   kw = jnp.asarray(craft_inputs["key_waveforms"])
   kl = jnp.asarray(craft_inputs["key_labels"])
@@ -561,7 +561,7 @@ def test_ensemble_loss_is_the_mean_of_its_members_losses(surrogate, craft_inputs
 
 def test_ensemble_of_one_surrogate_twice_crafts_as_that_surrogate(surrogate, craft_inputs,
                                                                    result_1dev):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   twice = _craft_members(clf, [params, params], [stats, stats], craft_inputs)
   np.testing.assert_allclose(twice.initial_losses, result_1dev.initial_losses, atol=1e-5)
   np.testing.assert_allclose(twice.losses, result_1dev.losses, atol=1e-4)
@@ -572,7 +572,7 @@ def test_ensemble_of_one_surrogate_twice_crafts_as_that_surrogate(surrogate, cra
 def test_an_ensemble_of_one_steps_exactly_as_its_surrogate_alone(surrogate, craft_inputs):
   """The driver always crafts against a stacked ensemble; one member must give the numbers of
   the single-surrogate step bit for bit (the published results were crafted that way)."""
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   kw = jnp.asarray(craft_inputs["key_waveforms"])
   kl = jnp.asarray(craft_inputs["key_labels"])
   keep = craft.leaf_keep(params, ())
@@ -602,7 +602,7 @@ def test_an_ensemble_of_one_steps_exactly_as_its_surrogate_alone(surrogate, craf
 
 
 def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate, craft_inputs):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   other = surrogate._replace(params=_other_member(params, 3))
   config = dataclasses.replace(CONFIG, restarts=1, steps=6)
   r = _craft_members(clf, [params, other.params], [stats, stats], craft_inputs, config)
@@ -628,7 +628,7 @@ def test_ensemble_craft_lowers_the_mean_loss_and_protect_takes_a_list(surrogate,
 
 
 def test_grad_norm_scores_do_not_depend_on_the_chunking(surrogate):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   _, _, data, _ = _tone_data_and_keys()
   classes = np.array([0, 3])
   whole = protect.grad_norm_scores(clf, params, stats, data, classes, batch_size=len(data))
@@ -641,7 +641,7 @@ def test_grad_norm_scores_do_not_depend_on_the_chunking(surrogate):
 
 
 def test_ensemble_members_must_share_one_architecture(surrogate):
-  _, params, _ = craft.classifier_from_trained(surrogate)
+  _, params, _ = craft.split_trained(surrogate)
   leaves, treedef = jax.tree.flatten(params)
   wrong = jax.tree.unflatten(treedef, [leaves[0][..., :1]] + leaves[1:])
   with pytest.raises(ValueError, match="architecture"):
@@ -653,7 +653,7 @@ def test_ensemble_members_must_share_one_architecture(surrogate):
 
 def test_unrolled_and_rolled_loops_give_the_same_step(surrogate, craft_inputs):
   """``CraftConfig.unroll`` changes how XLA runs the loops over keys and members, not the maths."""
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   members = craft.stack_members([params, _other_member(params, 4)])
   member_stats = craft.stack_members([stats, stats])
   g = craft.ensemble_key_gradients(clf, members, member_stats,
@@ -694,7 +694,7 @@ def test_craft_config_refuses_a_bad_unroll(unroll):
 def test_new_surrogates_mid_craft_take_over_the_key_gradients(surrogate, craft_inputs):
   """craft_run(until=2), with_surrogates, craft_run: the same weights go on seamlessly; other
   weights change the last steps; current_delta is what would be published."""
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   other = _other_member(params, 6)
   config = dataclasses.replace(CONFIG, restarts=1, steps=4)
   start = functools.partial(craft.craft_init, craft.ensemble(clf, [params], [stats]),
@@ -781,7 +781,7 @@ def test_protect_dataset_retrains_on_the_protected_training_set(surrogate, monke
 def test_a_craft_resumed_after_retraining_retrains_on_the_same_data(surrogate, monkeypatch,
                                                                     tmp_path):
   _, _, data, keys = _tone_data_and_keys()
-  _, params, _ = craft.classifier_from_trained(surrogate)
+  _, params, _ = craft.split_trained(surrogate)
   other = surrogate._replace(params=_other_member(params, 6))
   config = protect.ProtectConfig(budget=0.1, retrain_rounds=1, diagnostics=False,
                                  craft=dataclasses.replace(CONFIG, restarts=1, steps=4))
@@ -836,7 +836,7 @@ def test_the_step_compiles_once_per_craft(surrogate, craft_inputs, caplog):
   """States built outside the step (the first, each restart's, each restart's best) are placed
   and typed as the step's outputs are: a mismatch recompiles the step (tens of seconds once
   the loops are unrolled)."""
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   config = dataclasses.replace(CONFIG, restarts=2, steps=2, learning_rate=0.123)
   with caplog.at_level("WARNING"), jax.log_compiles(True):
     r = _craft_members(clf, [params], [stats], craft_inputs, config)
@@ -905,7 +905,7 @@ def test_inner_alignment_loss_is_one_minus_the_projection_and_crafting_lowers_it
   r = _craft(surrogate, craft_inputs, sharding.make_mesh(1), config=config)
   assert np.all(r.losses < r.initial_losses - 0.01), (r.initial_losses, r.losses)
   # The reported loss is 1 - <G, g>/|g|^2 of the exported poisons (no augmentation).
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   ci = craft_inputs
   g = craft.key_gradients(clf, params, stats, jnp.asarray(ci["key_waveforms"]),
                           jnp.asarray(ci["key_labels"]))
@@ -914,13 +914,13 @@ def test_inner_alignment_loss_is_one_minus_the_projection_and_crafting_lowers_it
     waves = jnp.asarray(ci["poison_x"][k][m] + r.delta[k][m])
     tgt = jax.nn.one_hot(jnp.asarray(ci["poison_labels"][k][m]), clf.num_classes)
     grads = jax.grad(lambda p: jnp.sum(craft.cross_entropy(
-        clf.classify(p, stats, clf.features(p, stats, waves)), tgt)))(params)
+        clf.classify(p, stats, clf.features(p, stats, waves))[0], tgt)))(params)
     want = 1.0 - float(craft.tree_projection(grads, jax.tree.map(lambda x: x[k], g)))
     assert r.losses[k] == pytest.approx(want, rel=1e-3, abs=1e-4)
 
 
 def test_contrastive_key_target_subtracts_the_other_keys_gradient_for_the_same_label(surrogate):
-  clf, params, stats = craft.classifier_from_trained(surrogate)
+  clf, params, stats = craft.split_trained(surrogate)
   waves = jnp.asarray(_clips(3, length=tc.CLIP, seed=11, amp=0.2))
   labels = jnp.asarray([1, 4, 2])
   own = craft.key_gradients(clf, params, stats, waves, labels)
@@ -948,12 +948,12 @@ def test_dropout_on_the_poison_gradients_follows_the_step_key_and_spares_the_eva
   model = models.create_model("cnn", num_classes=5, channels=(8, 16), dropout_rate=0.5,
                               rngs=nnx.Rngs(0))
   split = models.split_model(model)
-  clf = craft.classifier(split.graphdef, split.other, 5)
+  clf = models.PureModel(split.graphdef, split.other, 5)
   params, stats = split.params, split.batch_stats
   x = jnp.asarray(_clips(4, length=4000, seed=1))
   feats = clf.features(params, stats, x)
-  plain = np.asarray(clf.classify(params, stats, feats))
-  a, b, c = (np.asarray(clf.classify(params, stats, feats, jax.random.key(k))) for k in (1, 1, 2))
+  plain = np.asarray(clf.classify(params, stats, feats)[0])
+  a, b, c = (np.asarray(clf.classify(params, stats, feats, dropout_key=jax.random.key(k))[0]) for k in (1, 1, 2))
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c) and not np.allclose(a, plain)
   np.testing.assert_allclose(plain, np.asarray(model.classify(feats)[0]), rtol=1e-6)

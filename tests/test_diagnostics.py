@@ -104,7 +104,7 @@ def _flat(tree) -> np.ndarray:
 def _clip_gradient(clf, params, stats, wave, label) -> np.ndarray:
   """The gradient of one clip's cross-entropy, straight from jax.grad (the reference)."""
   def loss(p):
-    logits = clf.classify(p, stats, clf.features(p, stats, jnp.asarray(wave)[None]))
+    logits = clf.classify(p, stats, clf.features(p, stats, jnp.asarray(wave)[None]))[0]
     return -jax.nn.log_softmax(logits)[0, label]
   return _flat(jax.grad(loss)(params))
 
@@ -112,7 +112,7 @@ def _clip_gradient(clf, params, stats, wave, label) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_model(tiny_workdir):
   trained = train.restore_for_inference(tiny_workdir)
-  clf, params, stats = alignment.classifier_from_trained(trained)
+  clf, params, stats = alignment.split_trained(trained)
   return trained, clf, params, stats
 
 
@@ -339,7 +339,7 @@ def test_signal_script_follows_a_suspect_epoch_by_epoch(tiny_workdir, tmp_path):
   assert [e["source"] for e in epochs] == ["init"] + ["suspect"] * len(steps)
   assert [r["num_poisons"] for r in epochs[-1]["keys"]] == [2, 2, 2]
   last = train.restore_for_inference(suspect)
-  clf, params, stats = alignment.classifier_from_trained(last)
+  clf, params, stats = alignment.split_trained(last)
   clean = diagnostics.grouped_gradients(clf, params, stats, data.waveforms[rows] - delta,
                                         data.labels[rows], owners, 3)
   np.testing.assert_allclose([r["unperturbed_loss"] for r in epochs[-1]["keys"]],
@@ -372,7 +372,7 @@ def test_key_similarity_cosines_and_greedy_pick(tiny_workdir, tmp_path):
   assert key_similarity.off_diagonal_mean(cos) == pytest.approx((0.9 + 0.2 + 0.3) / 3)
   assert key_similarity.least_alike(cos, 2) == [2, 0]
   trained = train.restore_for_inference(tiny_workdir)
-  clf, params, stats = alignment.classifier_from_trained(trained)
+  clf, params, stats = alignment.split_trained(trained)
   rng = np.random.default_rng(0)
   waves = 0.1 * rng.standard_normal((3, tc.CLIP)).astype(np.float32)
   got = key_similarity.gradient_cosines(clf, params, stats, np.concatenate([waves, waves[:1]]), 1,

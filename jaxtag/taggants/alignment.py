@@ -1,72 +1,32 @@
 """The surrogate as pure functions of its weights, and the gradient-alignment quantities.
 
 What crafting (``jaxtag.taggants.craft``) and its diagnostics (``jaxtag.taggants.protect``) align:
-the surrogate split into ``features``/``classify`` (:class:`Classifier`), the fixed key gradients
+the surrogate as pure ``features``/``classify`` functions (``jaxtag.models.PureModel``), the fixed key gradients
 (one surrogate, or a stacked ensemble of surrogates of one architecture), and the cosine between
 two parameter trees over the kept leaves. Every name here is re-exported by ``craft``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from jaxtag.models import PureModel
 from jaxtag.train.steps import cross_entropy  # noqa: F401  (re-exported: one definition)
 
 Objective = Literal["per_key", "joint"]
 
 
-class Classifier(NamedTuple):
-  """A trained model split into pure functions of its weights.
-
-  Attributes:
-    features: ``features(params, batch_stats, waveforms (B, T)) -> features``.
-    classify: ``classify(params, batch_stats, features, dropout_key=None) -> logits (B, C)
-      float32`` (eval mode; with a ``dropout_key``, dropout on).
-    num_classes: C.
-  """
-
-  features: Callable[..., jax.Array]
-  classify: Callable[..., jax.Array]
-  num_classes: int
-
-
-def classifier(graphdef, other: nnx.State, num_classes: int) -> Classifier:
-  """Pure ``features``/``classify`` functions of a split model (``jaxtag.models.split_model``).
-
-  Crafting uses the model in eval mode (BatchNorm running statistics, no dropout), as the
-  reference does for the key gradient and the poison gradients. ``classify(..., dropout_key=k)``
-  keeps the eval mode but turns the model's dropout on with masks drawn from ``k``
-  (``CraftAugment.dropout``: the poison gradients then expect the suspect's dropout).
-  """
-
-  def merged(params, batch_stats):
-    return nnx.merge(graphdef, params, batch_stats, other, copy=True)
-
-  def features(params, batch_stats, waveforms):
-    return merged(params, batch_stats).features(waveforms)
-
-  def classify(params, batch_stats, feats, dropout_key=None):
-    model = merged(params, batch_stats)
-    if dropout_key is None:
-      logits, _ = model.classify(feats, train=False)
-    else:
-      logits, _ = model.classify(feats, train=False, dropout=True,
-                                 rngs=nnx.Rngs(dropout=dropout_key))
-    return logits.astype(jnp.float32)
-
-  return Classifier(features, classify, int(num_classes))
-
-
-def classifier_from_trained(trained) -> tuple[Classifier, Any, Any]:
-  """``(Classifier, params, batch_stats)`` of a ``jaxtag.train.TrainedModel``."""
-  clf = classifier(trained.graphdef, trained.other, trained.info.num_classes)
-  return clf, trained.params, trained.batch_stats
+def split_trained(trained) -> tuple[PureModel, Any, Any]:
+  """``(pure model, params, batch_stats)`` of a ``jaxtag.train.TrainedModel``: the surrogate as
+  pure functions of its weights (``jaxtag.models.PureModel``). Crafting uses it in eval mode
+  (BatchNorm running statistics, no dropout), as the reference does for the key gradient and the
+  poison gradients; ``classify(..., dropout_key=k)`` keeps the eval mode but turns the model's
+  dropout on with masks drawn from ``k`` (``CraftAugment.dropout``)."""
+  return trained.pure, trained.params, trained.batch_stats
 
 
 def leaf_keep(tree, exclude: tuple[str, ...]) -> tuple[bool, ...]:
@@ -102,7 +62,7 @@ def tree_projection(a, b, keep: tuple[bool, ...] | None = None) -> jax.Array:
   return dot / jnp.maximum(nb, 1e-30)
 
 
-def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
+def key_gradients(clf: PureModel, params, batch_stats, key_waveforms: jax.Array,
                   key_labels: jax.Array, *, objective: Objective = "per_key",
                   contrast: float = 0.0):
   """The fixed target gradients: one per key (``per_key``, leading axis K) or one (``joint``,
@@ -120,7 +80,7 @@ def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array
   targets = jax.nn.one_hot(key_labels, clf.num_classes, dtype=jnp.float32)
 
   def loss(p, waves, tgt):
-    logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, waves))
+    logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, waves))[0]
     return jnp.mean(cross_entropy(logits, tgt))
 
   def one(w, t):
@@ -145,7 +105,7 @@ def key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array
   return g
 
 
-def ensemble_key_gradients(clf: Classifier, params, batch_stats, key_waveforms: jax.Array,
+def ensemble_key_gradients(clf: PureModel, params, batch_stats, key_waveforms: jax.Array,
                            key_labels: jax.Array, *, objective: Objective = "per_key",
                            contrast: float = 0.0):
   """:func:`key_gradients` of every member of a stacked ensemble, laid out ``(G, E, ...)``: the

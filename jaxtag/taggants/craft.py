@@ -76,12 +76,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag import rng as rng_lib
+from jaxtag.models import PureModel
 from jaxtag.taggants import craft_records
 from jaxtag.taggants.craft_records import METRICS_JSONL  # noqa: F401  (re-exported)
 from jaxtag.taggants.alignment import (  # noqa: F401  (re-exported: the public crafting API)
-    Classifier, Objective, classifier, classifier_from_trained, cross_entropy,
-    ensemble_key_gradients, key_gradients, leaf_keep, members_of, stack_members, tree_cosine,
-    tree_projection)
+    Objective, cross_entropy, ensemble_key_gradients, key_gradients, leaf_keep, members_of, stack_members, tree_cosine,
+    split_trained, tree_projection)
 from jaxtag.taggants.constraint import (  # noqa: F401  (PCM16_SCALE re-exported)
     PCM16_SCALE, project, quantize_perturbation, snr_scale)
 from jaxtag.taggants.step import (  # noqa: F401  (re-exported: the public crafting API)
@@ -105,11 +105,11 @@ class Ensemble:
   tells one surrogate from several.
 
   Attributes:
-    clf: the surrogates' pure functions (:func:`classifier_from_trained`).
+    clf: the surrogates' pure functions (:func:`split_trained`).
     params, batch_stats: the members' weights, stacked (:func:`stack_members`).
   """
 
-  clf: Classifier
+  clf: PureModel
   params: Any
   batch_stats: Any
 
@@ -119,7 +119,7 @@ class Ensemble:
     return members_of(self.params)
 
 
-def ensemble(clf: Classifier, params: Sequence[Any], batch_stats: Sequence[Any]) -> Ensemble:
+def ensemble(clf: PureModel, params: Sequence[Any], batch_stats: Sequence[Any]) -> Ensemble:
   """Stacks the weights of surrogates of one architecture (one or more) into an :class:`Ensemble`.
 
   Raises:
@@ -135,7 +135,7 @@ def ensemble(clf: Classifier, params: Sequence[Any], batch_stats: Sequence[Any])
 
 def ensemble_from_trained(trained: Sequence[Any]) -> Ensemble:
   """The :class:`Ensemble` of trained surrogates (``jaxtag.train.TrainedModel``s, one or more)."""
-  parts = [classifier_from_trained(m) for m in trained]
+  parts = [split_trained(m) for m in trained]
   if not parts:
     raise ValueError("A surrogate ensemble needs at least one member.")
   return ensemble(parts[0][0], [p for _, p, _ in parts], [b for _, _, b in parts])

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtag.models import PureModel
 from jaxtag.taggants import alignment
 from jaxtag.train import infer
 
@@ -107,11 +108,11 @@ class GradientSum(NamedTuple):
   count: Any
 
 
-def _weighted_gradient(clf: alignment.Classifier, params, batch_stats, waves, labels, weights):
+def _weighted_gradient(clf: PureModel, params, batch_stats, waves, labels, weights):
   """``grad sum_i w_i CE_i`` and the weighted loss and hit sums of one fixed-size chunk."""
 
   def loss(p):
-    logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, waves))
+    logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, waves))[0]
     ce = alignment.cross_entropy(logits, jax.nn.one_hot(labels, clf.num_classes,
                                                         dtype=jnp.float32))
     hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
@@ -136,14 +137,14 @@ def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
-def summed_gradient(clf: alignment.Classifier, params, batch_stats, waveforms: np.ndarray,
+def summed_gradient(clf: PureModel, params, batch_stats, waveforms: np.ndarray,
                     labels: np.ndarray, *, batch_size: int = 64) -> GradientSum:
   """The sum over clips of ``grad CE(model(clip), label)`` at ``params`` (eval mode, no
   augmentation), in chunks of ``batch_size`` (the last one padded with zero-weight rows, so every
   chunk has one compiled shape).
 
   Args:
-    clf: the model as pure functions (``alignment.classifier_from_trained``); reuse one object
+    clf: the model as pure functions (``alignment.split_trained``); reuse one object
       for every call, since the compiled chunk is cached per ``clf``.
     params, batch_stats: the weights.
     waveforms: ``(N, T)`` clips (a numpy array or memory map; read a chunk at a time).
@@ -169,7 +170,7 @@ def summed_gradient(clf: alignment.Classifier, params, batch_stats, waveforms: n
   return GradientSum(grad, float(loss_sum), float(correct), n)
 
 
-def grouped_gradients(clf: alignment.Classifier, params, batch_stats, waveforms: np.ndarray,
+def grouped_gradients(clf: PureModel, params, batch_stats, waveforms: np.ndarray,
                       labels: np.ndarray, groups: np.ndarray, num_groups: int) -> GradientSum:
   """:func:`summed_gradient` of each group of clips (e.g. each key's poisons), stacked on a
   leading axis of ``num_groups``; an empty group has a zero gradient and ``count`` 0.
@@ -252,12 +253,12 @@ def signal_statistics(key_grads, poison_grads, whole_grad,
         "whole_grad_norm": np.float64(s_norm)}
 
 
-def key_log_probs(clf: alignment.Classifier, params, batch_stats, waveforms,
+def key_log_probs(clf: PureModel, params, batch_stats, waveforms,
                   labels) -> KeyScores:
   """:func:`key_scores` from a model's pure functions and weights (eval mode)."""
   labels = np.asarray(labels)
   logits = clf.classify(params, batch_stats, clf.features(params, batch_stats,
-                                                          jnp.asarray(waveforms, jnp.float32)))
+                                                          jnp.asarray(waveforms, jnp.float32)))[0]
   log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
   own = log_probs[np.arange(len(labels)), labels]
   return KeyScores(own, 1 + np.sum(log_probs > own[:, None], axis=1))
@@ -307,7 +308,7 @@ def _mean(x) -> float | None:
   return float(x.mean()) if x.size else None
 
 
-def signal_at(clf: alignment.Classifier, params, batch_stats, *, key_waveforms, key_labels,
+def signal_at(clf: PureModel, params, batch_stats, *, key_waveforms, key_labels,
               train_waveforms: np.ndarray, train_labels: np.ndarray, poisons: PoisonSet,
               reference_rows: np.ndarray | None = None, batch_size: int = 64,
               unperturbed_poisons: np.ndarray | None = None) -> dict[str, Any]:

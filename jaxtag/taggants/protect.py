@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag import errors
+from jaxtag.models import PureModel
 from jaxtag import rng as rng_lib
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.taggants import constraint as constraint_lib
@@ -146,7 +147,7 @@ class ProtectReport:
     return out
 
 
-def per_sample_alignment(clf: craft_lib.Classifier, params, batch_stats, waves: jax.Array,
+def per_sample_alignment(clf: PureModel, params, batch_stats, waves: jax.Array,
                          labels: jax.Array, key_grad, keep=None) -> jax.Array:
   """Cosine between each clip's own parameter gradient and one key gradient (diagnostics:
   how well each poison alone points where the key does). ``waves`` (n, T), ``labels`` (n,)."""
@@ -154,21 +155,21 @@ def per_sample_alignment(clf: craft_lib.Classifier, params, batch_stats, waves: 
 
   def one(w, t):
     def loss(p):
-      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
+      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))[0]
       return craft_lib.cross_entropy(logits, t[None])[0]
     return craft_lib.tree_cosine(jax.grad(loss)(params), key_grad, keep)
 
   return jax.lax.map(lambda a: one(*a), (waves, targets))
 
 
-def per_sample_grad_norms(clf: craft_lib.Classifier, params, batch_stats, waves: jax.Array,
+def per_sample_grad_norms(clf: PureModel, params, batch_stats, waves: jax.Array,
                           labels: jax.Array) -> jax.Array:
   """L2 norm of each clip's parameter gradient, by ``vmap`` (for ``grad_norm`` selection)."""
   targets = jax.nn.one_hot(labels, clf.num_classes, dtype=jnp.float32)
 
   def one(w, t):
     def loss(p):
-      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))
+      logits = clf.classify(p, batch_stats, clf.features(p, batch_stats, w[None]))[0]
       return craft_lib.cross_entropy(logits, t[None])[0]
     g = jax.grad(loss)(params)
     return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(g)))
@@ -357,7 +358,7 @@ def _select(members: Sequence[Any], keys, train: AudioDataset, config: ProtectCo
   key_labels = np.asarray(keys.labels)
   scores = None
   if config.selection == "grad_norm":
-    scores = np.mean([grad_norm_scores(*craft_lib.classifier_from_trained(m), train,
+    scores = np.mean([grad_norm_scores(*craft_lib.split_trained(m), train,
                                        np.unique(key_labels)) for m in members], axis=0)
   elif config.selection == "loudest":
     scores = clip_rms(train.waveforms)
@@ -415,7 +416,7 @@ def _diagnostics(members: Sequence[Any], keys, clean: np.ndarray, perturbed: np.
   """Each poison's alignment with its key before and after, the mean over the members."""
   before, after = [], []
   for member in members:
-    c, p, b = craft_lib.classifier_from_trained(member)
+    c, p, b = craft_lib.split_trained(member)
     keep = craft_lib.leaf_keep(p, tuple(config.craft.exclude_params))
     per_key = craft_lib.key_gradients(c, p, b, jnp.asarray(keys.waveforms),
                                       jnp.asarray(keys.labels), objective="per_key")

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxtag import errors
-from jaxtag.taggants.alignment import (Classifier, Objective, cross_entropy, members_of,
-                                      tree_cosine, tree_projection)
+from jaxtag.models import PureModel
+from jaxtag.taggants.alignment import (Objective, cross_entropy, members_of, tree_cosine,
+                                      tree_projection)
 from jaxtag.taggants.constraint import (StftMask, check_mask_settings, project,
                                         quantize_perturbation, round_to_grid)
 from jaxtag.train import augment as augment_lib
@@ -412,7 +413,7 @@ def perturbation(u: jax.Array, inputs: CraftInputs, config: CraftConfig) -> jax.
   return delta
 
 
-def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, params,
+def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: PureModel, params,
                batch_stats, config: CraftConfig, keep, sample_rate, pool, pool_targets,
                augment: bool = True, ensemble: bool = False):
   """``1 - cos(sum of the group's poison gradients, its key gradient)`` for one group (or, with
@@ -440,7 +441,7 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
           num_freq_masks=aug.num_freq_masks, time_mask_width=aug.time_mask_width,
           num_time_masks=aug.num_time_masks)
     dropout_key = jax.random.fold_in(key, 20_000) if augment and aug.dropout else None
-    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats, dropout_key), tgts))
+    return jnp.sum(w * cross_entropy(clf.classify(p, stats, feats, dropout_key=dropout_key)[0], tgts))
 
   def member_loss(p, stats, g):
     grads = jax.grad(poison_loss)(p, stats)
@@ -457,7 +458,7 @@ def group_loss(u, x, targets, weights, scale, g_key, key, *, clf: Classifier, pa
 
 
 def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool, pool_targets,
-               key: jax.Array, *, clf: Classifier, config: CraftConfig, keep, sample_rate: int,
+               key: jax.Array, *, clf: PureModel, config: CraftConfig, keep, sample_rate: int,
                tx: optax.GradientTransformation,
                ensemble: bool = False) -> tuple[CraftState, jax.Array]:
   """One sign-Adam step on every group; returns the new state and the per-group losses."""
@@ -480,7 +481,7 @@ def craft_step(state: CraftState, inputs: CraftInputs, params, batch_stats, pool
   return dataclasses.replace(state, u=u, opt_state=opt_state, step=state.step + 1), losses
 
 
-def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_rate: int,
+def make_craft_step(clf: PureModel, config: CraftConfig, *, keep=None, sample_rate: int,
                     tx: optax.GradientTransformation | None = None, ensemble: bool = False):
   """The jitted crafting step that :func:`craft` runs (state donated), and its optimiser.
 
@@ -498,7 +499,7 @@ def make_craft_step(clf: Classifier, config: CraftConfig, *, keep=None, sample_r
   return step, tx
 
 
-def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: Classifier,
+def eval_losses(u, inputs: CraftInputs, params, batch_stats, *, clf: PureModel,
                 config: CraftConfig, keep, sample_rate: int,
                 ensemble: bool = False) -> jax.Array:
   """Per-group alignment losses without augmentation (how restarts are compared)."""
