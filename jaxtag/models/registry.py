@@ -143,6 +143,16 @@ class PureModel(NamedTuple):
   other: nnx.State
   num_classes: int
 
+  # A static argument of jit (e.g. the diagnostics' gradient): hashed by its graph and by the
+  # identity of its ``other`` state (arrays, unhashable), so the pure forms of one trained model
+  # share their compilations.
+  def __hash__(self):
+    return hash((self.graphdef, id(self.other), self.num_classes))
+
+  def __eq__(self, other):
+    return (isinstance(other, PureModel) and self.graphdef == other.graphdef
+            and self.other is other.other and self.num_classes == other.num_classes)
+
   def module(self, params: nnx.State, batch_stats: nnx.State) -> nnx.Module:
     """The module holding these weights. ``copy=True`` gives fresh variables at the current
     trace level even when the states are closed-over constants (``nnx.scan`` in the LSTM needs
