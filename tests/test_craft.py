@@ -988,3 +988,33 @@ def test_dropout_on_the_poison_gradients_follows_the_step_key_and_spares_the_eva
   np.testing.assert_allclose(eval_off, off1, rtol=1e-5)
   assert on1 == on1b and on1 != on2 and abs(on1 - off1) > 1e-6
   assert eval_on == eval_off
+
+
+def test_craft_augment_extends_the_training_augmentation():
+  """One definition of the shared fields: CraftAugment is an AugmentConfig (its checks run, its
+  messages name CraftAugment), and the inherited shift mode and noise probability reach the
+  crafting views."""
+  from jaxtag.train import AugmentConfig
+  aug = craft.CraftAugment()
+  assert isinstance(aug, AugmentConfig)
+  assert (aug.max_shift_seconds, aug.max_gain_db, aug.shift_mode, aug.noise_prob) == (
+      0.1, 6.0, "circular", 1.0)
+  with pytest.raises(ValueError, match=r"CraftAugment\.noise_snr_db must be \(low, high\)"):
+    craft.CraftAugment(noise_snr_db=(20.0, 10.0))
+  with pytest.raises(ValueError, match=r"CraftAugment\.shift_mode"):
+    craft.CraftAugment(shift_mode="reflect")
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 400)), jnp.float32)
+  t = jnp.eye(3)
+  key = jax.random.key(5)
+
+  def views(**fields):
+    base = dict(views=1, max_gain_db=0.0, max_shift_seconds=0.0)
+    return np.asarray(craft.augment_views(key, x, t, craft.CraftAugment(**{**base, **fields}),
+                                          sample_rate=1000)[0])
+
+  np.testing.assert_array_equal(views(noise_snr_db=(10.0, 10.0), noise_prob=0.0), np.asarray(x))
+  assert not np.array_equal(views(noise_snr_db=(10.0, 10.0)), np.asarray(x))
+  circular = views(max_shift_seconds=0.1)
+  zero = views(max_shift_seconds=0.1, shift_mode="zero")
+  np.testing.assert_allclose(np.sort(circular, -1), np.sort(np.asarray(x), -1))   # a roll
+  assert not np.array_equal(zero, circular) and np.sum(zero == 0) > 0

@@ -36,54 +36,37 @@ REFERENCE_STEPS = 250     # the schedule's milestones are given for a 250-step c
 
 
 @dataclasses.dataclass(frozen=True)
-class CraftAugment:
-  """Differentiable augmentation applied to the poisons while crafting.
+class CraftAugment(augment_lib.AugmentConfig):
+  """Differentiable augmentation applied to the poisons while crafting: the training
+  augmentation (:class:`jaxtag.train.AugmentConfig`: time shift and its mode, gain, noise and its
+  probability, mixup, SpecAugment masks, with the same meaning and checks) plus what crafting
+  adds. Crafting's defaults shift by up to 0.1 s and scale by up to 6 dB (the reference's).
 
   Attributes:
     views: how many independent augmentation draws of each poison per step (the reference: 2).
-    max_shift_seconds: circular time shift, uniform in +-this.
-    max_gain_db: gain uniform in +-this many dB.
-    noise_snr_db: ``(low, high)`` white-noise SNR range in dB, or None for no noise.
-    mixup_alpha: Beta(alpha, alpha) weight of a mixup with a clean clip (0: off); the poison keeps
-      the larger weight.
-    mixup_prob: probability that a view is mixed.
-    freq_mask_width, num_freq_masks, time_mask_width, num_time_masks: SpecAugment masks applied
-      between the model's ``features`` and ``classify`` (width 0: off).
+    mixup_prob: probability that a view is mixed (with a clean clip of the pool; the poison
+      keeps the larger weight of ``Beta(mixup_alpha, mixup_alpha)``).
     dropout: the poison gradients are taken with the surrogate's dropout on (fresh masks every
       step and view; BatchNorm stays in eval mode), as the suspect trains with it. The key
       gradients stay deterministic, as in the reference.
   """
 
-  views: int = 2
   max_shift_seconds: float = 0.1
   max_gain_db: float = 6.0
-  noise_snr_db: tuple[float, float] | None = None
-  mixup_alpha: float = 0.0
+  views: int = 2
   mixup_prob: float = 0.5
-  freq_mask_width: int = 0
-  num_freq_masks: int = 1
-  time_mask_width: int = 0
-  num_time_masks: int = 1
   dropout: bool = False
 
   def __post_init__(self):
+    super().__post_init__()
+
     def name(field: str) -> str:
       return errors.option(field, owner="CraftAugment")
 
     if self.views < 1:
       raise ValueError(f"{name('views')} must be >= 1; got {self.views}.")
-    for field in ("max_shift_seconds", "max_gain_db", "mixup_alpha"):
-      if getattr(self, field) < 0:
-        raise ValueError(f"{name(field)} must be >= 0; got {getattr(self, field)}.")
     if not 0.0 <= self.mixup_prob <= 1.0:
       raise ValueError(f"{name('mixup_prob')} must be in [0, 1]; got {self.mixup_prob}.")
-    if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:
-      raise ValueError(f"{name('noise_snr_db')} must be (low, high) or None.")
-
-  @property
-  def uses_features(self) -> bool:
-    return (self.freq_mask_width > 0 and self.num_freq_masks > 0) or (
-        self.time_mask_width > 0 and self.num_time_masks > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,11 +322,11 @@ def augment_views(key: jax.Array, waves: jax.Array, targets: jax.Array, aug: Cra
     k_shift, k_gain, k_noise, k_mix = jax.random.split(jax.random.fold_in(key, v), 4)
     w, t = waves, targets
     if max_shift > 0:
-      w = augment_lib.time_shift(k_shift, w, max_shift=max_shift)
+      w = augment_lib.time_shift(k_shift, w, max_shift=max_shift, mode=aug.shift_mode)
     if aug.max_gain_db > 0:
       w = augment_lib.random_gain(k_gain, w, max_db=aug.max_gain_db)
     if aug.noise_snr_db is not None:
-      w = augment_lib.add_noise(k_noise, w, snr_db=tuple(aug.noise_snr_db))
+      w = augment_lib.add_noise(k_noise, w, snr_db=tuple(aug.noise_snr_db), prob=aug.noise_prob)
     if aug.mixup_alpha > 0 and pool is not None:
       w, t = _mix_with_clean(k_mix, w, t, pool, pool_targets, alpha=aug.mixup_alpha,
                              prob=aug.mixup_prob)

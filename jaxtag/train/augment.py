@@ -57,8 +57,8 @@ class AugmentConfig:
   num_time_masks: int = 1
 
   def __post_init__(self):
-    def name(field: str) -> str:
-      return errors.option(field, owner="AugmentConfig")
+    def name(field: str) -> str:   # CraftAugment extends this class: name the one in use
+      return errors.option(field, owner=type(self).__name__)
 
     if self.shift_mode not in ("circular", "zero"):
       raise ValueError(f"{name('shift_mode')} must be 'circular' or 'zero'; got "
