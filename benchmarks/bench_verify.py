@@ -8,7 +8,7 @@ key query three ways, on random key clips of the model's length:
 * ``local-single``: one key per ``top_k`` call (the compiled batch-of-one path that the server
   uses);
 * ``http``: ``HttpBlackBox.top_k`` of all K keys against the server of ``launch/serve.py``
-  (``launch.serve.build_server``, in a thread on 127.0.0.1): one WAV POST per key.
+  (``jaxtag.serving.job.build_server``, in a thread on 127.0.0.1): one WAV POST per key.
 
 Without ``--workdir`` a throwaway CNN is trained for a few steps on synthetic tones first
 (latency does not depend on accuracy).
@@ -57,18 +57,15 @@ def train_throwaway(workdir: str, *, num_classes: int = 35, sample_rate: int = 1
 
 
 def _serve_config(workdir: str):
-  from launch.configs import serve as serve_config
-  config = serve_config.get_config()
-  config.model_workdir = str(workdir)
-  config.port = 0
-  return config
+  from jaxtag.serving import job
+  return job.ServeJob(model_workdir=str(workdir), port=0)
 
 
 def measure(workdir: str, *, num_keys: int, k: int, repeats: int, warmup: int, env) -> list[dict]:
   """The three records for ``workdir``."""
   from jaxtag import serving
   from jaxtag.taggants import blackbox
-  from launch import serve
+  from jaxtag.serving import job as serve_job
 
   local = blackbox.LocalBlackBox(workdir)
   rng = np.random.default_rng(1)
@@ -86,7 +83,7 @@ def measure(workdir: str, *, num_keys: int, k: int, repeats: int, warmup: int, e
                               sync=no_sync)
   records.append(harness.make_record(impl="local-single", timing=timing, items_per_call=1,
                                      **common))
-  server = serve.build_server(_serve_config(workdir))
+  server = serve_job.build_server(_serve_config(workdir))
   with serving.running(server):
     remote = blackbox.HttpBlackBox(server.url)
     timing = harness.time_calls(lambda: remote.top_k(keys, k), repeats=repeats, warmup=warmup,
