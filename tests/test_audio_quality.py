@@ -42,6 +42,12 @@ def test_clip_snr_matches_the_numpy_formula_and_the_jnp_metric():
   np.testing.assert_allclose(got, metrics.snr_db(clean, perturbed), rtol=0, atol=1e-3)
   unchanged = quality.clip_snr_db(clean[:1], clean[:1])
   assert unchanged[0] == np.inf
+  # From the perturbations themselves (what crafting reports), batched over any leading axes.
+  delta = (perturbed.astype(np.float64) - clean).reshape(5, 1, 800)
+  by_delta = quality.perturbation_snr_db(clean.reshape(5, 1, 800), delta)
+  assert by_delta.shape == (5, 1)
+  np.testing.assert_allclose(by_delta[:, 0], want, rtol=0, atol=1e-9)
+  assert quality.perturbation_snr_db(clean[:1], np.zeros((1, 800)))[0] == np.inf
 
 
 @settings(max_examples=25, deadline=None)

@@ -79,9 +79,20 @@ def clip_snr_db(clean, perturbed) -> np.ndarray:
   if clean.shape != perturbed.shape or clean.ndim != 2:
     raise ValueError(f"clip_snr_db: need clean and perturbed clips of one (P, T) shape; got "
                      f"{clean.shape} and {perturbed.shape}.")
-  noise = energy(np.asarray(perturbed, np.float64) - np.asarray(clean, np.float64))
+  return perturbation_snr_db(clean, np.asarray(perturbed, np.float64) - np.asarray(clean,
+                                                                                   np.float64))
+
+
+def perturbation_snr_db(clean, delta) -> np.ndarray:
+  """Per-clip SNR ``10 log10(||x||^2 / ||d||^2)`` of perturbations ``d`` given as such, in
+  float64, ``(..., T) -> (...)``: ``inf`` where ``d`` is exactly zero (e.g. padding), ``-inf``
+  for a silent clip with a non-zero ``d``. (:func:`clip_snr_db` from the perturbed clips;
+  ``jaxtag.audio.metrics.snr_db`` is the differentiable jnp form, floored to stay finite.)"""
+  clean = np.asarray(clean, np.float64)
+  delta = np.asarray(delta, np.float64)
   with np.errstate(divide="ignore", invalid="ignore"):
-    return 10.0 * (np.log10(energy(clean)) - np.log10(noise))
+    return 10.0 * (np.log10(np.einsum("...t,...t->...", clean, clean))
+                   - np.log10(np.einsum("...t,...t->...", delta, delta)))
 
 
 def dataset_snr_db(clean_waveforms, perturbations) -> float:

@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag import rng as rng_lib
+from jaxtag.audio import quality
 from jaxtag.models import PureModel
 from jaxtag.taggants import craft_records
 from jaxtag.taggants.craft_records import METRICS_JSONL  # noqa: F401  (re-exported)
@@ -522,10 +523,7 @@ def craft_finish(run: CraftRun) -> CraftResult:
     state = dataclasses.replace(state, best_u=state.u, best_loss=final,
                                 restart_losses=state.restart_losses.at[0].set(final))
   delta = _delta(compiled, state.best_u)
-  x = np.asarray(compiled.poisons.poison_x, np.float32)
-  with np.errstate(divide="ignore"):
-    snr = 10 * np.log10(np.sum(x.astype(np.float64) ** 2, -1) /
-                        np.sum(delta.astype(np.float64) ** 2, -1))
+  snr = quality.perturbation_snr_db(np.asarray(compiled.poisons.poison_x, np.float32), delta)
   snr = np.where(np.asarray(compiled.poisons.poison_mask), snr, np.inf)
   return CraftResult(delta=delta, losses=np.asarray(state.best_loss),
                      initial_losses=run.initial_losses,

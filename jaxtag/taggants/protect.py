@@ -28,6 +28,7 @@ import numpy as np
 from jaxtag import errors
 from jaxtag.models import PureModel
 from jaxtag import rng as rng_lib
+from jaxtag.audio import quality
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.taggants import constraint as constraint_lib
 from jaxtag.taggants import craft as craft_lib
@@ -261,14 +262,6 @@ def grad_norm_scores(clf, params, batch_stats, data: AudioDataset, classes: np.n
   return scores
 
 
-def _snr_db(clean: np.ndarray, delta: np.ndarray) -> np.ndarray:
-  """Per-clip SNR ``10 log10(|x|^2 / |delta|^2)`` in float64 (inf for a zero ``delta``), as
-  :class:`jaxtag.taggants.craft.CraftResult` reports it."""
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return 10 * np.log10(np.sum(np.square(clean, dtype=np.float64), -1) /
-                         np.sum(np.square(delta, dtype=np.float64), -1))
-
-
 @dataclasses.dataclass(frozen=True)
 class RetrainSurrogate:
   """How one surrogate is retrained: its own recipe and key (as it was first trained).
@@ -492,7 +485,7 @@ def _apply(members: Sequence[Any], keys, train: AudioDataset, padded: select_lib
   stft_mask = config.craft.stft_mask()
   if stft_mask is not None:   # the bound holds exactly on the 16-bit clips
     delta = export_under_mask(train.waveforms[indices], delta, stft_mask)
-    snr_db = _snr_db(train.waveforms[indices], delta)
+    snr_db = quality.perturbation_snr_db(train.waveforms[indices], delta)
   waveforms = train.waveforms.copy()
   waveforms[indices] = train.waveforms[indices] + delta
   protected = train.with_waveforms(waveforms)
