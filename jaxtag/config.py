@@ -2,12 +2,14 @@
 
 Every setting of jaxtag lives in a frozen dataclass beside the code that uses it (``TrainConfig``,
 ``CraftConfig``, ``KeySpec``, ``DataSource``, ...), with its default and its check. The launchers'
-``ml_collections`` configs are generated from those dataclasses, so that every field is a flag
-and no field list is written twice, and are turned back into the typed dataclass by one helper:
+``ml_collections`` configs are generated from those dataclasses (``launch/configs/common.py``'s
+``to_config``, over :func:`field_values`: ConfigDicts stay in ``launch/``), so that every field is
+a flag and no field list is written twice, and are turned back into the typed dataclass by one
+helper, which takes a ConfigDict, a recorded ``config.json`` or any mapping:
 
-    config = jaxtag.config.to_config(TrainConfig, num_epochs=12)   # a ConfigDict, every field
-    config.optim.learning_rate = 2e-3                               # nested dataclasses nest
-    cfg = jaxtag.config.from_config(TrainConfig, config)            # typed, checked again
+    config = to_config(TrainConfig, num_epochs=12)         # launch/configs/common.py
+    config.optim.learning_rate = 2e-3                       # nested dataclasses nest
+    cfg = jaxtag.config.from_config(TrainConfig, config)    # typed, checked again
 
 ``from_config`` follows the annotations: a list becomes a tuple where the field is a tuple, a
 nested ConfigDict becomes its dataclass, a mapping field becomes a plain ``dict`` (with lists, so
@@ -22,11 +24,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import ml_collections
-
 T = TypeVar("T")
 
-__all__ = ["to_config", "from_config", "to_json_dict"]
+__all__ = ["field_values", "from_config", "to_json_dict"]
 
 
 def _optional_inner(hint) -> Any:
@@ -64,38 +64,29 @@ def _default(field: dataclasses.Field) -> Any:
   return dataclasses.MISSING
 
 
-def _config_value(value: Any, hint) -> Any:
-  """A dataclass value as a ConfigDict entry."""
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return to_config(value)
-  if value is None:
-    return ml_collections.FieldReference(None, field_type=_field_type(hint))
-  if isinstance(value, Mapping):
-    return ml_collections.ConfigDict({k: _plain(v) for k, v in value.items()})
-  return value
-
-
-def to_config(cls_or_instance: Any, **overrides: Any) -> ml_collections.ConfigDict:
-  """A ConfigDict with one entry per field of a dataclass.
+def field_values(cls_or_instance: Any, **overrides: Any) -> list[tuple[str, Any, type]]:
+  """``(name, value, type)`` of every field of a dataclass, in order: what a generated config
+  holds.
 
   Args:
     cls_or_instance: a dataclass type (its defaults are used) or an instance (its values).
-    **overrides: field values that replace the defaults (a dataclass instance for a nested
-      dataclass field).
+    **overrides: field values that replace those.
 
   Returns:
-    A ConfigDict, nested where a field is itself a dataclass; a None value becomes a typed
-    ``FieldReference`` so that a flag can set it.
+    One triple per field; ``type`` is the config-level type of the annotation (``X | None`` ->
+    X, ``Literal['a']`` -> str, ``tuple[...]`` -> tuple, a mapping -> dict), what a flag that
+    sets a None field must parse to.
 
   Raises:
-    TypeError: a field without a default (pass it in ``overrides``), or an unknown override.
+    TypeError: not a dataclass, a field without a default (pass it in ``overrides``), or an
+      unknown override.
   """
   cls = cls_or_instance if isinstance(cls_or_instance, type) else type(cls_or_instance)
   if not dataclasses.is_dataclass(cls):
-    raise TypeError(f"to_config needs a dataclass; got {cls!r}.")
+    raise TypeError(f"field_values needs a dataclass; got {cls!r}.")
   hints = typing.get_type_hints(cls)
   overrides = dict(overrides)
-  entries = {}
+  out = []
   for field in dataclasses.fields(cls):
     if field.name in overrides:
       value = overrides.pop(field.name)
@@ -104,21 +95,25 @@ def to_config(cls_or_instance: Any, **overrides: Any) -> ml_collections.ConfigDi
     else:
       value = getattr(cls_or_instance, field.name)
     if value is dataclasses.MISSING:
-      raise TypeError(f"{cls.__name__}.{field.name} has no default; pass it to to_config.")
-    entries[field.name] = _config_value(value, hints[field.name])
+      raise TypeError(f"{cls.__name__}.{field.name} has no default; pass it as an override.")
+    out.append((field.name, value, _field_type(hints[field.name])))
   if overrides:
     raise TypeError(f"{cls.__name__} has no field(s) {sorted(overrides)}.")
-  return ml_collections.ConfigDict(entries)
+  return out
 
 
-def _plain(value: Any) -> Any:
+def _as_mapping(value: Any) -> Any:
+  """A ConfigDict (anything with ``to_dict``) as a plain dict; anything else unchanged."""
+  return value.to_dict() if callable(getattr(value, "to_dict", None)) else value
+
+
+def plain(value: Any) -> Any:
   """Tuples to lists and mappings to dicts, recursively (what JSON gives back)."""
-  if isinstance(value, ml_collections.ConfigDict):
-    value = value.to_dict()
+  value = _as_mapping(value)
   if isinstance(value, Mapping):
-    return {k: _plain(v) for k, v in value.items()}
+    return {k: plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
+    return [plain(v) for v in value]
   return value
 
 
@@ -131,7 +126,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
   if _is_dataclass_type(hint):
     if isinstance(value, hint):
       return value
-    if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+    value = _as_mapping(value)
+    if not isinstance(value, Mapping):
       raise TypeError(f"{where} must be a mapping of {hint.__name__}'s fields; got {value!r}.")
     return from_config(hint, value, where=where)
   if origin is tuple or hint is tuple:
@@ -144,7 +140,7 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
       return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     return tuple(value)
   if origin in (Mapping, dict) or hint in (Mapping, dict):
-    return _plain(value)
+    return plain(value)
   return value
 
 
@@ -158,8 +154,7 @@ def from_config(cls: type[T], config: Any, *, where: str | None = None) -> T:
     TypeError: ``config`` has a field ``cls`` does not know (named, with the dotted path).
   """
   where = where or "config"
-  if isinstance(config, ml_collections.ConfigDict):
-    config = config.to_dict()
+  config = _as_mapping(config)
   if not isinstance(config, Mapping):
     raise TypeError(f"{where} must be a mapping of {cls.__name__}'s fields; got {config!r}.")
   hints = typing.get_type_hints(cls)
@@ -174,4 +169,4 @@ def from_config(cls: type[T], config: Any, *, where: str | None = None) -> T:
 
 def to_json_dict(obj: Any) -> dict[str, Any]:
   """A dataclass as a JSON-able dict (tuples as lists, nested dataclasses as dicts)."""
-  return _plain(dataclasses.asdict(obj))
+  return plain(dataclasses.asdict(obj))

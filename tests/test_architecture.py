@@ -30,9 +30,10 @@ def _imports(path: pathlib.Path, *, top_level_only: bool = False) -> set[str]:
   return out
 
 
-def test_the_library_never_imports_launchers_benchmarks_or_tests():
+def test_the_library_never_imports_launchers_benchmarks_tests_flags_or_configdicts():
   for path in LIBRARY:
-    bad = {m for m in _imports(path) if m.split(".")[0] in ("launch", "benchmarks", "tests")}
+    bad = {m for m in _imports(path) if m.split(".")[0] in (
+        "launch", "benchmarks", "tests", "absl", "ml_collections")}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 

@@ -1,4 +1,5 @@
-"""jaxtag.config: ConfigDicts generated from the library dataclasses, and back."""
+"""jaxtag.config and launch/configs/common.to_config: ConfigDicts generated from the library's
+dataclasses, and back."""
 
 import dataclasses
 import json
@@ -10,10 +11,11 @@ from jaxtag import config as config_lib
 from jaxtag.data import sources
 from jaxtag.taggants import craft
 from jaxtag.train import AugmentConfig, OptimConfig, TrainConfig
+from launch.configs.common import to_config
 
 
 def test_every_field_becomes_an_entry_with_its_default():
-  config = config_lib.to_config(TrainConfig)
+  config = to_config(TrainConfig)
   assert set(config.keys()) == {f.name for f in dataclasses.fields(TrainConfig)}
   assert config.num_epochs == TrainConfig().num_epochs
   assert set(config.optim.keys()) == {f.name for f in dataclasses.fields(OptimConfig)}
@@ -21,7 +23,7 @@ def test_every_field_becomes_an_entry_with_its_default():
 
 
 def test_a_none_default_can_be_set_like_a_flag():
-  config = config_lib.to_config(TrainConfig)
+  config = to_config(TrainConfig)
   assert config.init_from is None
   config.init_from = "workdirs/backbone"          # a typed FieldReference takes a str
   with pytest.raises(TypeError):
@@ -34,7 +36,7 @@ def test_round_trip_restores_tuples_nested_dataclasses_and_plain_mappings():
   cfg = TrainConfig(model="cnn", model_overrides={"channels": (8, 16)}, num_epochs=3,
                     optim=OptimConfig(learning_rate=3e-3),
                     augment=AugmentConfig(noise_snr_db=(5.0, 9.0)))
-  config = config_lib.to_config(cfg)
+  config = to_config(cfg)
   back = config_lib.from_config(TrainConfig, config)
   assert back.optim == cfg.optim and back.augment == cfg.augment
   assert back.model_overrides == {"channels": [8, 16]}       # JSON-able, as recorded
@@ -46,16 +48,16 @@ def test_round_trip_restores_tuples_nested_dataclasses_and_plain_mappings():
 
 
 def test_overrides_and_unknown_fields_are_named():
-  config = config_lib.to_config(sources.DataSource, kind="corpus", preset="tiny")
+  config = to_config(sources.DataSource, kind="corpus", preset="tiny")
   assert config.preset == "tiny"
   with pytest.raises(TypeError, match="no field"):
-    config_lib.to_config(sources.DataSource, kind="corpus", presets="tiny")
+    to_config(sources.DataSource, kind="corpus", presets="tiny")
   with pytest.raises(TypeError, match=r"config\.optim: OptimConfig has no field\(s\) \['lr'\]"):
     config_lib.from_config(TrainConfig, {"optim": {"lr": 1.0}})
 
 
 def test_the_dataclass_checks_still_run():
-  config = config_lib.to_config(TrainConfig)
+  config = to_config(TrainConfig)
   config.num_epochs = 0
   with pytest.raises(ValueError, match="num_epochs"):
     config_lib.from_config(TrainConfig, config)
@@ -67,7 +69,9 @@ def test_a_field_without_default_must_be_given():
     x: int
     y: tuple[int, ...] = ()
 
+  assert [(n, v, t) for n, v, t in config_lib.field_values(Needs, x=1)] == [
+      ("x", 1, int), ("y", (), tuple)]
   with pytest.raises(TypeError, match="Needs.x has no default"):
-    config_lib.to_config(Needs)
-  assert isinstance(config_lib.to_config(Needs, x=1), ml_collections.ConfigDict)
+    to_config(Needs)
+  assert isinstance(to_config(Needs, x=1), ml_collections.ConfigDict)
   assert config_lib.from_config(Needs, {"x": 1, "y": [2, 3]}) == Needs(1, (2, 3))

@@ -72,6 +72,7 @@ def test_every_config_has_its_job():
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_config_is_generated_from_its_job_and_converts_back(name):
   from jaxtag import config as config_lib
+  from launch.configs import common
   module_name, _, cls_name = JOBS[name].partition(":")
   job_type = getattr(importlib.import_module(module_name), cls_name)
   config = importlib.import_module(f"launch.configs.{name}").get_config()
@@ -80,4 +81,4 @@ def test_config_is_generated_from_its_job_and_converts_back(name):
   assert isinstance(job, job_type)
   # ... and all of them, nested ones included: the config is the job's own ConfigDict.
   assert json.loads(config.to_json_best_effort()) == json.loads(
-      config_lib.to_config(job).to_json_best_effort())
+      common.to_config(job).to_json_best_effort())

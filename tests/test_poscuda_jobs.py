@@ -16,6 +16,7 @@ from jaxtag import poscuda, secrets
 from jaxtag import workdir as workdir_lib
 from jaxtag.data import sources
 from jaxtag.poscuda import evaluate, jobs, report
+from launch.configs import common
 
 C = 6
 SPEC = poscuda.PoscudaSpec(clip_samples=4000)
@@ -45,7 +46,7 @@ def test_configs_are_generated_from_the_jobs_and_keep_their_presets():
     config = module.get_config(preset)
     # Every field of the job, and nothing else: the config is the job's ConfigDict.
     assert json.loads(config.to_json_best_effort()) == json.loads(
-        config_lib.to_config(config_lib.from_config(job_cls, config)).to_json_best_effort())
+        common.to_config(config_lib.from_config(job_cls, config)).to_json_best_effort())
     assert config.data.preset == preset
   protect = _protect_job("default")
   assert protect == jobs.ProtectJob(output_root=None)

@@ -17,7 +17,6 @@ words, the tiny CNN recipe, 8 keys (two label blocks), 2 models and 40 draws: te
 
 import ml_collections
 
-from jaxtag import config as config_lib
 from launch.configs import common
 from launch.configs import train as train_configs
 
@@ -30,7 +29,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if arg not in ("default", "small", "demo", "tiny"):
     raise ValueError(f"launch/configs/calibrate.py: unknown argument {arg!r}; use default, small, "
                      "demo or tiny.")
-  config = config_lib.to_config(jobs.CalibrateJob)
+  config = common.to_config(jobs.CalibrateJob)
   config.key_spec = common.keys_config_for("default")
   config.train = train_configs.get_config("suspect,cnn")
   if arg == "small":

@@ -8,12 +8,13 @@ The argument is the size preset: tiny | small | default | large | xl.
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   """Every field of jaxtag.data.job.CorpusJob; ``arg`` is the corpus preset."""
   from jaxtag.data import job
-  config = config_lib.to_config(job.CorpusJob)
+  config = common.to_config(job.CorpusJob)
   config.data.preset = arg or "default"
   return config

@@ -11,7 +11,8 @@ configuration for tests. Re-running the command resumes the craft from its check
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
@@ -22,7 +23,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   arg = arg or "default"
   if arg not in ("default", "tiny"):
     raise ValueError(f"launch/configs/craft.py: unknown argument {arg!r}; use default or tiny.")
-  config = config_lib.to_config(jobs.CraftJob)
+  config = common.to_config(jobs.CraftJob)
   if arg == "tiny":
     config.data.preset = "tiny"
     config.budget = 0.2

@@ -20,7 +20,6 @@ craft.
 
 import ml_collections
 
-from jaxtag import config as config_lib
 from launch.configs import common
 from launch.configs import craft as craft_configs
 from launch.configs import train as train_configs
@@ -47,7 +46,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     raise ValueError(f"launch/configs/demo.py: unknown argument {arg!r}; use "
                      f"{', '.join(PRESETS)}, optionally with ,{' or ,'.join(demo.SCENARIOS)}.")
   tiny = preset == "tiny"
-  config = config_lib.to_config(demo.DemoJob)   # every field, documented there
+  config = common.to_config(demo.DemoJob)   # every field, documented there
   config.scenario = scenario
   config.data.preset = preset
   config.key_spec = common.keys_config_for(preset)

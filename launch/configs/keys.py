@@ -9,14 +9,13 @@ Override fields on the command line, e.g. `--config.key_spec.d=128 --config.data
 
 import ml_collections
 
-from jaxtag import config as config_lib
 from launch.configs import common
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   """Every field of jaxtag.taggants.jobs.KeysJob; ``arg`` is the corpus preset."""
   from jaxtag.taggants import jobs
-  config = config_lib.to_config(jobs.KeysJob)
+  config = common.to_config(jobs.KeysJob)
   config.data.preset = arg or "default"
   config.key_spec = common.keys_config_for(arg or "default")
   return config

@@ -25,7 +25,8 @@ trains 100).
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
@@ -37,7 +38,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if arg not in ("default", "tiny"):
     raise ValueError(f"launch/configs/poscuda_eval.py: unknown argument {arg!r}; use default or "
                      "tiny.")
-  config = config_lib.to_config(jobs.EvalJob)
+  config = common.to_config(jobs.EvalJob)
   if arg == "tiny":
     config.data.preset = "tiny"
     config.variants = "nopos:0.3,pos:0.3"

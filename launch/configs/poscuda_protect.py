@@ -12,7 +12,8 @@ to protect it instead.
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
@@ -20,6 +21,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   defaults and meaning there), on the corpus preset ``arg``."""
   from jaxtag.poscuda import jobs
 
-  config = config_lib.to_config(jobs.ProtectJob)
+  config = common.to_config(jobs.ProtectJob)
   config.data.preset = arg or "default"
   return config

@@ -13,11 +13,12 @@ Ctrl-C or SIGTERM stops it: it stops accepting and gives requests in flight at m
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Every field of jaxtag.serving.job.ServeJob (defaults and meaning there)."""
   del arg  # No variants.
   from jaxtag.serving import job
-  return config_lib.to_config(job.ServeJob)
+  return common.to_config(job.ServeJob)

@@ -26,7 +26,8 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
@@ -37,7 +38,7 @@ def get_config(arg: str = "surrogate") -> ml_collections.ConfigDict:
   if arg not in ("surrogate", "suspect", "tiny"):
     raise ValueError(f"launch/configs/train.py: unknown recipe {arg!r}; use surrogate, suspect "
                      "or tiny.")
-  config = config_lib.to_config(job.TrainJob)
+  config = common.to_config(job.TrainJob)
   config.seed = 1 if arg == "suspect" else 0
   config.data.preset = "tiny" if arg == "tiny" else "default"
   # From scratch on 5,600 clips the HF layout's recipe stays at chance (the cls/distillation

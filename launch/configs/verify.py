@@ -11,11 +11,12 @@ k up to `max_k` are reported as description. A served model:
 
 import ml_collections
 
-from jaxtag import config as config_lib
+from launch.configs import common
+
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Every field of jaxtag.taggants.jobs.VerifyJob (defaults and meaning there)."""
   del arg  # No variants.
   from jaxtag.taggants import jobs
-  return config_lib.to_config(jobs.VerifyJob)
+  return common.to_config(jobs.VerifyJob)
