@@ -40,9 +40,15 @@ def _optional_inner(hint) -> Any:
 
 def _field_type(hint) -> type:
   """The ConfigDict type of a field's annotation: ``X | None`` -> X, ``Literal['a']`` -> str,
-  ``tuple[str, ...]`` -> tuple, ``Mapping[str, Any]`` -> dict."""
+  ``tuple[str, ...]`` -> tuple, ``Mapping[str, Any]`` -> dict; a union of numbers (``bool | int``)
+  -> the widest (int, or float), any other union -> object (parsed as a Python literal)."""
   hint = _optional_inner(hint)
   origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    args = {a for a in typing.get_args(hint) if a is not type(None)}
+    if args <= {bool, int, float}:
+      return float if float in args else int
+    return object
   if origin is typing.Literal:
     return type(typing.get_args(hint)[0])
   if origin in (Mapping, dict) or hint in (Mapping, dict):

@@ -75,3 +75,17 @@ def test_a_field_without_default_must_be_given():
     to_config(Needs)
   assert isinstance(to_config(Needs, x=1), ml_collections.ConfigDict)
   assert config_lib.from_config(Needs, {"x": 1, "y": [2, 3]}) == Needs(1, (2, 3))
+
+
+def test_a_union_field_gets_a_type_that_a_flag_can_parse():
+  @dataclasses.dataclass(frozen=True)
+  class Unions:
+    unroll: bool | int | None = None
+    level: float | int | None = None
+    either: str | int | None = None
+
+  types = {name: kind for name, _, kind in config_lib.field_values(Unions)}
+  assert types == {"unroll": int, "level": float, "either": object}
+  config = to_config(Unions)
+  config.unroll = 2
+  assert config_lib.from_config(Unions, config).unroll == 2

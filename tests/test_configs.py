@@ -82,3 +82,30 @@ def test_config_is_generated_from_its_job_and_converts_back(name):
   # ... and all of them, nested ones included: the config is the job's own ConfigDict.
   assert json.loads(config.to_json_best_effort()) == json.loads(
       common.to_config(job).to_json_best_effort())
+
+
+def _none_fields(config, prefix=""):
+  """``(dotted name, FieldReference type)`` of every field of ``config`` that holds None."""
+  import ml_collections
+  out = []
+  for name in config.keys():
+    value = config[name]
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _none_fields(value, f"{prefix}{name}.")
+    elif value is None:   # a plain None (no FieldReference) has no type: a flag cannot set it
+      ref = config._fields[name]
+      out.append((f"{prefix}{name}", ref.get_type() if isinstance(
+          ref, ml_collections.FieldReference) else type(None)))
+  return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_unset_field_can_be_set_by_a_flag(name):
+  """A None field is a typed FieldReference whose type the flag parser knows (a union such as
+  ``CraftConfig.unroll: bool | int | None`` must not reach it as a union)."""
+  import ml_collections
+  from ml_collections.config_flags import config_flags
+  parsable = set(config_flags._FIELD_TYPE_TO_PARSER) | {ml_collections.ConfigDict}
+  config = importlib.import_module(f"launch.configs.{name}").get_config()
+  bad = [(field, kind) for field, kind in _none_fields(config) if kind not in parsable]
+  assert not bad, bad

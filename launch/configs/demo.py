@@ -18,6 +18,8 @@ against an ensemble of four surrogates (other seeds; the default crafts against 
 craft.
 """
 
+import copy
+
 import ml_collections
 
 from launch.configs import common
@@ -75,7 +77,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # so the only difference between the two runs is the perturbed clips (the demo reports how far
   # each key's label moved between them: a white-box diagnostic that includes any effect of
   # changing those clips at all, not a bound on the taggants' effect; jaxtag.taggants.diagnostics).
-  config.benign = ml_collections.ConfigDict(config.suspect.to_dict())
+  config.benign = copy.deepcopy(config.suspect)   # typed None fields stay settable by flags
   for stage in ("surrogate", "suspect", "benign"):
     config[stage].data = config.data   # the suspect's data source is set to the protected copy
   config.craft = craft_configs.get_config("tiny" if tiny else "default")
