@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["field_values", "from_config", "to_json_dict"]
+__all__ = ["field_values", "from_config", "narrow", "to_json_dict"]
 
 
 def _optional_inner(hint) -> Any:
@@ -176,3 +176,9 @@ def from_config(cls: type[T], config: Any, *, where: str | None = None) -> T:
 def to_json_dict(obj: Any) -> dict[str, Any]:
   """A dataclass as a JSON-able dict (tuples as lists, nested dataclasses as dicts)."""
   return plain(dataclasses.asdict(obj))
+
+
+def narrow(obj: Any, cls: type[T]) -> T:
+  """The ``cls`` part of a dataclass that extends ``cls`` (e.g. the bare ``TrainConfig`` of a
+  ``TrainJob``): a ``cls`` built from ``obj``'s values of ``cls``'s fields."""
+  return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})

@@ -96,40 +96,29 @@ def failure_line(error: BaseException) -> str:
   return f"error: {type(error).__name__}: {message} (--debug prints the traceback)"
 
 
-def run(main: Callable[[Any, pathlib.Path], Any], *, job: type | None = None,
-        needs_workdir: bool = True,
-        preflight: Callable[[Any, pathlib.Path | None], None] | None = None,
-        owners: Mapping[str, str] | None = None) -> None:
-  """Runs ``main(config, workdir)`` under absl with the shared setup.
+def run(main: Callable[[Any, pathlib.Path | None], Any], *, job: type,
+        needs_workdir: bool = True, owners: Mapping[str, str] | None = None) -> None:
+  """Runs ``main(job, workdir)`` under absl with the shared setup.
 
   A failure prints one line (``failure_line``) and exits with status 1; ``--debug`` re-raises it
   with its traceback. While the stage runs, library error messages name this launcher's flags
   (``jaxtag.errors.option``).
 
   Args:
-    main: the stage, called with the config and the workdir.
+    main: the stage, called with the typed job and the workdir (None without ``--workdir``).
     job: the library dataclass of the stage's config (e.g. ``jaxtag.train.job.TrainJob``): the
-      ConfigDict is turned into it (``jaxtag.config.from_config``, which runs its checks), and
-      ``main`` gets the typed job. None: ``main`` gets the locked ConfigDict.
+      ConfigDict is turned into it (``jaxtag.config.from_config``, which runs its checks). The
+      library's job function checks its inputs and records the job in the workdir itself.
     needs_workdir: whether ``--workdir`` is required.
-    preflight: optional check run before anything is written (e.g. "the key file must not land
-      inside the dataset"); it raises to stop the run.
     owners: library owner -> config block, for ``jaxtag.errors.launcher_flags`` (default: the
       ``DataSource`` fields live in ``config.data``).
   """
+  from jaxtag import config as config_lib
   from jaxtag import errors
-  from jaxtag import workdir as workdir_lib
 
   def _stage(config, workdir):
     setup_jax()
-    if job is not None:
-      from jaxtag import config as config_lib
-      config = config_lib.from_config(job, config)
-    if preflight is not None:
-      preflight(config, workdir)
-    if workdir is not None and job is None:   # A library job records itself, after its checks.
-      workdir_lib.record(config, workdir)
-    main(config, workdir)
+    main(config_lib.from_config(job, config), workdir)
 
   def _main(argv):
     if len(argv) > 1:

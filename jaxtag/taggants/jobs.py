@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxtag import config as config_lib
 from jaxtag import rng, secrets, sharding
 from jaxtag import workdir as workdir_lib
 from jaxtag.data import publish, sources
@@ -198,8 +199,7 @@ class CraftJob(protect.ProtectConfig):
   @property
   def protect_config(self) -> protect.ProtectConfig:
     """The protection settings alone."""
-    names = [f.name for f in dataclasses.fields(protect.ProtectConfig)]
-    return protect.ProtectConfig(**{n: getattr(self, n) for n in names})
+    return config_lib.narrow(self, protect.ProtectConfig)
 
   @property
   def surrogate_dirs(self) -> list[str]:
@@ -259,8 +259,6 @@ def retrain_plan(job: CraftJob, workdir: pathlib.Path, splits: dict,
   and seed its workdir recorded (``config.json``), on the protected training set, into
   ``<workdir>/retrain_<round>/surrogate_<i>`` (training resumes there, so a resumed craft does
   not train twice). Each retraining folder records its recipe up front."""
-  from jaxtag import config as config_lib
-
   recipes = [config_lib.from_config(train_job.TrainJob, workdir_lib.read_recorded(d))
              for d in job.surrogate_dirs]
   plan = protect.RetrainPlan(
@@ -402,12 +400,8 @@ def _train_benign_model(job: CalibrateJob, index: int, workdir: pathlib.Path,
   """Trains benign model ``index`` (seed ``first_seed + index``) unless it already finished with
   this recipe (a model of another recipe in its folder is refused)."""
   model_job = dataclasses.replace(job.train, seed=int(job.first_seed) + index)
-  model_dir = workdir / f"model_{index}"
-  workdir_lib.record(model_job, model_dir)
-  done = train_job.finished_summary(model_job, model_dir)
-  if done is not None:
-    return {**done, "skipped": True}
-  return {**train_job.run_train_job(model_job, model_dir, runtime=runtime), "skipped": False}
+  summary = train_job.run_train_job(model_job, workdir / f"model_{index}", runtime=runtime)
+  return {**summary, "skipped": summary["reused"]}
 
 
 def run_calibrate_job(job: CalibrateJob, workdir: str | os.PathLike, *,

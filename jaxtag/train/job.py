@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from jaxtag import config as config_lib
 from jaxtag import workdir as workdir_lib
 from jaxtag.data import sources
 from jaxtag.train.loop import TrainConfig, train
@@ -47,8 +48,7 @@ class TrainJob(TrainConfig):
   @property
   def recipe(self) -> TrainConfig:
     """The training recipe alone (what ``train`` and ``model.json`` see)."""
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    return TrainConfig(**{n: getattr(self, n) for n in names})
+    return config_lib.narrow(self, TrainConfig)
 
   def key(self) -> jax.Array:
     """The run's root PRNG key."""
