@@ -1,4 +1,4 @@
-"""Statistics of taggant verification: binomial tail, its floor, multiple-testing adjustments.
+"""Statistics of verification: binomial tail, its floor, multiple-testing adjustments, CBW tests.
 
 If each of K keys' labels were independent and uniform, each key would land its label in the
 top-k with probability k/C, the number of hits would be Binomial(K, k/C) and the one-sided p-value
@@ -14,6 +14,7 @@ numpy and scipy only (no JAX), so that a verifier can audit these numbers anywhe
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -239,3 +240,114 @@ def accuracy_cost(control_correct, treated_correct, *, confidence: float = 0.95)
   return {"cost": cost, "low": cost - half, "high": cost + half, "confidence": confidence,
           "control_accuracy": float(control.mean()), "treated_accuracy": float(treated.mean()),
           "num_clips": n, "control_only": b, "treated_only": c, "p_value": p_value}
+
+
+def paired_t_greater(x, y, *, margin: float = 0.0) -> dict:
+  """One-sided paired t-test of H0: mean(x - y) <= margin against H1: mean(x - y) > margin.
+
+  The p-value is the upper tail of Student's t with ``n - 1`` degrees of freedom at
+  ``t = (mean(d) - margin) / (sd(d) / sqrt(n))``, ``d = x - y`` (what
+  ``scipy.stats.ttest_rel(x - margin, y, alternative="greater")`` gives). Differences that are
+  all equal have no spread: the p-value is then 0 when they exceed the margin and 1 otherwise.
+
+  Args:
+    x, y: paired observations, the same length n >= 2.
+    margin: the difference H0 allows.
+
+  Returns:
+    ``{"t", "df", "p_value", "mean_difference", "sd_difference", "n", "margin"}``.
+  """
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  if x.shape != y.shape or x.ndim != 1:
+    raise ValueError(f"paired_t_greater: x {x.shape} and y {y.shape} must be 1-D and paired.")
+  n = x.size
+  if n < 2:
+    raise ValueError(f"paired_t_greater: needs at least 2 pairs; got {n}.")
+  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and math.isfinite(margin)):
+    raise ValueError("paired_t_greater: x, y and margin must be finite.")
+  d = x - y
+  mean, sd = float(d.mean()), float(d.std(ddof=1))
+  if sd == 0.0:
+    t = math.inf if mean > margin else (-math.inf if mean < margin else 0.0)
+    p = 0.0 if mean > margin else 1.0
+  else:
+    t = (mean - margin) / (sd / math.sqrt(n))
+    p = float(scipy_stats.t.sf(t, n - 1))
+  return {"t": t, "df": n - 1, "p_value": p, "mean_difference": mean, "sd_difference": sd,
+          "n": n, "margin": float(margin)}
+
+
+def fisher_greater(hits_a: int, trials_a: int, hits_b: int, trials_b: int) -> dict:
+  """One-sided Fisher exact test that group a's success rate exceeds group b's.
+
+  Conditional on the total successes, a's successes are hypergeometric under H0 (equal rates);
+  the p-value is ``P[X >= hits_a]`` (what ``scipy.stats.fisher_exact(table,
+  alternative="greater")`` gives for ``[[hits_a, trials_a - hits_a], [hits_b, trials_b -
+  hits_b]]``).
+
+  Returns:
+    ``{"p_value", "rate_a", "rate_b", "hits_a", "trials_a", "hits_b", "trials_b"}``.
+  """
+  trials_a = _check_int("trials_a", trials_a, 1)
+  trials_b = _check_int("trials_b", trials_b, 1)
+  hits_a = _check_int("hits_a", hits_a, 0)
+  hits_b = _check_int("hits_b", hits_b, 0)
+  if hits_a > trials_a or hits_b > trials_b:
+    raise ValueError(f"fisher_greater: hits exceed trials ({hits_a}/{trials_a}, "
+                     f"{hits_b}/{trials_b}).")
+  total = trials_a + trials_b
+  successes = hits_a + hits_b
+  p = float(scipy_stats.hypergeom.sf(hits_a - 1, total, successes, trials_a))
+  return {"p_value": min(1.0, max(0.0, p)), "rate_a": hits_a / trials_a,
+          "rate_b": hits_b / trials_b, "hits_a": hits_a, "trials_a": trials_a,
+          "hits_b": hits_b, "trials_b": trials_b}
+
+
+def assignment_permutation_p(matrix, assignment, *, num_permutations: int = 9999,
+                             seed: int = 0) -> dict:
+  """Monte Carlo permutation p-value of a matching between rows and columns of a score matrix.
+
+  ``T(pi) = mean_k matrix[pi(k), k]``. Under H0 the observed ``assignment`` (row of each column)
+  is a uniformly random permutation independent of ``matrix`` (it was drawn from a secret key),
+  so ``P[T(random pi) >= T(assignment)]`` is estimated without bias by
+  ``(1 + #{T(pi_b) >= T_obs}) / (1 + B)`` over B random permutations, a valid p-value at every B
+  (Phipson & Smyth 2010). Its floor is ``1 / (1 + B)``. When K! <= B every permutation is
+  enumerated instead and the p-value is exact: ``#{T(pi) >= T_obs} / K!``.
+
+  Args:
+    matrix: (K, K) scores, rows = what was assigned (triggers), columns = where (clusters);
+      NaN columns (no observation) are left out.
+    assignment: (K,) the row assigned to each column, a permutation.
+    num_permutations: B.
+    seed: the permutations' seed.
+
+  Returns:
+    ``{"p_value", "statistic", "num_permutations", "floor", "exact"}``.
+  """
+  m = np.asarray(matrix, np.float64)
+  a = np.asarray(assignment, np.int64)
+  if m.ndim != 2 or m.shape[0] != m.shape[1] or a.shape != (m.shape[0],):
+    raise ValueError(f"assignment_permutation_p: matrix {m.shape} must be (K, K) and assignment "
+                     f"{a.shape} (K,).")
+  if sorted(a.tolist()) != list(range(len(a))):
+    raise ValueError("assignment_permutation_p: assignment must be a permutation of 0..K-1.")
+  num_permutations = _check_int("num_permutations", num_permutations, 1)
+  observed_cols = np.flatnonzero(np.all(np.isfinite(m), axis=0))
+  if observed_cols.size == 0:
+    raise ValueError("assignment_permutation_p: no column has observations.")
+  cols = observed_cols
+  t_obs = float(m[a[cols], cols].mean())
+  if math.factorial(len(a)) <= num_permutations:   # Few enough to enumerate: the exact p-value.
+    perms = np.asarray(list(itertools.permutations(range(len(a)))))
+    t_perm = m[perms[:, cols], cols].mean(axis=1)
+    exceed = int(np.sum(t_perm >= t_obs - 1e-12))
+    return {"p_value": exceed / len(perms), "statistic": t_obs, "num_permutations": len(perms),
+            "floor": 1 / len(perms), "exact": True}
+  rng = np.random.default_rng(seed)
+  perms = np.argsort(rng.random((num_permutations, len(a))), axis=1)
+  t_perm = m[perms[:, cols], cols].mean(axis=1)
+  exceed = int(np.sum(t_perm >= t_obs - 1e-12))
+  return {"p_value": (1 + exceed) / (1 + num_permutations), "statistic": t_obs,
+          "num_permutations": num_permutations, "floor": 1 / (1 + num_permutations),
+          "exact": False}

@@ -21,9 +21,11 @@ def test_config_loads_and_documents_its_command(name):
   assert "launch/" in doc or "make " in doc, f"{name}.py docstring must show the command that runs it"
   config = module.get_config()
   assert isinstance(config.seed, int)
-  if "data" in config:
+  if "data" in config:   # a classifier's DataSource, or a speaker dataset's SpeakerSource
     from jaxtag.data import sources
-    sources.DataSource(**config.data.to_dict())
+    from jaxtag.speaker import data as speaker_data
+    speaker = "min_utterances" in config.data
+    (speaker_data.SpeakerSource if speaker else sources.DataSource)(**config.data.to_dict())
   if "key_spec" in config:
     from jaxtag.taggants import keys
     keys.KeySpec(**config.key_spec.to_dict())
@@ -62,7 +64,8 @@ JOBS = {"train": "jaxtag.train.job:TrainJob", "corpus": "jaxtag.data.job:CorpusJ
         "craft": "jaxtag.taggants.jobs:CraftJob",
         "calibrate": "jaxtag.taggants.jobs:CalibrateJob", "demo": "jaxtag.taggants.demo:DemoJob",
         "poscuda_protect": "jaxtag.poscuda.jobs:ProtectJob",
-        "poscuda_eval": "jaxtag.poscuda.jobs:EvalJob", "serve": "jaxtag.serving.job:ServeJob"}
+        "poscuda_eval": "jaxtag.poscuda.jobs:EvalJob", "serve": "jaxtag.serving.job:ServeJob",
+        "cbw_protect": "jaxtag.cbw.jobs:CbwProtectJob", "cbw_verify": "jaxtag.cbw.jobs:CbwVerifyJob"}
 
 
 def test_every_config_has_its_job():
