@@ -1,6 +1,7 @@
 # jaxtag: the two commands of the README, and a few helpers.
 #   make demo   set up .venv if needed, then run the pipeline end to end on the embedded corpus
 #   make test   set up .venv (with the test extras) if needed, then run the whole test suite
+#   make demo-cbw  CBW (speaker-verification dataset ownership) end to end on the embedded corpus
 #   make smoke312  set up .venv312 (Python 3.12, jax 0.11.x) if needed, then run tests/smoke.sh
 # Both are idempotent: the virtualenv is reinstalled only when setup.cfg or pyproject.toml change.
 
@@ -19,7 +20,7 @@ REFERENCE ?= auto
 
 STAMP := $(VENV)/.jaxtag-installed-$(EXTRAS)
 
-.PHONY: demo test venv bench clean-venv smoke312 venv312
+.PHONY: demo demo-cbw test venv bench clean-venv smoke312 venv312
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m launch.demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
+
+CBW_WORKDIR ?= workdirs/cbw_demo
+CBW_CONFIG ?= launch/configs/cbw_demo.py
+
+demo-cbw: $(STAMP)
+	$(PY) -m launch.cbw_demo --config=$(CBW_CONFIG) --workdir=$(CBW_WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -70,3 +70,84 @@ def write_verify_report(workdir: str | pathlib.Path, result: dict[str, Any]) -> 
   workdir = pathlib.Path(workdir)
   secrets.write_text(workdir / TEXT, verify_text(result))
   secrets.write_bytes(workdir / PLOT, plots.png_bytes(verify_figure(result)))
+
+
+def demo_text(summary: dict[str, Any]) -> str:
+  """The demo's headline numbers."""
+  eer, p, perm = summary["eer"], summary["p_value"], summary["permutation_p"]
+  fp = summary["false_positives"]
+  lines = ["CBW demo: a speaker verifier trained on the protected data, and a clean one",
+           f"  EER on unseen speakers: protected (suspect) {eer['suspect']:.2%}, clean "
+           f"(benign, same seed) {eer['benign']:.2%}, clean (surrogate) {eer['surrogate']:.2%}; "
+           f"cost {summary['eer_cost_points']:+.2f} points (clean seeds differ by "
+           f"{summary['eer_clean_seed_spread_points']:.2f})",
+           f"  watermark: {summary['num_clusters']} clusters, {summary['triggered']} triggered "
+           f"utterances ({summary['triggered_fraction']:.1%}), trigger "
+           f"{summary['trigger']['mode']} at {summary['trigger']['level_dbfs']} dBFS; "
+           f"SNR median {summary['trigger_snr_db_median']} dB, PESQ median "
+           f"{summary['trigger_pesq_median']}",
+           f"  watermark success rate (own trigger accepted): suspect "
+           f"{summary['watermark_success_rate']['suspect']:.1%}, benign "
+           f"{summary['watermark_success_rate']['benign']:.1%}"]
+  for key in sorted(p):
+    verdict = "detected" if summary["detected"][key] else "not detected"
+    lines.append(f"  {key:18s} p = {p[key]:.3g}  (permutation check {perm[key]:.3g})  "
+                 f"{verdict} at alpha {summary['alpha']}")
+  for mode in ("score", "decision"):
+    entry = fp.get(f"{mode}/p_value")
+    if entry:
+      a = entry["alpha=0.05"]
+      lines.append(f"  false positives ({mode}): {a['rejections']}/{entry['tests']} clean tests "
+                   f"rejected at 0.05 (rate {a['rate']:.3f}, 95% CI [{a['interval95'][0]:.3f}, "
+                   f"{a['interval95'][1]:.3f}]) over {fp['draws']} fresh secrets")
+  lines.append("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in
+                                           summary["seconds"].items()))
+  return "\n".join(lines) + "\n"
+
+
+def demo_figure(verdicts: dict[str, dict[str, Any]], null_p: dict[str, list[float]]):
+  """Left: per-cluster own-trigger vs other-trigger scores of suspect and benign (score mode).
+  Right: the clean models' p-values over fresh secrets against the uniform line."""
+  from jaxtag import plots
+  fig = plots.figure(figsize=(11, 4))
+  left, right = fig.subplots(1, 2)
+  for name, colour in (("suspect", "C3"), ("benign", "C0")):
+    per = verdicts[f"{name}/score"]["per_cluster"]
+    diff = np.asarray(per["matched"]) - np.asarray(per["unmatched"])
+    left.plot(np.arange(len(diff)), diff, "o-", color=colour,
+              label=f"{name} (p = {verdicts[f'{name}/score']['p_value']:.2g})")
+  left.axhline(0, color="0.6", lw=0.8)
+  left.set_xlabel("cluster")
+  left.set_ylabel("own trigger minus other triggers (cosine)")
+  left.set_title("score mode, per cluster", fontsize=10)
+  left.legend(fontsize=8)
+  for mode, colour in (("score", "C2"), ("decision", "C1")):
+    p = np.sort(np.asarray(null_p.get(mode, []), float))
+    if p.size:
+      right.step(p, np.arange(1, p.size + 1) / p.size, where="post", color=colour,
+                 label=f"{mode} ({p.size} clean tests)")
+  right.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="uniform (valid test)")
+  right.set_xlabel("p-value")
+  right.set_ylabel("fraction of clean tests <= p")
+  right.set_title("clean models, fresh secrets", fontsize=10)
+  right.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def write_demo_report(workdir: str | pathlib.Path, summary: dict[str, Any],
+                      verdicts: dict[str, dict[str, Any]], *,
+                      false_positives_records: str | pathlib.Path) -> None:
+  """``cbw_demo.txt`` and ``cbw_demo.png`` in ``workdir``."""
+  import json
+
+  from jaxtag import plots
+  from jaxtag.audio import io as audio_io
+  workdir = pathlib.Path(workdir)
+  null_p: dict[str, list[float]] = {}
+  for line in pathlib.Path(false_positives_records).read_text().splitlines():
+    for key, value in json.loads(line)["results"].items():
+      null_p.setdefault(key.split("/", 1)[1], []).append(value["p_value"])
+  audio_io.write_text_atomic(workdir / "cbw_demo.txt", demo_text(summary))
+  audio_io.write_bytes_atomic(workdir / "cbw_demo.png",
+                              plots.png_bytes(demo_figure(verdicts, null_p)))
