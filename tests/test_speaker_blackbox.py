@@ -130,7 +130,7 @@ def test_local_box_refuses_bad_input_and_options_with_clear_errors():
 
 
 class FakeClassifier:
-  """A classifier black box: ranks classes by the clip's energy (for a classify server)."""
+  """A classifier black box with a fixed ranking (for a classify server)."""
 
   class_names = ("a", "b", "c")
   sample_rate = SR
@@ -382,3 +382,46 @@ def test_build_server_serves_a_speaker_model_with_its_recorded_threshold(fake_lo
   with pytest.raises(ValueError, match="records no EER threshold.*ServeJob.speaker_threshold"):
     serve_job.build_server(serve_job.ServeJob(task="speaker", model_workdir="w/nothreshold",
                                               port=0, speaker_mode="decision"))
+
+
+def test_http_box_refuses_an_answer_that_is_not_its_modes(servers):
+  decision = blackbox.HttpSpeakerBlackBox(servers["decision"].url)
+  np.testing.assert_array_equal(decision._parse_answer({"accept": [True, False]}, 2), [1, 0])
+  for leaky in ({"accept": [0.7, 0.1]}, {"accept": [True, False], "scores": [0.7, 0.1]},
+                {"scores": [0.7, 0.1]}, {"accept": [True]}):
+    with pytest.raises(BlackBoxError, match=r"expected \{'accept': \[2 booleans\]\}"):
+      decision._parse_answer(leaky, 2)
+  score = blackbox.HttpSpeakerBlackBox(servers["score"].url)
+  with pytest.raises(BlackBoxError, match=r"expected \{'scores': \[1 numbers\]\}"):
+    score._parse_answer({"scores": [True]}, 1)
+
+
+def test_speaker_preset_of_the_serve_config_is_a_speaker_job():
+  from jaxtag import config as config_lib
+  from launch.configs import serve as serve_config
+  job = config_lib.from_config(serve_job.ServeJob, serve_config.get_config("speaker"))
+  assert (job.task, job.speaker_mode, job.model_workdir) == ("speaker", "score", "workdirs/speaker")
+  assert job.max_request_bytes == serve_config.SPEAKER_MAX_REQUEST_BYTES
+  assert config_lib.from_config(serve_job.ServeJob, serve_config.get_config()).task == "classify"
+  with pytest.raises(ValueError, match="unknown preset 'speakers'"):
+    serve_config.get_config("speakers")
+
+
+def test_open_speaker_blackbox_picks_the_box_for_a_url_or_a_workdir(servers, fake_loader,
+                                                                     tmp_path):
+  remote = blackbox.open_speaker_blackbox(servers["decision"].url, timeout=5.0)
+  assert isinstance(remote, blackbox.HttpSpeakerBlackBox) and remote.mode == "decision"
+  assert remote.timeout == 5.0
+  with pytest.raises(ValueError, match="serves decision mode, not score"):
+    blackbox.open_speaker_blackbox(servers["decision"].url, mode="score")
+  with pytest.raises(ValueError, match="keeps its own threshold"):
+    blackbox.open_speaker_blackbox(servers["score"].url, threshold=0.5)
+  local = blackbox.open_speaker_blackbox(tmp_path, mode="decision", threshold=0.1)
+  assert isinstance(local, blackbox.LocalSpeakerBlackBox) and local.mode == "decision"
+  scores = direct_scores(fake_loader[str(tmp_path)], ENROL, QUERIES)
+  np.testing.assert_array_equal(local.verify(ENROL, QUERIES), scores >= 0.1)
+  assert blackbox.open_speaker_blackbox(str(tmp_path)).mode == "score"
+  with pytest.raises(FileNotFoundError, match="neither an http"):
+    blackbox.open_speaker_blackbox(tmp_path / "missing")
+  with pytest.raises(ValueError, match="unsupported scheme 'ftp'"):
+    blackbox.open_speaker_blackbox("ftp://host/model")

@@ -16,6 +16,9 @@ Two implementations of the :class:`SpeakerBlackBox` protocol:
   ``--config.task=speaker`` (``POST /v1/speaker/verify``, see ``jaxtag.serving``), standard library
   only.
 
+:func:`open_speaker_blackbox` picks one from a target string (a workdir path or an ``http(s)://``
+URL).
+
 Clip length: every clip is fitted to the model's ``clip_samples`` with
 ``jaxtag.audio.io.fit_length`` (zero-pad at the end, or keep the start), by both boxes and by the
 server. :class:`HttpSpeakerBlackBox` sends clips as 16-bit PCM WAV (clipped to [-1, 1], rounded as
@@ -30,6 +33,7 @@ import http.client
 import json
 import logging
 import math
+import os
 import threading
 import time
 import urllib.error
@@ -410,3 +414,44 @@ class HttpSpeakerBlackBox:
 
   def __repr__(self) -> str:
     return f"HttpSpeakerBlackBox({self.url!r}, {self.mode} mode, {self.sample_rate} Hz)"
+
+
+def open_speaker_blackbox(target: str | os.PathLike, *, mode: str | None = None,
+                          threshold: float | None = None,
+                          **http_options) -> LocalSpeakerBlackBox | HttpSpeakerBlackBox:
+  """A speaker black box for ``target``: an ``http(s)://`` URL or a speaker model's workdir.
+
+  Args:
+    target: a server URL (``launch/serve.py:speaker``) or a finished speaker-model workdir
+      (``jaxtag.speaker.embedder.load_embedder``).
+    mode: ``"score"`` or ``"decision"``; for a URL, the server's mode must be this one
+      (None: whatever it serves); for a workdir, None is ``"score"``.
+    threshold: (workdir, decision mode) accept iff score >= it; None: the model's recorded
+      EER threshold. A server keeps its own: refused with a URL.
+    **http_options: options of :class:`HttpSpeakerBlackBox` (``timeout``, ...).
+
+  Returns:
+    An :class:`HttpSpeakerBlackBox` for a URL, else a :class:`LocalSpeakerBlackBox`.
+
+  Raises:
+    ValueError: a URL of another scheme, a threshold with a URL, or a server of another mode.
+    FileNotFoundError: a path that is not a directory.
+  """
+  text = os.fspath(target)
+  scheme = urllib.parse.urlsplit(text).scheme
+  if scheme in ("http", "https"):
+    if threshold is not None:
+      raise ValueError("open_speaker_blackbox: a server keeps its own threshold; pass "
+                       "threshold=None with a URL.")
+    box = HttpSpeakerBlackBox(text, **http_options)
+    if mode is not None and box.mode != mode:
+      raise ValueError(f"open_speaker_blackbox: {box.url} serves {box.mode} mode, not {mode}.")
+    return box
+  if "://" in text:
+    raise ValueError(f"open_speaker_blackbox: {text!r} has an unsupported scheme {scheme!r}; "
+                     "use http:// or https:// for a server, or a workdir path.")
+  if not os.path.isdir(text):
+    raise FileNotFoundError(f"open_speaker_blackbox: {text} is neither an http(s):// URL nor a "
+                            "speaker model's workdir (no such directory).")
+  from jaxtag.speaker.embedder import load_embedder  # Needs JAX and the model; a URL does not.
+  return LocalSpeakerBlackBox(load_embedder(text), mode=mode or "score", threshold=threshold)
