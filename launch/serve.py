@@ -1,7 +1,10 @@
-r"""Stage: serve a trained model over HTTP, answering top-k labels only (jaxtag.serving).
+r"""Stage: serve a trained model over HTTP, answering top-k labels only, or a speaker model's
+scores or decisions only (jaxtag.serving).
 
   .venv/bin/python -m launch.serve --config=launch/configs/serve.py \
       --config.model_workdir=workdirs/suspect --config.port=8080
+  .venv/bin/python -m launch.serve --config=launch/configs/serve.py:speaker \
+      --config.model_workdir=workdirs/speaker --config.speaker_mode=decision
 
 Prints the URL and serves until Ctrl-C (or SIGTERM); requests in flight get at most
 --config.drain_timeout seconds to finish.
@@ -36,10 +39,10 @@ def main(job, workdir):
   from jaxtag.serving import job as serve_job
 
   server = serve_job.build_server(job)
-  box = server.blackbox
-  print(f"Serving {job.model_workdir} ({len(box.class_names)} classes, {box.sample_rate} Hz) "
-        f"at {server.url}  (GET {server.url}/v1/info, POST {server.url}/v1/classify?k=5); "
-        f"Ctrl-C stops (drain at most {job.drain_timeout:g} s).", flush=True)
+  handler = server.handler
+  print(f"Serving {job.model_workdir} ({handler.describe()}) at {server.url}  (GET "
+        f"{server.url}/v1/info, POST {server.url}{handler.usage}); Ctrl-C stops (drain at most "
+        f"{job.drain_timeout:g} s).", flush=True)
   _stop_on_signals()
   serving.serve_forever(server)
   print("Server stopped.", flush=True)

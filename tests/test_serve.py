@@ -67,10 +67,11 @@ def classify(server, body: bytes, query: str = "?k=3", content_type: str = "audi
 def test_info_and_health(server, tiny_workdir):
   status, info, headers = request(server, "GET", "/v1/info")
   assert status == 200 and headers["Content-Type"] == "application/json"
-  assert set(info) == {"sample_rate", "num_classes", "class_names", "clip_samples", "max_k"}
+  assert set(info) == {"task", "sample_rate", "num_classes", "class_names", "clip_samples",
+                       "max_k"}
   model_info = train.read_model_info(tiny_workdir)
-  assert info == {"sample_rate": SR, "num_classes": 6, "class_names": list(CLASSES),
-                  "clip_samples": CLIP, "max_k": 6}
+  assert info == {"task": "classify", "sample_rate": SR, "num_classes": 6,
+                  "class_names": list(CLASSES), "clip_samples": CLIP, "max_k": 6}
   assert tuple(info["class_names"]) == model_info.class_names
   assert request(server, "GET", "/healthz")[:2] == (200, {"status": "ok"})
 

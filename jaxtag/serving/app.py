@@ -14,9 +14,12 @@ import logging
 import time
 from typing import Any
 
-from jaxtag.serving.validate import WAV_CONTENT_TYPES, ApiError, parse_k
+from jaxtag.serving.handlers import TASK_PATHS
+from jaxtag.serving.validate import ApiError
 
-ROUTES = {"/v1/classify": "POST", "/v1/info": "GET", "/healthz": "GET"}
+# Every path of the API and its method; a server answers its own task's path and refers the
+# other tasks' paths to its own (404).
+ROUTES = {**{path: "POST" for path in TASK_PATHS.values()}, "/v1/info": "GET", "/healthz": "GET"}
 # A refused request's unread body, up to this size, is read and dropped before the answer: closing
 # a socket with unread input makes the kernel reset the connection, which can destroy the answer
 # before the client reads it (clients send the whole body first).
@@ -107,8 +110,8 @@ class BlackBoxApp:
   """The API of :mod:`jaxtag.serving` for one server, as an ASGI 3 application.
 
   Args:
-    server: the :class:`jaxtag.serving.server.BlackBoxServer` it answers for (its ``limits``,
-      ``info()`` and ``run_model()``).
+    server: the :class:`jaxtag.serving.server.BlackBoxServer` it answers for (its ``handler``,
+      ``limits``, ``info()`` and ``run_model()``).
   """
 
   def __init__(self, server):
@@ -155,29 +158,33 @@ class BlackBoxApp:
 
   async def _answer(self, request: _Request) -> Any:
     server = self.server
+    handler = server.handler
     path = request.path.rstrip("/") or "/"
     method = ROUTES.get(path)
     if method is None:
-      raise ApiError(404, f"no such path {request.path!r}; the API has POST /v1/classify?k=K, "
+      raise ApiError(404, f"no such path {request.path!r}; the API has POST {handler.usage}, "
                      "GET /v1/info and GET /healthz.")
+    if path in TASK_PATHS.values() and path != handler.path:
+      raise ApiError(404, f"this server answers task {handler.task!r}, not {path}; use POST "
+                     f"{handler.usage} (GET /v1/info describes it).")
     if request.method != method:
       raise ApiError(405, f"{request.method} is not allowed on {path}; use {method}.",
                      {"Allow": method})
-    if path == "/v1/classify":
-      return await self._classify(request)
+    if path == handler.path:
+      return await self._task_request(request)
     if path == "/v1/info":
       return server.info()
     return {"status": "ok"}
 
-  async def _classify(self, request: _Request) -> dict[str, Any]:
-    limits = self.server.limits
+  async def _task_request(self, request: _Request) -> dict[str, Any]:
+    handler = self.server.handler
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in WAV_CONTENT_TYPES:
-      raise ApiError(415, f"Content-Type must be audio/wav (or audio/x-wav); got "
+    if content_type not in handler.content_types:
+      raise ApiError(415, f"Content-Type must be {' or '.join(handler.content_types[:2])}; got "
                      f"{content_type or 'none'!r}.")
-    length = _content_length(request.headers, limits.max_request_bytes)
-    k = parse_k(request.query, max_k=limits.max_k, default_k=limits.default_k)
+    length = _content_length(request.headers, self.server.limits.max_request_bytes)
+    params = handler.parse_query(request.query)
     body = await request.read_body()
     if len(body) < length:
       raise ApiError(400, f"body has {len(body)} bytes but Content-Length says {length}.")
-    return await self.server.run_model(body, k)
+    return await self.server.run_model(body, params)

@@ -22,11 +22,9 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-
-from jaxtag.audio.io import fit_length
 from jaxtag.serving import app as app_lib
-from jaxtag.serving.validate import ServeLimits, decode_wav
+from jaxtag.serving.handlers import TaskHandler
+from jaxtag.serving.validate import ServeLimits
 
 _log = logging.getLogger("jaxtag.serving")
 # Threads that decode WAVs and call the model (the model calls themselves take turns on a lock).
@@ -127,11 +125,13 @@ def deadline_protocol(request_timeout: float) -> type[asyncio.Protocol]:
 class BlackBoxServer:
   """One black box served over HTTP (uvicorn, h11) on a socket bound at construction.
 
-  Made by :func:`jaxtag.serving.make_server`; served by :func:`jaxtag.serving.serve_forever` or
-  :func:`jaxtag.serving.running` (which call :meth:`start` and :meth:`stop`).
+  Made by :func:`jaxtag.serving.make_server` or :func:`jaxtag.serving.make_speaker_server`;
+  served by :func:`jaxtag.serving.serve_forever` or :func:`jaxtag.serving.running` (which call
+  :meth:`start` and :meth:`stop`).
 
   Attributes:
-    blackbox: the model (a ``LocalBlackBox`` or anything with its attributes and ``top_k``).
+    handler: the task it answers (:mod:`jaxtag.serving.handlers`): endpoint, checks, model call.
+    blackbox: the handler's model (a ``LocalBlackBox``, a ``LocalSpeakerBlackBox``, ...).
     limits: the :class:`ServeLimits`.
     server_address: the bound ``(host, port)`` (IPv6: ``(host, port, flowinfo, scope_id)``).
     url: ``http://host:port`` it listens on.
@@ -140,11 +140,11 @@ class BlackBoxServer:
     inference_lock: serialises the model calls.
   """
 
-  def __init__(self, sock: socket.socket, blackbox, limits: ServeLimits, *, backlog: int,
-               drain_timeout: float):
+  def __init__(self, sock: socket.socket, handler: TaskHandler, limits: ServeLimits, *,
+               backlog: int, drain_timeout: float):
     import uvicorn  # Only a server needs it.
 
-    self.blackbox = blackbox
+    self.handler = handler
     self.limits = limits
     self.backlog = backlog
     self.drain_timeout = drain_timeout
@@ -167,8 +167,12 @@ class BlackBoxServer:
     self._done = threading.Event()  # Set when the serving thread ends.
     self._failure: BaseException | None = None
 
+  @property
+  def blackbox(self):
+    return self.handler.blackbox
+
   def __repr__(self) -> str:
-    return f"BlackBoxServer({self.url}, {self.blackbox!r})"
+    return f"BlackBoxServer({self.url}, {self.handler.task}, {self.blackbox!r})"
 
   def open_connections(self) -> int:
     """Connections open now, requests in flight or not yet past their headers."""
@@ -180,30 +184,19 @@ class BlackBoxServer:
     return self._app.in_flight
 
   def info(self) -> dict[str, Any]:
-    box = self.blackbox
-    return {"sample_rate": int(box.sample_rate), "num_classes": len(box.class_names),
-            "class_names": list(box.class_names), "clip_samples": int(box.clip_samples),
-            "max_k": self.limits.max_k}
+    """``GET /v1/info``: the task, then the handler's fields."""
+    return {"task": self.handler.task, **self.handler.info(self.limits)}
 
-  def classify(self, waveform: np.ndarray, k: int) -> dict[str, Any]:
-    """Top-k names and indices of one clip (fitted to ``clip_samples``); blocks on the model."""
-    x = fit_length(waveform, int(self.blackbox.clip_samples))[None]
+  def answer(self, body: bytes, params: Any) -> dict[str, Any]:
+    """The handler's answer to a task request; decodes concurrently, blocks on the model lock."""
+    inputs = self.handler.prepare(body, params, self.limits)
     with self.inference_lock:
-      indices = np.asarray(self.blackbox.top_k(x, k))[0]
-    indices = [int(i) for i in indices]
-    return {"labels": [self.blackbox.class_names[i] for i in indices], "indices": indices}
+      return self.handler.run(inputs)
 
-  def _decode_and_classify(self, body: bytes, k: int) -> dict[str, Any]:
-    limits = self.limits
-    waveform = decode_wav(body, sample_rate=int(self.blackbox.sample_rate),
-                          max_seconds=limits.max_seconds, on_rate_mismatch=limits.on_rate_mismatch,
-                          on_stereo=limits.on_stereo)
-    return self.classify(waveform, k)
-
-  async def run_model(self, body: bytes, k: int) -> dict[str, Any]:
-    """Decodes and classifies ``body`` in a worker thread, leaving the event loop free."""
+  async def run_model(self, body: bytes, params: Any) -> dict[str, Any]:
+    """:meth:`answer` in a worker thread, leaving the event loop free."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(self._executor, self._decode_and_classify, body, k)
+    return await loop.run_in_executor(self._executor, self.answer, body, params)
 
   def _serve(self) -> None:
     try:
