@@ -3,9 +3,11 @@
 Both take a raw waveform batch ``(n, samples)`` and return ``(embeddings, intermediates)`` with
 L2-normalised ``(n, embedding_dim)`` embeddings. The front end is fixed and differentiable
 (:func:`log_mel_frames`): 40 log-mel bands over 25 ms Hann windows every 10 ms
-(``jaxtag.audio.mel.log_mel_spectrogram``), minus each band's mean over the utterance (a
-per-utterance cepstral-mean style normalisation, so a fixed channel gain does not move the
-embedding).
+(``jaxtag.audio.mel.log_mel_spectrogram``) with a per-utterance mean normalisation
+(``feature_norm``): by default the mean log energy over all frames and bands is subtracted, so a
+gain does not move the embedding while the long-term spectral envelope (much of a speaker's
+identity in a 1 s clip) stays; ``band`` subtracts each band's own mean (cepstral mean
+normalisation, which also removes a fixed channel but with it that envelope).
 
 * ``dvector`` (Wan et al. 2018, "Generalized end-to-end loss for speaker verification"):
   stacked LSTMs, a linear projection of the last frame's output, L2 norm. The paper's LSTMs have
@@ -32,6 +34,7 @@ from jaxtag import errors
 from jaxtag.audio import mel as mel_lib
 
 ARCHS = ("dvector", "ecapa")
+FEATURE_NORMS = ("utterance", "band", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,8 @@ class SpeakerModelConfig:
     res2_scale: Res2Net scale of the ecapa blocks (``hidden_size`` must be a multiple).
     attention_dim: bottleneck of ecapa's attentive statistics pooling.
     n_mels: log-mel bands of the front end.
+    feature_norm: per-utterance normalisation of the log-mel frames: ``utterance`` (subtract
+      the mean over frames and bands), ``band`` (each band's mean over frames) or ``none``.
     win_ms: analysis window in milliseconds.
     hop_ms: hop between frames in milliseconds.
     sample_rate: sample rate of the waveforms in Hz.
@@ -58,6 +63,7 @@ class SpeakerModelConfig:
   res2_scale: int = 4
   attention_dim: int = 64
   n_mels: int = 40
+  feature_norm: str = "utterance"
   win_ms: float = 25.0
   hop_ms: float = 10.0
   sample_rate: int = 16000
@@ -68,6 +74,9 @@ class SpeakerModelConfig:
 
     if self.arch not in ARCHS:
       raise ValueError(f"{name('arch')} must be one of {ARCHS}; got {self.arch!r}.")
+    if self.feature_norm not in FEATURE_NORMS:
+      raise ValueError(f"{name('feature_norm')} must be one of {FEATURE_NORMS}; got "
+                       f"{self.feature_norm!r}.")
     for field in ("hidden_size", "num_layers", "embedding_dim", "res2_scale", "attention_dim",
                   "n_mels", "sample_rate"):
       if int(getattr(self, field)) <= 0:
@@ -131,7 +140,10 @@ def log_mel_frames(waveform: jax.Array, config: SpeakerModelConfig) -> jax.Array
   feats = mel_lib.log_mel_spectrogram(
       waveform.astype(jnp.float32), sample_rate=config.sample_rate, n_fft=config.n_fft,
       win_length=config.win_length, hop_length=config.hop_length, n_mels=config.n_mels)
-  return feats - jnp.mean(feats, axis=1, keepdims=True)
+  if config.feature_norm == "none":
+    return feats
+  axes = (1, 2) if config.feature_norm == "utterance" else 1
+  return feats - jnp.mean(feats, axis=axes, keepdims=True)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

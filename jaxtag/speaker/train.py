@@ -197,7 +197,7 @@ def train_step(state: SpeakerTrainState, audio: jax.Array, train_key: jax.Array,
   new = SpeakerTrainState(step=state.step + 1, params=params, ge2e=loss_params,
                           opt_state=opt_state)
   return new, {"train/loss": loss, "train/w": loss_params["w"], "train/b": loss_params["b"],
-               "train/grad_norm": optax.global_norm(grads)}
+               "train/grad_norm": optax.tree.norm(grads)}
 
 
 def speaker_rows(dataset: AudioDataset, utterances: int) -> list[np.ndarray]:
