@@ -62,7 +62,8 @@ JOBS = {"train": "jaxtag.train.job:TrainJob", "corpus": "jaxtag.data.job:CorpusJ
         "craft": "jaxtag.taggants.jobs:CraftJob",
         "calibrate": "jaxtag.taggants.jobs:CalibrateJob", "demo": "jaxtag.taggants.demo:DemoJob",
         "poscuda_protect": "jaxtag.poscuda.jobs:ProtectJob",
-        "poscuda_eval": "jaxtag.poscuda.jobs:EvalJob", "serve": "jaxtag.serving.job:ServeJob"}
+        "poscuda_eval": "jaxtag.poscuda.jobs:EvalJob", "serve": "jaxtag.serving.job:ServeJob",
+        "speaker_train": "jaxtag.speaker.job:SpeakerTrainJob"}
 
 
 def test_every_config_has_its_job():

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from jaxtag import config as config_lib
+from jaxtag import errors
 from jaxtag import workdir as workdir_lib
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.speaker import metrics
@@ -27,7 +28,7 @@ from jaxtag.speaker.train import (FINAL_DIR, MODEL_JSON, SpeakerTrainConfig,
                                   train_speaker_model)
 
 # Where the library's dataclasses sit in a SpeakerTrainJob config (messages name the flags).
-FLAG_OWNERS = {"SpeakerTrainConfig": "", "SpeakerModelConfig": "model"}
+FLAG_OWNERS = {"SpeakerTrainJob": "", "SpeakerTrainConfig": "", "SpeakerModelConfig": "model"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,8 @@ def load_splits(job: SpeakerTrainJob) -> dict[str, AudioDataset]:
     ValueError: no ``data_root``.
   """
   if job.data_root is None:
-    raise ValueError("SpeakerTrainJob.data_root is None: set --config.data_root to a speaker "
-                     "dataset folder (or pass splits= to run_speaker_train_job).")
+    raise ValueError(f"{errors.option('data_root', owner='SpeakerTrainJob')} is None: set it to "
+                     "a speaker dataset folder (or pass splits= to run_speaker_train_job).")
   from jaxtag.speaker import data as speaker_data
   return speaker_data.load_speaker_splits(speaker_data.SpeakerSource(root=job.data_root))
 
