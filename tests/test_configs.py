@@ -65,7 +65,9 @@ JOBS = {"train": "jaxtag.train.job:TrainJob", "corpus": "jaxtag.data.job:CorpusJ
         "calibrate": "jaxtag.taggants.jobs:CalibrateJob", "demo": "jaxtag.taggants.demo:DemoJob",
         "poscuda_protect": "jaxtag.poscuda.jobs:ProtectJob",
         "poscuda_eval": "jaxtag.poscuda.jobs:EvalJob", "serve": "jaxtag.serving.job:ServeJob",
-        "cbw_protect": "jaxtag.cbw.jobs:CbwProtectJob", "cbw_verify": "jaxtag.cbw.jobs:CbwVerifyJob"}
+        "cbw_protect": "jaxtag.cbw.jobs:CbwProtectJob", "cbw_verify": "jaxtag.cbw.jobs:CbwVerifyJob",
+        "cbw_demo": "jaxtag.cbw.demo:CbwDemoJob",
+        "speaker_train": "jaxtag.speaker.job:SpeakerTrainJob"}
 
 
 def test_every_config_has_its_job():
