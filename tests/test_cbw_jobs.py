@@ -42,7 +42,7 @@ def tiny_train_job(source, seed=0):
   model = dataclasses.replace(preset("dvector-small"), hidden_size=16, embedding_dim=8)
   return SpeakerTrainJob(model=model, steps=3, speakers_per_batch=2, utterances_per_speaker=2,
                          checkpoint_every=3, log_every=1, enrol_utterances=2, seed=seed,
-                         data=source, progress=False)
+                         data=source, num_devices=1, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtag.speaker.data import SpeakerSource
-
 from jaxtag import rng, sharding
 from jaxtag.data.dataset import AudioDataset, DatasetError
 from jaxtag.speaker import embedder as embedder_lib
 from jaxtag.speaker import job as job_lib
 from jaxtag.speaker import model as model_lib
 from jaxtag.speaker import train as train_lib
+from jaxtag.speaker.data import SpeakerSource
 from jaxtag.workdir import ConfigChangedError
 
 SAMPLES = 4000   # 0.25 s at 16 kHz: 26 frames

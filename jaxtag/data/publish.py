@@ -296,6 +296,8 @@ class Published:
 def _is_clip(kind: str, rel: str) -> bool:
   """Whether ``rel`` sits where the layout's loader looks for clips."""
   parts = rel.split("/")
+  if kind == "speaker_folders":
+    return False   # Every utterance not written is copied byte for byte (jaxtag.speaker.data).
   if kind == "esc50":
     return len(parts) == 2 and parts[0] == "audio" and rel.lower().endswith(".wav")
   return (len(parts) == 2 and not parts[0].startswith(("_", "."))
