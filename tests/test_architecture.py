@@ -50,7 +50,8 @@ def test_secrets_and_config_floors_import_no_method():
   for name in ("secrets.py", "config.py", "workdir.py", "rng.py"):
     path = ROOT / "jaxtag" / name
     up = {m for m in _imports(path) if m.split(".")[:2] in (
-        ["jaxtag", "taggants"], ["jaxtag", "poscuda"], ["jaxtag", "train"], ["jaxtag", "models"])}
+        ["jaxtag", "taggants"], ["jaxtag", "poscuda"], ["jaxtag", "train"], ["jaxtag", "models"],
+        ["jaxtag", "cbw"], ["jaxtag", "speaker"])}
     assert not up, f"jaxtag/{name} imports {sorted(up)}"
 
 
