@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxtag.speaker import ge2e, metrics
 from jaxtag.speaker import model as model_lib
@@ -108,6 +109,9 @@ def test_enrol_cosine_and_trials():
 def test_models_give_unit_embeddings_independent_of_the_batch(arch):
   config = TINY[arch]
   model = model_lib.build_speaker_model(config, jax.random.key(0))
+  graphdef, state = nnx.split(model)
+  apply = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+  model = lambda x: apply(state, x)
   x = jax.random.normal(jax.random.key(1), (3, 4000)) * 0.1
   e, inter = model(x)
   assert e.shape == (3, 8) and inter["frames"].shape[0] == 3

@@ -118,9 +118,32 @@ def test_resumed_training_equals_an_uninterrupted_run(splits, tmp_path):
   assert resumed.start_step == 3 and resumed.finished
   for a, b in zip(_params(full.state), _params(resumed.state)):
     np.testing.assert_array_equal(a, b)
-  lines = lambda d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").open()]
-  assert lines("full") == [{**r, "train/steps_per_s": lines("full")[i]["train/steps_per_s"]}
-                           for i, r in enumerate(lines("cut"))]
+  assert _logged(tmp_path / "full") == _logged(tmp_path / "cut")
+  assert [r["step"] for r in _logged(tmp_path / "cut")] == list(range(1, 7))
+
+
+def _logged(workdir):
+  """``metrics.jsonl`` without the timings."""
+  return [{k: v for k, v in json.loads(line).items() if k != "train/steps_per_s"}
+          for line in (workdir / "metrics.jsonl").open()]
+
+
+def test_the_step_compiles_once(splits):
+  config = _job().recipe
+  mesh = sharding.make_mesh(1)
+  state, _ = train_lib.create_state(config, jax.random.key(0), mesh)
+  net, _ = train_lib.abstract_network(config.model)
+  step_fn = train_lib.jit_train_step(config, net, 16000)
+  rows = train_lib.check_train_data(config, splits["train"], mesh)
+  for step in range(3):
+    idx = train_lib.batch_indices(rows, jax.random.key(step), speakers=4, utterances=4)
+    blocks = splits["train"].labels[idx].reshape(4, 4)   # speaker-major: one speaker per row
+    assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0].tolist())) == 4
+    assert len(set(idx.tolist())) == 16
+    state, _ = step_fn(state, sharding.shard_batch(mesh, splits["train"].waveforms[idx]),
+                       jax.random.key(9))
+  assert int(state.step) == 3
+  assert step_fn._cache_size() == 1
 
 
 def test_eight_devices_train_as_one(splits, tmp_path):

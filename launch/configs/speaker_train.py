@@ -8,9 +8,11 @@ r"""Train a speaker-embedding model (GE2E) on a speaker dataset into a workdir.
       --config=launch/configs/speaker_train.py:default,dvector --workdir=workdirs/speaker_gpu
 
 The first argument picks a recipe:
-  default  the CPU demo recipe: ecapa-small, N=16 speakers x M=8 utterances per batch, Adam
-           lr 1e-3, time-shift augmentation (the step time of each preset on two CPU cores is in
-           the CBW report; the full `dvector` is meant for an accelerator).
+  default  the CPU demo recipe: ecapa-small, 1000 steps of N=16 speakers x M=8 utterances,
+           Adam lr 1e-3, +-0.1 s time shifts. Measured on two CPU cores with the embedded
+           corpus relabelled by speaker (160 train speakers, 40 unseen): 150 s, EER 6.7%
+           (dvector-small, 1500 steps: 155 s, EER 9.0%; the full `dvector` takes 3.2 s a step
+           there and is meant for an accelerator).
   tiny     a tiny ecapa for tests and smoke runs (seconds).
 A second argument picks another model preset of jaxtag.speaker.model.PRESETS (dvector,
 dvector-small, ecapa-small). Override any field, e.g. `--config.steps=2000
@@ -33,7 +35,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
                      "tiny.")
   config = common.to_config(job.SpeakerTrainJob)
   config.model = common.to_config(model.preset("ecapa-small"))
-  config.steps = 600
+  config.steps = 1000
   config.speakers_per_batch = 16
   config.utterances_per_speaker = 8
   config.learning_rate = 1e-3
