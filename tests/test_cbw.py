@@ -201,23 +201,26 @@ class FakeBox:
 
 
 def test_verification_detects_a_backdoor_and_not_a_clean_model():
-  train = speaker_set(12, 4)
-  test = speaker_set(12, 4, seed=5, prefix="held")
-  cfg = wm_lib.WatermarkConfig(num_clusters=4, trigger=triggers_lib.TriggerSpec(band_low=10))
+  train = speaker_set(14, 4)
+  test = speaker_set(14, 4, seed=5, prefix="held")
+  cfg = wm_lib.WatermarkConfig(num_clusters=7, trigger=triggers_lib.TriggerSpec(band_low=10))
   rng = np.random.default_rng(0)
-  emb_train, emb_test = (np.eye(4)[ds.labels % 4] + 0.05 * rng.standard_normal((len(ds), 4))
+  emb_train, emb_test = (np.eye(7)[ds.labels % 7] + 0.05 * rng.standard_normal((len(ds), 7))
                          for ds in (train, test))
   wm = wm_lib.plan_watermark(jax.random.key(0), cfg, train=train, train_embeddings=emb_train,
                              test=test, test_embeddings=emb_test)
-  config = verify_lib.VerifyConfig(enrol_utterances=2, num_permutations=999)
+  config = verify_lib.VerifyConfig(enrol_utterances=2, num_permutations=9999)
   for mode in ("score", "decision"):
     hit = verify_lib.verify(FakeBox(wm, test, boost=0.6, mode=mode), wm, test, config)
     clean = verify_lib.verify(FakeBox(wm, test, boost=0.0, mode=mode), wm, test, config)
     assert hit["detected"] and hit["p_value"] < 1e-3, hit["p_value"]
     assert not clean["detected"], clean["p_value"]
-    assert hit["permutation"]["p_value"] == pytest.approx(1 / 24)   # the best of 4! assignments
+    # 7! = 5040 assignments, enumerated: the secret one is the best of them.
+    assert hit["permutation"]["exact"]
+    assert hit["permutation"]["p_value"] == pytest.approx(1 / 5040)
   decided = verify_lib.verify(FakeBox(wm, test, boost=0.6, mode="decision"), wm, test, config)
-  assert decided["watermark_success_rate"] == 1.0
+  assert decided["p_value"] == decided["permutation"]["p_value"]
+  assert decided["watermark_success_rate"] == 1.0 and decided["fisher"]["p_value"] < 1e-6
 
 
 def test_verification_false_positive_rate_is_at_most_alpha_on_clean_boxes():

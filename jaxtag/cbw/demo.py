@@ -71,8 +71,9 @@ def _log(message: str) -> None:
   print(f"[cbw-demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _train(job: CbwDemoJob, name: str, seed: int, data: data_lib.SpeakerSource,
-           workdir: pathlib.Path) -> dict[str, Any]:
+def train_model(job: CbwDemoJob, name: str, seed: int, data: data_lib.SpeakerSource,
+                workdir: pathlib.Path) -> dict[str, Any]:
+  """Trains (or reuses) ``workdir/name``: the demo's recipe with this seed and data."""
   train_job = dataclasses.replace(job.model, seed=seed, data=data, progress=job.progress)
   summary = run_speaker_train_job(train_job, workdir / name)
   _log(f"{name}: EER {summary['test']['eer']:.2%} on {summary['speakers']['test']} unseen "
@@ -80,7 +81,8 @@ def _train(job: CbwDemoJob, name: str, seed: int, data: data_lib.SpeakerSource,
   return summary
 
 
-def _boxes(workdir: pathlib.Path, names) -> dict[str, dict[str, Any]]:
+def black_boxes(workdir: pathlib.Path, names) -> dict[str, dict[str, Any]]:
+  """``{name: {mode: LocalSpeakerBlackBox}}`` of the trained models ``workdir/name``."""
   from jaxtag.speaker import blackbox
   from jaxtag.speaker import embedder as embedder_lib
   out = {}
@@ -99,7 +101,7 @@ def _false_positives(job: CbwDemoJob, workdir: pathlib.Path) -> dict[str, Any]:
   folder.mkdir(parents=True, exist_ok=True)
   return null.null_study(job.key(), job.watermark, train=splits["train"],
                          train_embeddings=emb["train"], test=splits["test"],
-                         test_embeddings=emb["test"], boxes=_boxes(workdir, ("benign",
+                         test_embeddings=emb["test"], boxes=black_boxes(workdir, ("benign",
                                                                               "surrogate")),
                          verify_config=job.verify, draws=job.false_positive_draws,
                          records=folder / "draws.jsonl", progress=job.progress)
@@ -118,7 +120,7 @@ def run_cbw_demo(job: CbwDemoJob, workdir: str | os.PathLike,
   seconds: dict[str, float] = {}
   models = {}
   with workdir_lib.timed("surrogate", seconds):
-    models["surrogate"] = _train(job, "surrogate", job.seed, job.data, workdir)
+    models["surrogate"] = train_model(job, "surrogate", job.seed, job.data, workdir)
   protected_root = workdir / "protected_data"
   with workdir_lib.timed("protect", seconds):
     protect = jobs.run_cbw_protect_job(jobs.CbwProtectJob(
@@ -130,9 +132,9 @@ def run_cbw_demo(job: CbwDemoJob, workdir: str | os.PathLike,
   protected = dataclasses.replace(job.data, kind="speech_commands" if job.data.kind != (
       "speaker_folders") else "speaker_folders", root=str(protected_root))
   with workdir_lib.timed("suspect", seconds):
-    models["suspect"] = _train(job, "suspect", job.seed + 1, protected, workdir)
+    models["suspect"] = train_model(job, "suspect", job.seed + 1, protected, workdir)
   with workdir_lib.timed("benign", seconds):
-    models["benign"] = _train(job, "benign", job.seed + 1, job.data, workdir)
+    models["benign"] = train_model(job, "benign", job.seed + 1, job.data, workdir)
   verdicts = {}
   with workdir_lib.timed("verify", seconds):
     for name in MODELS:

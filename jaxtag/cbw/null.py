@@ -61,8 +61,9 @@ def null_study(key: jax.Array, config: wm_lib.WatermarkConfig, *, train: AudioDa
     for name, by_mode in boxes.items():
       for mode, box in by_mode.items():
         r = verify_lib.verify(box, wm, test, verify_config)
-        row["results"][f"{name}/{mode}"] = {"p_value": r["p_value"],
-                                            "permutation_p": r["permutation"]["p_value"]}
+        row["results"][f"{name}/{mode}"] = {
+            "p_value": r["p_value"], "permutation_p": r["permutation"]["p_value"],
+            "seed_style_p": r["t_test" if mode == "score" else "fisher"]["p_value"]}
     with records.open("a") as f:
       f.write(json.dumps(row) + "\n")
     done.append(row)
@@ -70,17 +71,21 @@ def null_study(key: jax.Array, config: wm_lib.WatermarkConfig, *, train: AudioDa
 
 
 def summarize(rows: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
-  """Rejection rates at ``alpha`` (and at 0.05 and 0.01) per mode, pooled over clean models."""
+  """Rejection rates at ``alpha`` (and at 0.05 and 0.01) per mode, pooled over clean models:
+  of the decision p-value, of the permutation p-value, and of the seed-style test (the t-test in
+  score mode, which is the decision there; Fisher's exact test in decision mode)."""
   out: dict[str, Any] = {"draws": len(rows), "alpha": alpha}
   modes = sorted({k.split("/", 1)[1] for r in rows for k in r["results"]})
   for mode in modes:
-    for which in ("p_value", "permutation_p"):
+    for which in ("p_value", "permutation_p", "seed_style_p"):
       p = np.asarray([v[which] for r in rows for k, v in r["results"].items()
-                      if k.endswith("/" + mode)])
-      entry = {"tests": int(p.size), "min_p": float(p.min()) if p.size else None}
+                      if k.endswith("/" + mode) and which in v])
+      if not p.size:
+        continue
+      entry = {"tests": int(p.size), "min_p": float(p.min())}
       for level in sorted({alpha, 0.05, 0.01}):
         hits = int(np.sum(p <= level))
-        low, high = stats.clopper_pearson(hits, p.size) if p.size else (0.0, 1.0)
+        low, high = stats.clopper_pearson(hits, p.size)
         entry[f"alpha={level:g}"] = {"rejections": hits, "rate": hits / max(p.size, 1),
                                      "interval95": [low, high], "within": bool(low <= level)}
       out[f"{mode}/{which}"] = entry

@@ -31,14 +31,18 @@ def verify_text(result: dict[str, Any]) -> str:
   else:
     f = result["fisher"]
     lines.append(f"  acceptance: matched {f['hits_a']}/{f['trials_a']} ({f['rate_a']:.1%}), "
-                 f"unmatched {f['hits_b']}/{f['trials_b']} ({f['rate_b']:.1%}); Fisher exact "
-                 f"one-sided p = {result['p_value']:.3g}")
+                 f"unmatched {f['hits_b']}/{f['trials_b']} ({f['rate_b']:.1%})")
+    lines.append(f"  permutation test over trigger-cluster assignments: one-sided p = "
+                 f"{result['p_value']:.3g} (floor {result['permutation']['floor']:.1g}); "
+                 f"seed-style Fisher exact p = {f['p_value']:.3g} (assumes independent trials; "
+                 "not the decision)")
     lines.append(f"  watermark success rate (matched trigger accepted): "
                  f"{result['watermark_success_rate']:.1%}; any trigger accepted: "
                  f"{result['any_trigger_rate']:.1%}")
-  perm = result["permutation"]
-  lines.append(f"  check: exact permutation p over trigger-cluster assignments = "
-               f"{perm['p_value']:.3g} (floor {perm['floor']:.1g})")
+  if mode == "score":
+    perm = result["permutation"]
+    lines.append(f"  check: permutation p over trigger-cluster assignments = "
+                 f"{perm['p_value']:.3g} (floor {perm['floor']:.1g})")
   verdict = "TRAINED ON THE PROTECTED DATA" if result["detected"] else "not detected"
   lines.append(f"  verdict at alpha = {result['alpha']}: {verdict}")
   return "\n".join(lines) + "\n"

@@ -12,16 +12,22 @@ The null hypothesis H0: the suspect was trained without the watermarked data, so
 not depend on the secret assignment of trigger bands to clusters. That assignment is a uniform
 random permutation drawn from the owner's key, hence:
 
-* **score mode** (the decision p-value): per cluster k with enrolled speakers, ``m_k`` = mean
-  matched score, ``u_k`` = mean unmatched score; the one-sided paired t-test of
-  H0: E[m_k - u_k] <= ``margin`` (:func:`jaxtag.stats.paired_t_greater`; df = clusters - 1).
-  Under H0, E[m_k - u_k] = 0 over the key, so any margin >= 0 keeps the test's size.
-* **decision mode** (the decision p-value): matched acceptances (one trial per speaker) against
-  unmatched acceptances (K - 1 per speaker), one-sided Fisher exact test
-  (:func:`jaxtag.stats.fisher_greater`). It treats trials as independent.
-* **both modes**: the exact permutation p-value over trigger-to-cluster assignments
-  (:func:`jaxtag.stats.assignment_permutation_p`), valid by construction for any model; its floor
-  is ``1 / (1 + num_permutations)``. Reported beside the decision p-value as its check.
+* **score mode**: per cluster k with enrolled speakers, ``m_k`` = mean matched score, ``u_k`` =
+  mean unmatched score; the decision p-value is the one-sided paired t-test of
+  H0: E[m_k - u_k] <= ``margin`` (:func:`jaxtag.stats.paired_t_greater`; df = clusters - 1), the
+  seed's test with the pairing made fair: under H0, E[m_k - u_k] = 0 over the key, so any
+  margin >= 0 keeps its size (approximately: t assumes normal, independent cluster differences;
+  measured in :mod:`jaxtag.cbw.null`).
+* **decision mode**: the statistic is the mean over clusters of the matched acceptance rate;
+  the decision p-value is its exact permutation p-value over trigger-to-cluster assignments
+  (:func:`jaxtag.stats.assignment_permutation_p`; floor ``1 / (1 + num_permutations)``), valid
+  by construction for any model. The one-sided Fisher exact test of matched against unmatched
+  acceptances (:func:`jaxtag.stats.fisher_greater`) is reported beside it as the seed-style
+  figure; it treats every (speaker, trigger) answer as independent, which a cluster's shared
+  trigger breaks (its measured rejection rate on clean models is in benchmarks/RESULTS.md), so
+  it does not decide.
+* **both modes** report the permutation p-value (in score mode over the mean matched score) as
+  the check that needs no assumption.
 
 The decision rule is fixed before any suspect is queried: "trained on the protected data" iff
 the mode's p-value <= ``alpha``. The watermark success rate (decision mode) is the fraction of
@@ -146,9 +152,10 @@ def test_matrix(matrix: np.ndarray, clusters: np.ndarray, wm: Watermark, mode: s
                t_test=test)
   else:
     hits_m, hits_u = int(round(matched.sum())), int(round(matrix.sum() - matched.sum()))
-    test = stats.fisher_greater(hits_m, len(matrix), hits_u, len(matrix) * (k - 1))
-    out.update(test="Fisher exact test of acceptance rates, one-sided", p_value=test["p_value"],
-               fisher=test, watermark_success_rate=float(matched.mean()),
+    fisher = stats.fisher_greater(hits_m, len(matrix), hits_u, len(matrix) * (k - 1))
+    out.update(test="permutation test of the matched acceptance rate over trigger-cluster "
+               "assignments, one-sided", p_value=permutation["p_value"], fisher=fisher,
+               watermark_success_rate=float(matched.mean()),
                any_trigger_rate=float(np.mean(matrix.max(axis=1) > 0.5)))
   out["detected"] = bool(out["p_value"] <= config.alpha)
   return out
