@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke job for a second interpreter / jax line (CI: Python 3.12 with jax 0.11.x, `make smoke312`).
 # Not the test suite: the demo chain on the tiny config, crafting with rolled and unrolled loops,
+# the CBW demo chain on the tiny corpus,
 # a re-run of the demo on the same workdir (resume), verify, the XLA:CPU deadlock test, a few
 # fast test files and the HTTP server tests. Every step runs under a timeout and prints a timestamped line; every step runs
 # even when an earlier one failed (one log shows everything); the exit status is 1 if any failed.
@@ -69,8 +70,13 @@ step verify "$PY" -m launch.verify --config=launch/configs/verify.py --workdir="
 # Re-running the demo on a finished workdir must resume (reuse every finished stage).
 step demo-rerun "$PY" -m launch.demo --config=launch/configs/demo.py:tiny --workdir="$W/demo"
 
+# CBW on the tiny corpus: speaker models, protect, verify in both modes, false positives.
+step cbw-demo "$PY" -m launch.cbw_demo --config=launch/configs/cbw_demo.py:tiny \
+  --workdir="$W/cbw_demo"
+
 step fast-tests "$PY" -m pytest -q -p no:cacheprovider -x tests/test_configs.py \
-  tests/test_stats.py tests/test_audio_stft.py tests/test_augment.py tests/test_sharding.py
+  tests/test_stats.py tests/test_audio_stft.py tests/test_augment.py tests/test_sharding.py \
+  tests/test_cbw.py tests/test_speaker_blackbox.py
 
 # The HTTP server on this interpreter's asyncio (Python 3.12 changed Server.wait_closed): ~35 s.
 step serve-tests "$PY" -m pytest -q -p no:cacheprovider -x tests/test_serve.py \

@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxtag import workdir as workdir_lib
 from jaxtag.cbw import jobs, null
@@ -160,7 +159,7 @@ def _summary(models, protect, verdicts, false_positives, seconds) -> dict[str, A
   q = protect["quality"]
   return {
       "eer": eer, "threshold": {name: s["test"]["threshold"] for name, s in models.items()},
-      "eer_cost_points": 100 * (eer["suspect"] - float(np.mean(clean))),
+      "eer_cost_points": 100 * (eer["suspect"] - eer["benign"]),
       "eer_clean_seed_spread_points": 100 * (max(clean) - min(clean)),
       "watermark_success_rate": {name: verdicts[f"{name}/decision"]["watermark_success_rate"]
                                  for name in MODELS},
@@ -168,6 +167,7 @@ def _summary(models, protect, verdicts, false_positives, seconds) -> dict[str, A
                            for name in MODELS},
       "p_value": {k: v["p_value"] for k, v in verdicts.items()},
       "permutation_p": {k: v["permutation"]["p_value"] for k, v in verdicts.items()},
+      "fisher_p": {k: v["fisher"]["p_value"] for k, v in verdicts.items() if "fisher" in v},
       "detected": {k: v["detected"] for k, v in verdicts.items()},
       "alpha": next(iter(verdicts.values()))["alpha"],
       "trigger": protect["trigger"], "triggered": protect["triggered"],

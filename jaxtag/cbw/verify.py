@@ -38,6 +38,7 @@ accept at least one trigger, the seed's WSR).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from jaxtag.cbw.watermark import Watermark
 from jaxtag.data.dataset import AudioDataset, DatasetError
 
 MODES = ("score", "decision")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +146,14 @@ def test_matrix(matrix: np.ndarray, clusters: np.ndarray, wm: Watermark, mode: s
          "per_cluster": {"cluster": present.tolist(), "matched": m_k.tolist(),
                          "unmatched": u_k.tolist()}}
   if mode == "score":
-    if len(present) < 2:
-      raise DatasetError("the score-mode test needs enrolled speakers in at least two clusters; "
-                         f"they fall in {len(present)}. Enrol more held-out speakers.")
-    test = stats.paired_t_greater(m_k, u_k, margin=config.margin)
+    if len(present) < 2:   # No spread to test: p = 1 is the only valid answer.
+      logger.warning("the score-mode t-test needs enrolled speakers in at least two clusters; "
+                     "they fall in %d: p = 1. Enrol more held-out speakers.", len(present))
+      test = {"t": None, "df": 0, "p_value": 1.0, "mean_difference": float(np.mean(m_k - u_k)),
+              "sd_difference": None, "n": int(len(present)), "margin": config.margin,
+              "untestable": "enrolled speakers in fewer than two clusters"}
+    else:
+      test = stats.paired_t_greater(m_k, u_k, margin=config.margin)
     out.update(test="paired t-test over clusters, one-sided", p_value=test["p_value"],
                t_test=test)
   else:

@@ -30,7 +30,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.data.preset = arg
   config.model = speaker_train.get_config("tiny" if arg == "tiny" else "default")
   config.model.data = config.data
-  if arg == "tiny":
+  if arg == "tiny":   # 2 training speakers x 4 utterances, 4 held-out speakers
+    config.model.speakers_per_batch = 2
+    config.model.utterances_per_speaker = 2
     config.watermark.num_clusters = 2
     config.verify.enrol_utterances = 2
     config.false_positive_draws = 2
