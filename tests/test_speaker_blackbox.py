@@ -411,7 +411,7 @@ def test_open_speaker_blackbox_picks_the_box_for_a_url_or_a_workdir(servers, fak
                                                                      tmp_path):
   remote = blackbox.open_speaker_blackbox(servers["decision"].url, timeout=5.0)
   assert isinstance(remote, blackbox.HttpSpeakerBlackBox) and remote.mode == "decision"
-  assert remote.timeout == 5.0
+  assert remote.client.timeout == 5.0
   with pytest.raises(ValueError, match="serves decision mode, not score"):
     blackbox.open_speaker_blackbox(servers["decision"].url, mode="score")
   with pytest.raises(ValueError, match="keeps its own threshold"):

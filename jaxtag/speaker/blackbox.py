@@ -29,27 +29,22 @@ box's answers.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 import math
 import os
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from jaxtag.audio.io import AudioFileError, fit_length, validate_waveform
-from jaxtag.taggants.blackbox import BlackBoxError, encode_wav_pcm16
+from jaxtag.serving import client
+from jaxtag.serving.client import BlackBoxError, encode_wav_pcm16
 
 MODES = ("score", "decision")
 VERIFY_PATH = "/v1/speaker/verify"
-# Status codes worth another try: the server is restarting or overloaded, not refusing the clips.
-_RETRY_STATUSES = (502, 503, 504)
 # JSON framing of a request around its base64 strings: the keys, and quotes and a comma per clip.
 _BODY_OVERHEAD = 64
 _ITEM_OVERHEAD = 4
@@ -232,28 +227,6 @@ _ANSWERS = {"score": ("scores", "numbers", np.float32, _is_number),
             "decision": ("accept", "booleans", bool, _is_bool)}
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
-  """The ``error`` field of a JSON error answer, or the raw body."""
-  try:
-    raw = error.read().decode("utf-8", errors="replace")
-  except (OSError, http.client.HTTPException):
-    return error.reason or ""
-  try:
-    return str(json.loads(raw)["error"])
-  except (ValueError, KeyError, TypeError):
-    return raw.strip()[:500] or str(error.reason)
-
-
-def _base_url(url: str) -> str:
-  parsed = urllib.parse.urlsplit(url)
-  if parsed.scheme not in ("http", "https") or not parsed.netloc:
-    raise ValueError(f"HttpSpeakerBlackBox: {url!r} is not an http:// or https:// URL.")
-  path = parsed.path.rstrip("/")
-  for suffix in (VERIFY_PATH, "/v1/info", "/healthz"):
-    path = path.removesuffix(suffix)
-  return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
-
-
 class HttpSpeakerBlackBox:
   """A client of a ``jaxtag.serving`` speaker server (``POST /v1/speaker/verify``).
 
@@ -265,6 +238,7 @@ class HttpSpeakerBlackBox:
 
   Attributes:
     url: the server's base URL.
+    client: the ``jaxtag.serving.client.JsonClient`` (timeout, retries) it talks through.
     mode, sample_rate, clip_samples, max_enrol, max_queries, max_request_bytes: from
       ``GET /v1/info``.
   """
@@ -284,14 +258,9 @@ class HttpSpeakerBlackBox:
       BlackBoxError: the server cannot be reached, or it is not a jaxtag speaker server (a
         classifier's server says so: use ``jaxtag.taggants.blackbox.HttpBlackBox`` for it).
     """
-    self.url = _base_url(url)
-    if timeout <= 0 or max_retries < 0 or backoff_seconds < 0:
-      raise ValueError("HttpSpeakerBlackBox: timeout must be positive, max_retries and "
-                       f"backoff_seconds non-negative; got {timeout}, {max_retries}, "
-                       f"{backoff_seconds}.")
-    self.timeout = float(timeout)
-    self.max_retries = int(max_retries)
-    self.backoff_seconds = float(backoff_seconds)
+    self.url = client.base_url(url, owner="HttpSpeakerBlackBox", endpoints=(VERIFY_PATH,))
+    self.client = client.JsonClient(self.url, owner="HttpSpeakerBlackBox", timeout=timeout,
+                                     max_retries=max_retries, backoff_seconds=backoff_seconds)
     self._read_info(self._request("GET", "/v1/info"))
 
   def _read_info(self, info: Any) -> None:
@@ -315,32 +284,7 @@ class HttpSpeakerBlackBox:
 
   def _request(self, method: str, path: str, body: bytes | None = None,
                headers: dict[str, str] | None = None) -> Any:
-    """One request with retries; returns the decoded JSON answer."""
-    url = self.url + path
-    for attempt in range(self.max_retries + 1):
-      request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-      try:
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-          return json.loads(response.read().decode("utf-8"))
-      except urllib.error.HTTPError as e:
-        message = _error_message(e)
-        if e.code not in _RETRY_STATUSES or attempt == self.max_retries:
-          raise BlackBoxError(f"{method} {url} failed with HTTP {e.code}: {message}",
-                              status=e.code) from None
-        failure = f"HTTP {e.code}: {message}"
-      except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-              TimeoutError) as e:
-        if attempt == self.max_retries:
-          raise BlackBoxError(f"{method} {url}: no answer after {attempt + 1} tries "
-                              f"({getattr(e, 'reason', e)}). Is the server running?") from e
-        failure = repr(e)
-      except json.JSONDecodeError as e:
-        raise BlackBoxError(f"{method} {url} answered something other than JSON ({e}); is it "
-                            "a jaxtag server?") from e
-      wait = self.backoff_seconds * 2 ** attempt
-      _log.warning("%s %s: %s; retrying in %.2f s.", method, url, failure, wait)
-      time.sleep(wait)
-    raise AssertionError("unreachable")
+    return self.client.request(method, path, body, headers)
 
   def _encode(self, clips: np.ndarray) -> list[str]:
     return [base64.b64encode(encode_wav_pcm16(clip, self.sample_rate)).decode("ascii")

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 
 from jaxtag import config as config_lib
-from jaxtag import errors
 from jaxtag import workdir as workdir_lib
 from jaxtag.data.dataset import AudioDataset
 from jaxtag.speaker import metrics

@@ -6,7 +6,7 @@ Verification only ever sees what a commercial API would show: for each clip, the
 * :class:`LocalBlackBox` wraps a finished training workdir (``jaxtag.train.restore_for_inference``)
   with one jit-compiled forward pass that returns label rankings, never logits;
 * :class:`HttpBlackBox` asks a server started by ``launch/serve.py`` (``jaxtag.serving``) over
-  HTTP, with the standard library only (``urllib`` and ``wave``).
+  HTTP, with the standard library only (``jaxtag.serving.client``: ``urllib`` and ``wave``).
 
 :func:`open_blackbox` picks one from a target string (a workdir path or an ``http(s)://`` URL).
 
@@ -20,27 +20,18 @@ already 16-bit exact (read from the 16-bit WAVs that jaxtag writes) get identica
 from __future__ import annotations
 
 import functools
-import http.client
-import io
-import json
 import logging
 import os
 import pathlib
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import wave
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from jaxtag.audio import io as audio_io
 from jaxtag.audio.io import AudioFileError, fit_length, validate_waveform
-
-# Status codes worth another try: the server is restarting or overloaded, not refusing the clip.
-_RETRY_STATUSES = (502, 503, 504)
+from jaxtag.serving import client
+from jaxtag.serving.client import BlackBoxError, encode_wav_pcm16  # noqa: F401  (public names)
 
 _log = logging.getLogger(__name__)
 
@@ -60,18 +51,6 @@ class BlackBox(Protocol):
   def top_k(self, waveforms: np.ndarray, k: int) -> np.ndarray:
     """Label indices ``(N, k)`` int32, best first, of float32 waveforms ``(N, T)``."""
     ...
-
-
-class BlackBoxError(RuntimeError):
-  """A remote black box refused a request or could not be reached; the message says why.
-
-  Attributes:
-    status: the HTTP status code, or None when no answer came back.
-  """
-
-  def __init__(self, message: str, status: int | None = None):
-    super().__init__(message)
-    self.status = status
 
 
 def check_top_k_args(waveforms, k, *, num_classes: int, expected_rate: int,
@@ -203,26 +182,6 @@ class LocalBlackBox:
             f"{self.sample_rate} Hz, {self.clip_samples} samples)")
 
 
-def encode_wav_pcm16(waveform: np.ndarray, sample_rate: int) -> bytes:
-  """A mono 16-bit PCM WAV file in memory, rounded as ``jaxtag.audio.io.write_wav`` rounds.
-
-  Args:
-    waveform: float ``(T,)``; samples are clipped to [-1, 1].
-    sample_rate: rate in Hz.
-
-  Returns:
-    The WAV file's bytes.
-  """
-  pcm = audio_io.to_pcm16(np.asarray(waveform)).astype("<i2")
-  buf = io.BytesIO()
-  with wave.open(buf, "wb") as w:
-    w.setnchannels(1)
-    w.setsampwidth(2)
-    w.setframerate(int(sample_rate))
-    w.writeframes(pcm.tobytes())
-  return buf.getvalue()
-
-
 class HttpBlackBox:
   """A client of the ``jaxtag.serving`` HTTP API (standard library only).
 
@@ -232,6 +191,7 @@ class HttpBlackBox:
 
   Attributes:
     url: the server's base URL.
+    client: the ``jaxtag.serving.client.JsonClient`` (timeout, retries) it talks through.
     class_names, sample_rate, clip_samples, num_classes, max_k: from ``GET /v1/info``.
   """
 
@@ -249,19 +209,9 @@ class HttpBlackBox:
       ValueError: ``url`` is not an http(s) URL, or a bad option.
       BlackBoxError: the server cannot be reached or its ``/v1/info`` is not jaxtag's.
     """
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-      raise ValueError(f"HttpBlackBox: {url!r} is not an http:// or https:// URL.")
-    path = parsed.path.rstrip("/")
-    for suffix in ("/v1/classify", "/v1/info", "/healthz"):
-      path = path.removesuffix(suffix)
-    self.url = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
-    if timeout <= 0 or max_retries < 0 or backoff_seconds < 0:
-      raise ValueError("HttpBlackBox: timeout must be positive, max_retries and backoff_seconds "
-                       f"non-negative; got {timeout}, {max_retries}, {backoff_seconds}.")
-    self.timeout = float(timeout)
-    self.max_retries = int(max_retries)
-    self.backoff_seconds = float(backoff_seconds)
+    self.url = client.base_url(url, owner="HttpBlackBox", endpoints=("/v1/classify",))
+    self.client = client.JsonClient(self.url, owner="HttpBlackBox", timeout=timeout,
+                                     max_retries=max_retries, backoff_seconds=backoff_seconds)
     info = self._request("GET", "/v1/info")
     try:
       self.class_names = tuple(str(c) for c in info["class_names"])
@@ -278,32 +228,7 @@ class HttpBlackBox:
 
   def _request(self, method: str, path: str, body: bytes | None = None,
                headers: dict[str, str] | None = None) -> Any:
-    """One request with retries; returns the decoded JSON answer."""
-    url = self.url + path
-    for attempt in range(self.max_retries + 1):
-      request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-      try:
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-          return json.loads(response.read().decode("utf-8"))
-      except urllib.error.HTTPError as e:
-        message = _error_message(e)
-        if e.code not in _RETRY_STATUSES or attempt == self.max_retries:
-          raise BlackBoxError(f"{method} {url} failed with HTTP {e.code}: {message}",
-                              status=e.code) from None
-        failure = f"HTTP {e.code}: {message}"
-      except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-              TimeoutError) as e:
-        if attempt == self.max_retries:
-          raise BlackBoxError(f"{method} {url}: no answer after {attempt + 1} tries "
-                              f"({getattr(e, 'reason', e)}). Is the server running?") from e
-        failure = repr(e)
-      except json.JSONDecodeError as e:
-        raise BlackBoxError(f"{method} {url} answered something other than JSON ({e}); is it "
-                            "a jaxtag server?") from e
-      wait = self.backoff_seconds * 2 ** attempt
-      _log.warning("%s %s: %s; retrying in %.2f s.", method, url, failure, wait)
-      time.sleep(wait)
-    raise AssertionError("unreachable")
+    return self.client.request(method, path, body, headers)
 
   def top_k(self, waveforms: np.ndarray, k: int, *, sample_rate: int | None = None) -> np.ndarray:
     """The ``k`` best label indices of each clip, best first, as the server answers them.
@@ -352,18 +277,6 @@ class HttpBlackBox:
 
   def __repr__(self) -> str:
     return f"HttpBlackBox({self.url!r}, {self.num_classes} classes, {self.sample_rate} Hz)"
-
-
-def _error_message(error: urllib.error.HTTPError) -> str:
-  """The ``error`` field of a JSON error answer, or the raw body."""
-  try:
-    raw = error.read().decode("utf-8", errors="replace")
-  except (OSError, http.client.HTTPException):
-    return error.reason or ""
-  try:
-    return str(json.loads(raw)["error"])
-  except (ValueError, KeyError, TypeError):
-    return raw.strip()[:500] or str(error.reason)
 
 
 def paired_cost(suspect: BlackBox, benign: BlackBox, datasets) -> dict[str, Any]:
