@@ -218,8 +218,8 @@ def test_verification_detects_a_backdoor_and_not_a_clean_model():
     # 7! = 5040 assignments, enumerated: the secret one is the best of them.
     assert hit["permutation"]["exact"]
     assert hit["permutation"]["p_value"] == pytest.approx(1 / 5040)
+    assert hit["p_value"] == hit["permutation"]["p_value"]   # the permutation test decides
   decided = verify_lib.verify(FakeBox(wm, test, boost=0.6, mode="decision"), wm, test, config)
-  assert decided["p_value"] == decided["permutation"]["p_value"]
   assert decided["watermark_success_rate"] == 1.0 and decided["fisher"]["p_value"] < 1e-6
 
 
@@ -307,3 +307,19 @@ def test_protected_copy_keeps_the_layout_and_changes_only_triggered_files(tmp_pa
   assert np.array_equal(back["train"].waveforms[same], train.waveforms[same])
   with pytest.raises(Exception, match="not empty|input"):
     data_lib.publish_changed(source, changed, tmp_path / "in" / "inside")
+
+
+def test_null_summary_counts_rejections_per_mode_and_test():
+  from jaxtag.cbw import null
+  rows = [{"draw": d, "results": {
+      "m/score": {"p_value": p, "seed_style_p": p},
+      "m/decision": {"p_value": 1.0, "seed_style_p": q}}}
+      for d, (p, q) in enumerate([(0.001, 0.2), (0.03, 0.04), (0.2, 0.6), (0.9, 0.01)])]
+  out = null.summarize(rows, alpha=0.01)
+  assert out["draws"] == 4
+  assert out["score/p_value"]["alpha=0.05"]["rejections"] == 2
+  assert out["score/p_value"]["alpha=0.01"]["rejections"] == 1
+  assert out["decision/p_value"]["alpha=0.05"]["rejections"] == 0
+  assert out["decision/seed_style_p"]["alpha=0.05"]["rejections"] == 2
+  low, high = out["score/p_value"]["alpha=0.05"]["interval95"]
+  assert (low, high) == pytest.approx(stats.clopper_pearson(2, 4))

@@ -57,7 +57,10 @@ class CbwDemoJob:
   seed: int = 0
   data: data_lib.SpeakerSource = dataclasses.field(default_factory=data_lib.SpeakerSource)
   model: SpeakerTrainJob = dataclasses.field(default_factory=SpeakerTrainJob)
-  watermark: wm_lib.WatermarkConfig = wm_lib.WatermarkConfig(num_clusters=10)
+  # 10% of each speaker's utterances: over training seeds 1-3 it cost -0.06 EER points on
+  # average against 15%'s +0.87 (the seed's ~15%), at the same detection (benchmarks/RESULTS.md).
+  watermark: wm_lib.WatermarkConfig = wm_lib.WatermarkConfig(num_clusters=10,
+                                                             utterance_fraction=0.1)
   verify: verify_lib.VerifyConfig = verify_lib.VerifyConfig()
   false_positive_draws: int = 20
   progress: bool = True
@@ -166,8 +169,8 @@ def _summary(models, protect, verdicts, false_positives, seconds) -> dict[str, A
       "any_trigger_rate": {name: verdicts[f"{name}/decision"]["any_trigger_rate"]
                            for name in MODELS},
       "p_value": {k: v["p_value"] for k, v in verdicts.items()},
-      "permutation_p": {k: v["permutation"]["p_value"] for k, v in verdicts.items()},
-      "fisher_p": {k: v["fisher"]["p_value"] for k, v in verdicts.items() if "fisher" in v},
+      "seed_style_p": {k: v["t_test" if k.endswith("score") else "fisher"]["p_value"]
+                       for k, v in verdicts.items()},
       "detected": {k: v["detected"] for k, v in verdicts.items()},
       "alpha": next(iter(verdicts.values()))["alpha"],
       "trigger": protect["trigger"], "triggered": protect["triggered"],

@@ -12,22 +12,19 @@ The null hypothesis H0: the suspect was trained without the watermarked data, so
 not depend on the secret assignment of trigger bands to clusters. That assignment is a uniform
 random permutation drawn from the owner's key, hence:
 
-* **score mode**: per cluster k with enrolled speakers, ``m_k`` = mean matched score, ``u_k`` =
-  mean unmatched score; the decision p-value is the one-sided paired t-test of
-  H0: E[m_k - u_k] <= ``margin`` (:func:`jaxtag.stats.paired_t_greater`; df = clusters - 1), the
-  seed's test with the pairing made fair: under H0, E[m_k - u_k] = 0 over the key, so any
-  margin >= 0 keeps its size (approximately: t assumes normal, independent cluster differences;
-  measured in :mod:`jaxtag.cbw.null`).
-* **decision mode**: the statistic is the mean over clusters of the matched acceptance rate;
-  the decision p-value is its exact permutation p-value over trigger-to-cluster assignments
-  (:func:`jaxtag.stats.assignment_permutation_p`; floor ``1 / (1 + num_permutations)``), valid
-  by construction for any model. The one-sided Fisher exact test of matched against unmatched
-  acceptances (:func:`jaxtag.stats.fisher_greater`) is reported beside it as the seed-style
-  figure; it treats every (speaker, trigger) answer as independent, which a cluster's shared
-  trigger breaks (its measured rejection rate on clean models is in benchmarks/RESULTS.md), so
-  it does not decide.
-* **both modes** report the permutation p-value (in score mode over the mean matched score) as
-  the check that needs no assumption.
+* **the decision p-value, both modes**: the exact permutation p-value over trigger-to-cluster
+  assignments (:func:`jaxtag.stats.assignment_permutation_p`) of the mean over clusters of the
+  matched answer (the mean score, or the acceptance rate, of each cluster's own trigger; with
+  every column's total fixed, the same ordering as matched minus unmatched). It is valid by
+  construction for any model; its floor is ``1 / (1 + num_permutations)`` (1e-4 by default).
+* **the seed-style tests, reported beside it**: in score mode, per cluster k ``m_k`` = mean
+  matched score and ``u_k`` = mean unmatched score, and the one-sided paired t-test of
+  H0: E[m_k - u_k] <= ``margin`` (:func:`jaxtag.stats.paired_t_greater`, df = clusters - 1):
+  the seed's test with the pairing made fair; in decision mode, the one-sided Fisher exact test
+  of matched against unmatched acceptances (:func:`jaxtag.stats.fisher_greater`). Neither
+  decides: the t-test assumes independent, normal cluster differences and Fisher independent
+  answers, which a cluster's shared trigger breaks; on clean models both rejected more often
+  than their level allows (benchmarks/RESULTS.md), the permutation test did not.
 
 The decision rule is fixed before any suspect is queried: "trained on the protected data" iff
 the mode's p-value <= ``alpha``. The watermark success rate (decision mode) is the fraction of
@@ -58,7 +55,8 @@ class VerifyConfig:
   Attributes:
     enrol_utterances: utterances of each held-out speaker used to enrol it (its first ones).
     max_speakers: held-out speakers to enrol (0: all of them).
-    margin: score mode: the mean matched-minus-unmatched cosine that H0 allows.
+    margin: the score-mode t-test's allowance: the mean matched-minus-unmatched cosine that its
+      H0 allows (the seed's test; the permutation test that decides needs none).
     alpha: the decision threshold on the mode's p-value.
     num_permutations: draws of the permutation test.
     seed: seed of the permutation draws.
@@ -147,22 +145,22 @@ def test_matrix(matrix: np.ndarray, clusters: np.ndarray, wm: Watermark, mode: s
                          "unmatched": u_k.tolist()}}
   if mode == "score":
     if len(present) < 2:   # No spread to test: p = 1 is the only valid answer.
-      logger.warning("the score-mode t-test needs enrolled speakers in at least two clusters; "
-                     "they fall in %d: p = 1. Enrol more held-out speakers.", len(present))
+      logger.warning("the seed-style t-test needs enrolled speakers in at least two clusters; "
+                     "they fall in %d: its p = 1. Enrol more held-out speakers.", len(present))
       test = {"t": None, "df": 0, "p_value": 1.0, "mean_difference": float(np.mean(m_k - u_k)),
               "sd_difference": None, "n": int(len(present)), "margin": config.margin,
               "untestable": "enrolled speakers in fewer than two clusters"}
     else:
       test = stats.paired_t_greater(m_k, u_k, margin=config.margin)
-    out.update(test="paired t-test over clusters, one-sided", p_value=test["p_value"],
-               t_test=test)
+    out.update(t_test=test)
   else:
     hits_m, hits_u = int(round(matched.sum())), int(round(matrix.sum() - matched.sum()))
     fisher = stats.fisher_greater(hits_m, len(matrix), hits_u, len(matrix) * (k - 1))
-    out.update(test="permutation test of the matched acceptance rate over trigger-cluster "
-               "assignments, one-sided", p_value=permutation["p_value"], fisher=fisher,
-               watermark_success_rate=float(matched.mean()),
+    out.update(fisher=fisher, watermark_success_rate=float(matched.mean()),
                any_trigger_rate=float(np.mean(matrix.max(axis=1) > 0.5)))
+  out["test"] = (f"permutation test of the mean matched {'score' if mode == 'score' else 'acceptance'}"
+                 " over trigger-cluster assignments, one-sided")
+  out["p_value"] = permutation["p_value"]
   out["detected"] = bool(out["p_value"] <= config.alpha)
   return out
 
