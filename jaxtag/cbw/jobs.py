@@ -102,15 +102,15 @@ def run_cbw_protect_job(job: CbwProtectJob, workdir: str | os.PathLike,
   if done:
     return done
   fresh_workdir = not (workdir / workdir_lib.CONFIG_JSON).exists()
+  if secret_path.exists() and fresh_workdir and not job.overwrite:   # Checked before recording.
+    raise secrets.SecretFileError(
+        f"{secret_path} exists but this workdir recorded no run; it may be another dataset's "
+        f"secret. Move it away, or pass {errors.option('overwrite', True)}.")
   workdir_lib.record(job, workdir)
   timings: dict[str, float] = {}
   roots = [data_lib.input_root(job.data), job.output_root]
   with workdir_lib.timed("load", timings):
     splits = data_lib.load_speaker_splits(job.data, progress=job.progress)
-  if secret_path.exists() and (fresh_workdir and not job.overwrite):
-    raise secrets.SecretFileError(
-        f"{secret_path} exists but this workdir recorded no run; it may be another dataset's "
-        f"secret. Move it away, or pass {errors.option('overwrite', True)}.")
   if secret_path.exists() and not fresh_workdir:
     wm = wm_lib.read_watermark(secret_path)   # An interrupted run of this config: reuse it.
   else:
