@@ -323,3 +323,21 @@ def test_null_summary_counts_rejections_per_mode_and_test():
   assert out["decision/seed_style_p"]["alpha=0.05"]["rejections"] == 2
   low, high = out["score/p_value"]["alpha=0.05"]["interval95"]
   assert (low, high) == pytest.approx(stats.clopper_pearson(2, 4))
+
+
+def test_the_corpus_as_a_speaker_dataset_and_its_protected_copy(tmp_path):
+  source = data_lib.SpeakerSource(preset="tiny")
+  splits = data_lib.load_speaker_splits(source, progress=False)
+  train, test = splits["train"], splits["test"]
+  assert not set(train.class_names) & set(test.class_names)   # held-out speakers are unseen
+  for ds in (train, test):
+    np.testing.assert_array_equal(np.asarray(ds.class_names)[ds.labels], ds.speaker_ids)
+    assert all(p.split("/")[1].startswith(s) for p, s in zip(ds.paths, ds.speaker_ids))
+    assert all(p.startswith(w + "/") for p, w in zip(ds.paths, ds.metadata["word"]))
+  changed = {train.paths[0]: np.full(train.num_samples, 0.25, np.float32)}
+  data_lib.publish_changed(source, changed, tmp_path / "copy")
+  copy = data_lib.load_speaker_splits(data_lib.SpeakerSource(
+      kind="speech_commands", root=str(tmp_path / "copy")), progress=False)
+  assert copy["test"].class_names == test.class_names and copy["train"].paths == train.paths
+  np.testing.assert_allclose(copy["train"].waveforms[0], 0.25, atol=1 / 32768)
+  np.testing.assert_array_equal(copy["train"].waveforms[1:], train.waveforms[1:])

@@ -69,13 +69,14 @@ class CbwProtectJob:
     return jax.random.key(int(self.seed))
 
 
-def _embed(surrogate_workdir: str, splits) -> tuple[Any, dict[str, np.ndarray]]:
+def _embed(surrogate_workdir: str, splits) -> dict[str, np.ndarray]:
+  """The surrogate's embeddings of every split's utterances."""
   from jaxtag.speaker import embedder as embedder_lib
   if not surrogate_workdir:
     raise ValueError(f"cbw protect: set {errors.option('surrogate_workdir', owner='CbwProtectJob')}"
                      " to the owner's trained speaker model.")
   embedder = embedder_lib.load_embedder(surrogate_workdir)
-  return embedder, {name: embedder.embed(ds.waveforms) for name, ds in splits.items()}
+  return {name: embedder.embed(ds.waveforms) for name, ds in splits.items()}
 
 
 def _quality(train, protected: np.ndarray, rows: np.ndarray, perceptual: bool) -> dict:
@@ -115,7 +116,7 @@ def run_cbw_protect_job(job: CbwProtectJob, workdir: str | os.PathLike,
     wm = wm_lib.read_watermark(secret_path)   # An interrupted run of this config: reuse it.
   else:
     with workdir_lib.timed("embed", timings):
-      _, emb = _embed(job.surrogate_workdir, splits)
+      emb = _embed(job.surrogate_workdir, splits)
     with workdir_lib.timed("plan", timings):
       wm = wm_lib.plan_watermark(job.key(), job.watermark, train=splits["train"],
                                  train_embeddings=emb["train"], test=splits["test"],

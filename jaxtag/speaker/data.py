@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jaxtag.audio import io as audio_io
-from jaxtag.data.dataset import AudioDataset, DatasetError
+from jaxtag.data.dataset import AudioDataset, DatasetError, concatenate
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +109,6 @@ def by_speaker(ds: AudioDataset, split: str | None = None) -> AudioDataset:
                       metadata=metadata, info=ds.info)
 
 
-def concatenate(parts: Sequence[AudioDataset], split: str) -> AudioDataset:
-  """Speaker datasets joined into one (classes = every speaker of the parts)."""
-  from jaxtag.data.dataset import concatenate as concat
-  words = [np.asarray(p.class_names)[p.labels] for p in parts]
-  joined = concat([AudioDataset(p.waveforms, np.zeros(len(p), np.int32), ("_",), p.sample_rate,
-                                split=p.split, speaker_ids=p.speaker_ids, paths=p.paths,
-                                metadata={"word": w}) for p, w in zip(parts, words)], split=split)
-  relabelled = by_speaker(joined, split)
-  return dataclasses.replace(relabelled, metadata={"word": np.concatenate(words)})
-
-
 def check_speakers(ds: AudioDataset, *, min_utterances: int, where: str) -> None:
   """Raises when a speaker of ``ds`` has fewer than ``min_utterances`` utterances."""
   counts = np.bincount(ds.labels, minlength=len(ds.class_names))
@@ -172,7 +161,8 @@ def _load_word_layout(source: SpeakerSource, *, progress: bool) -> dict[str, Aud
   if not held_out:
     raise DatasetError(f"{source.root or 'the corpus'}: no validation_list.txt or "
                        "testing_list.txt, so no held-out speakers for the test split.")
-  return {"train": by_speaker(loaded["train"], "train"), "test": concatenate(held_out, "test")}
+  return {"train": by_speaker(loaded["train"], "train"),
+          "test": by_speaker(concatenate(held_out, split="test"), "test")}
 
 
 def speaker_folder_files(root: str | os.PathLike) -> dict[str, list[str]]:
