@@ -11,8 +11,10 @@ protected copy, seed s, the same initialisation and batches as its benign twin).
 seed): the EER of both on the unseen speakers and both modes' p-values for both. The EER cost
 per fraction is the mean paired difference over seeds with a t interval (seeds are the unit: a
 single pair is an anecdote). The null study verifies every clean model (the benign ones and the
-surrogate) with `--null_draws` fresh secrets (jaxtag.cbw.null). Every model and stage lives in
-`--workdir` and is reused, so an interrupted run resumes. Writes `<out>.json` and prints a table.
+surrogate) with `--null_draws` fresh secrets (jaxtag.cbw.null). `--trigger_mode mix
+--level_dbfs -40` protects with another trigger (its stages are tagged `mix40_` in the workdir;
+the surrogate and the benign models are shared). Every model and stage lives in `--workdir` and
+is reused, so an interrupted run resumes. Writes `<out>.json` and prints a table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def _parse(argv):
   parser.add_argument("--seeds", default="1,2,3", help="training seeds of the model pairs")
   parser.add_argument("--fractions", default="0.15", help="utterance fractions to protect with")
   parser.add_argument("--null_draws", type=int, default=100, help="fresh secrets (0: none)")
+  parser.add_argument("--trigger_mode", default=None, choices=("replace", "mix"),
+                      help="override the trigger's mode (default: the demo's)")
+  parser.add_argument("--level_dbfs", type=float, default=None,
+                      help="override the trigger's level (default: the demo's)")
   parser.add_argument("--out", default=None, help="output path without .json")
   args = parser.parse_args(argv)
   args.seeds = harness.parse_list(args.seeds, int, "--seeds")
@@ -48,6 +54,13 @@ def _parse(argv):
 
 def _log(message):
   print(f"[cbw-seeds {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def cbw_demo_trigger(module):
+  """The demo config's trigger (the untagged one)."""
+  from jaxtag import config as config_lib
+  from jaxtag.cbw import demo
+  return config_lib.from_config(demo.CbwDemoJob, module.get_config("default")).watermark.trigger
 
 
 def main(argv=None):
@@ -63,6 +76,13 @@ def main(argv=None):
   from launch.configs import cbw_demo
 
   job = config_lib.from_config(demo.CbwDemoJob, cbw_demo.get_config(args.preset))
+  trigger = job.watermark.trigger
+  trigger = dataclasses.replace(trigger, mode=args.trigger_mode or trigger.mode,
+                                level_dbfs=(trigger.level_dbfs if args.level_dbfs is None
+                                            else args.level_dbfs))
+  job = dataclasses.replace(job, watermark=dataclasses.replace(job.watermark, trigger=trigger))
+  # Workdirs of another trigger than the demo's are tagged, so one --workdir holds both.
+  tag = "" if trigger == cbw_demo_trigger(cbw_demo) else f"{trigger.mode}{-trigger.level_dbfs:g}_"
   wd = pathlib.Path(args.workdir).absolute()
   train = lambda name, seed, data: demo.train_model(job, name, seed, data, wd)  # noqa: E731
   train("surrogate", job.seed, job.data)
@@ -71,22 +91,23 @@ def main(argv=None):
     protect = jobs.run_cbw_protect_job(jobs.CbwProtectJob(
         seed=job.seed, data=job.data, surrogate_workdir=str(wd / "surrogate"),
         watermark=dataclasses.replace(job.watermark, utterance_fraction=frac),
-        output_root=str(wd / f"protected_{frac}"), perceptual=False), wd / f"protect_{frac}")
+        output_root=str(wd / f"protected_{tag}{frac}"), perceptual=False),
+        wd / f"protect_{tag}{frac}")
     secrets[frac] = protect["secret_file"]
   rows = []
   for seed in args.seeds:
     benign = train(f"benign_{seed}", seed, job.data)
     for frac in args.fractions:
       data = dataclasses.replace(job.data, kind="speech_commands",
-                                 root=str(wd / f"protected_{frac}"))
-      suspect = train(f"suspect_{frac}_{seed}", seed, data)
+                                 root=str(wd / f"protected_{tag}{frac}"))
+      suspect = train(f"suspect_{tag}{frac}_{seed}", seed, data)
       row = {"seed": seed, "fraction": frac, "eer_suspect": suspect["test"]["eer"],
              "eer_benign": benign["test"]["eer"]}
-      for name in (f"suspect_{frac}_{seed}", f"benign_{seed}"):
+      for name in (f"suspect_{tag}{frac}_{seed}", f"benign_{seed}"):
         for mode in ("score", "decision"):
           r = jobs.run_cbw_verify_job(jobs.CbwVerifyJob(
               data=job.data, secret_file=secrets[frac], model_workdir=str(wd / name), mode=mode,
-              verify=job.verify), wd / f"verify_{frac}_{name}_{mode}")
+              verify=job.verify), wd / f"verify_{tag}{frac}_{name}_{mode}")
           row[f"p_{name.split('_')[0]}_{mode}"] = r["p_value"]
           if mode == "decision":
             row[f"wsr_{name.split('_')[0]}"] = r["watermark_success_rate"]
@@ -115,6 +136,7 @@ def main(argv=None):
         boxes=demo.black_boxes(wd, names), verify_config=job.verify, draws=args.null_draws,
         records=wd / "null" / "draws.jsonl", progress=True)
   result = {"bench": "cbw_seeds", "preset": args.preset, "seeds": args.seeds,
+            "trigger": dataclasses.asdict(trigger),
             "fractions": args.fractions, "rows": rows, "eer_cost": cost,
             "false_positives": null_summary, "job": config_lib.to_json_dict(job),
             "environment": harness.environment()}
