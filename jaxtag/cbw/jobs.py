@@ -92,7 +92,7 @@ def _quality(train, protected: np.ndarray, rows: np.ndarray, perceptual: bool) -
 def run_cbw_protect_job(job: CbwProtectJob, workdir: str | os.PathLike,
                         runtime: workdir_lib.Runtime | None = None) -> dict[str, Any]:
   """Plans the watermark, writes the secret, publishes the protected dataset; the summary."""
-  runtime = runtime or workdir_lib.Runtime()
+  del runtime   # The stage reads no secret input.
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if not job.output_root:
@@ -124,7 +124,7 @@ def run_cbw_protect_job(job: CbwProtectJob, workdir: str | os.PathLike,
     provenance = secrets.prng_provenance(job.key(), function="jaxtag.cbw.watermark."
                                          "plan_watermark", surrogate=str(job.surrogate_workdir))
     wm_lib.write_watermark(secret_path, wm, provenance=provenance, dataset_roots=roots,
-                           overwrite=True)
+                           overwrite=job.overwrite)
   train = splits["train"]
   with workdir_lib.timed("implant", timings):
     protected = wm_lib.watermark_waveforms(wm, train)
