@@ -112,6 +112,10 @@ def test_verify_job_writes_its_report_and_is_reused(source, surrogate, protected
   assert np.asarray(result["matrix"]).shape == (3, 2)
   if mode == "decision":
     assert set(np.unique(result["matrix"])) <= {0.0, 1.0}
+    from jaxtag.speaker.embedder import load_embedder
+    assert result["threshold"] == pytest.approx(load_embedder(surrogate).threshold)
+  else:
+    assert result["threshold"] is None
   for name in (jobs.VERIFY_SUMMARY, "cbw_verify.txt", "cbw_verify.png"):
     assert (tmp_path / name).stat().st_size > 0
   assert jobs.run_cbw_verify_job(job, tmp_path)["reused"]

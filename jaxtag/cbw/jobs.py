@@ -181,8 +181,10 @@ class CbwVerifyJob:
                        f"{verify_lib.MODES}; got {self.mode!r}.")
 
 
-def black_box(job: CbwVerifyJob):
-  """The suspect as a ``SpeakerBlackBox``: local workdir or HTTP API."""
+def black_box(job: CbwVerifyJob) -> tuple[Any, dict[str, Any]]:
+  """The suspect as a ``SpeakerBlackBox`` (local workdir or HTTP API), and the record of its
+  decision threshold: the value where it is known (a local model: ``job.threshold`` or the EER
+  threshold recorded at training), None for a server, which never discloses it."""
   from jaxtag.speaker import blackbox
   if bool(job.model_workdir) == bool(job.url):
     raise ValueError(f"cbw verify: set exactly one of {errors.option('model_workdir')} and "
@@ -191,10 +193,16 @@ def black_box(job: CbwVerifyJob):
     box = blackbox.HttpSpeakerBlackBox(job.url)
     if box.mode != job.mode:
       raise ValueError(f"{job.url} answers in {box.mode!r} mode; the job asks {job.mode!r}.")
-    return box
+    source = "the server's own (not disclosed)" if job.mode == "decision" else None
+    return box, {"threshold": None, "threshold_source": source}
   from jaxtag.speaker import embedder as embedder_lib
-  return blackbox.LocalSpeakerBlackBox(embedder_lib.load_embedder(job.model_workdir),
-                                       mode=job.mode, threshold=job.threshold or None)
+  embedder = embedder_lib.load_embedder(job.model_workdir)
+  box = blackbox.LocalSpeakerBlackBox(embedder, mode=job.mode, threshold=job.threshold or None)
+  if job.mode == "score":
+    return box, {"threshold": None, "threshold_source": None}
+  source = "CbwVerifyJob.threshold" if job.threshold else "the model's EER threshold (training)"
+  return box, {"threshold": float(job.threshold or embedder.threshold),
+               "threshold_source": source}
 
 
 def run_cbw_verify_job(job: CbwVerifyJob, workdir: str | os.PathLike,
@@ -219,8 +227,9 @@ def run_cbw_verify_job(job: CbwVerifyJob, workdir: str | os.PathLike,
         f"was made for {len(wm.test_speakers)} held-out speakers "
         f"({', '.join(wm.test_speakers[:3])}...), the data has {len(test.class_names)} "
         f"({', '.join(test.class_names[:3])}...). Use the secret made for this dataset.")
-  result = verify_lib.verify(black_box(job), wm, test, job.verify, progress=job.progress)
-  result["suspect"] = job.url or str(job.model_workdir)
+  box, threshold = black_box(job)
+  result = verify_lib.verify(box, wm, test, job.verify, progress=job.progress)
+  result.update(threshold, suspect=job.url or str(job.model_workdir))
   result["seconds"] = round(time.perf_counter() - start, 2)
   report_lib.write_verify_report(workdir, result)
   workdir_lib.write_json(workdir / VERIFY_SUMMARY, result)

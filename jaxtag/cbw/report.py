@@ -43,6 +43,10 @@ def verify_text(result: dict[str, Any]) -> str:
     lines.append(f"  watermark success rate (matched trigger accepted): "
                  f"{result['watermark_success_rate']:.1%}; any trigger accepted: "
                  f"{result['any_trigger_rate']:.1%}")
+  if mode == "decision" and result.get("threshold_source"):
+    value = result.get("threshold")
+    lines.append(f"  the verifier's threshold: {result['threshold_source']}"
+                 + (f", cosine {value:.4f}" if value is not None else ""))
   verdict = "TRAINED ON THE PROTECTED DATA" if result["detected"] else "not detected"
   lines.append(f"  verdict at alpha = {result['alpha']}: {verdict}")
   return "\n".join(lines) + "\n"
